@@ -1,0 +1,65 @@
+"""The `nnlab` command: dispatches sub-commands and imports nothing heavy itself.
+
+    nnlab train [overrides]      train (or sweep with -m); Hydra's --help, --cfg job work
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """\
+usage: nnlab <command> [args]
+
+Train, sweep and compare the classic deep-learning architectures.
+
+commands:
+  train [overrides]     train a model; Hydra overrides (model=vae dataset=mnist
+                        trainer.max_epochs=5), -m for sweeps, --help for the
+                        config groups, --cfg job to print the composed config
+
+examples:
+  nnlab train                                   # ae on Fashion-MNIST
+  nnlab train model.latent_dim=16 accelerator=cpu
+  nnlab train -m model.latent_dim=8,16,32       # a sweep
+  tensorboard --logdir outputs                  # look at the runs
+
+Run `nnlab <command> --help` for a command's own help.
+"""
+
+COMMANDS = {
+    "train": "nnlab.train:main",
+}
+
+
+def _load(target: str):
+    module, func = target.split(":")
+    mod = __import__(module, fromlist=[func])
+    return getattr(mod, func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from nnlab import __version__
+
+        print(f"nnlab {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(
+            f"nnlab: unknown command '{command}'. The commands are: {', '.join(COMMANDS)}. "
+            "Run `nnlab --help` for usage.",
+            file=sys.stderr,
+        )
+        return 2
+    # Hydra reads sys.argv itself; give it the sub-command's arguments only.
+    sys.argv = [f"nnlab {command}", *rest]
+    result = _load(COMMANDS[command])()
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Validate a composed config up front, before torch is imported: every mistake becomes one
+clear ConfigError that names the key, the bad value and a good example."""
+
+from __future__ import annotations
+
+from numbers import Number
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from nnlab.errors import ConfigError
+
+
+def _positive_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _fraction(v):
+    return isinstance(v, Number) and not isinstance(v, bool) and 0 < v < 1
+
+
+def _positive_number(v):
+    return isinstance(v, Number) and not isinstance(v, bool) and v > 0
+
+
+def _int_list(v):
+    return isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(_positive_int(x) for x in v)
+
+
+def _epochs(v):
+    return isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)
+
+
+# key -> (check, what it must be, an example). Keys that a config does not have are skipped.
+RULES = {
+    "model.latent_dim": (_positive_int, "a positive integer", "model.latent_dim=32"),
+    "model.hidden_dims": (_int_list, "a non-empty list of positive integers", "model.hidden_dims=[512,256]"),
+    "model.optimizer.lr": (_positive_number, "a positive number", "model.optimizer.lr=1e-3"),
+    "dataset.batch_size": (_positive_int, "a positive integer", "dataset.batch_size=128"),
+    "dataset.eval_batch_size": (_positive_int, "a positive integer", "dataset.eval_batch_size=1024"),
+    "dataset.val_fraction": (_fraction, "a number strictly between 0 and 1", "dataset.val_fraction=0.1"),
+    "dataset.shape": (lambda v: _int_list(v) and len(v) == 3, "[channels, height, width]", "dataset.shape=[1,28,28]"),
+    "trainer.max_epochs": (_epochs, "a positive integer (or -1 for no limit)", "trainer.max_epochs=10"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", "seed=42"),
+}
+
+
+def _select(cfg: DictConfig, key: str):
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except Exception as err:  # noqa: BLE001 - interpolation errors are user errors too
+        raise ConfigError(f"{key} cannot be resolved: {err}") from err
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first invalid value."""
+    for key, (check, must, example) in RULES.items():
+        value = _select(cfg, key)
+        if value is None and OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+            continue
+        if value is None and key == "trainer.max_epochs":
+            continue
+        if not check(value):
+            shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+            raise ConfigError(f"{key}={shown!r} is not valid: it must be {must}. Example: {example}")

@@ -1,0 +1,130 @@
+"""ImageDataModule: one datamodule for every image dataset (Fashion-MNIST, MNIST, CIFAR-10, synthetic).
+
+Each split is loaded once as uint8, moved to the training device once, and served by
+TensorBatches; `on_after_batch_transfer` turns a uint8 batch into floats in [0, 1] on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from nnlab.data.batches import TensorBatches
+from nnlab.data.sources import load_splits, locate, synthetic_splits
+from nnlab.errors import ConfigError, DataError
+
+FORMATS = ("idx", "cifar10", "synthetic")
+
+
+class ImageDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        name: str,
+        format: str = "idx",
+        data_dir: str = "data",
+        download: bool = True,
+        shape=(1, 28, 28),
+        num_classes: int = 10,
+        classes=None,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        n_train: int = 512,
+        n_test: int = 128,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if format not in FORMATS:
+            raise ConfigError(f"dataset.format='{format}' is unknown; use one of {', '.join(FORMATS)}.")
+        self.name, self.format, self.data_dir, self.download = name, format, Path(data_dir), download
+        self.shape = tuple(int(s) for s in shape)
+        self.num_classes = int(num_classes)
+        self.classes = list(classes) if classes else [str(i) for i in range(self.num_classes)]
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.val_fraction, self.split_seed, self.seed = float(val_fraction), int(split_seed), int(seed)
+        self.n_train, self.n_test = int(n_train), int(n_test)
+        self.folder: Path | None = None
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- where the data comes from -------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.format != "synthetic" and self.folder is None:
+            self.folder = locate(self.name, self.format, self.data_dir, self.download)
+
+    def _load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if self.format == "synthetic":
+            return synthetic_splits(self.shape, self.num_classes, self.n_train, self.n_test, self.split_seed)
+        self.prepare_data()
+        return load_splits(self.name, self.format, self.folder)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = self._load()
+        images, labels = raw["train"]
+        if tuple(images.shape[1:]) != self.shape:
+            raise DataError(
+                f"The {self.name} files hold images of shape {list(images.shape[1:])}, but dataset.shape is "
+                f"{list(self.shape)}. Point dataset.data_dir at the right dataset or fix dataset.shape."
+            )
+        n_val = int(round(len(images) * self.val_fraction))
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+        device = self.device
+        self.splits = {
+            "train": (images[order[n_val:]], labels[order[n_val:]]),
+            "val": (images[order[:n_val]], labels[order[:n_val]]),
+            "test": raw["test"],
+        }
+        self.splits = {k: (x.to(device).contiguous(), y.to(device)) for k, (x, y) in self.splits.items()}
+
+    @property
+    def device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    # -- batches ---------------------------------------------------------------------------
+    def _batches(self, split: str, shuffle: bool) -> TensorBatches:
+        self.setup()
+        images, labels = self.splits[split]
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return TensorBatches(
+            images,
+            labels,
+            self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(images) // world > self.batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+        )
+
+    def train_dataloader(self):
+        return self._batches("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._batches("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._batches("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        images, labels = batch
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255.0)
+        return images, labels
+
+    # -- helpers for the models' images ------------------------------------------------------
+    def fixed_batch(self, split: str = "val", n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n images of a split as floats in [0, 1]: the same images every epoch."""
+        self.setup()
+        images, labels = self.splits[split]
+        return images[:n].float() / 255.0, labels[:n]
+
+    def split_size(self, split: str) -> int:
+        self.setup()
+        return len(self.splits[split][0])

@@ -1,0 +1,54 @@
+"""User-facing errors: one clear paragraph, a non-zero exit code, no traceback.
+
+Raise NNLabError (or a subclass) for anything the user can fix; the entry points
+print `str(err)` and exit with `err.exit_code`. HYDRA_FULL_ERROR=1 shows the
+traceback for those who want it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+
+class NNLabError(Exception):
+    """An error the user can fix. The message says what was wrong and how to fix it."""
+
+    exit_code = 2
+    kind = "error"
+
+    def render(self) -> str:
+        paragraphs = str(self).strip().split("\n\n")
+        body = "\n\n".join(
+            textwrap.fill(p, width=100, subsequent_indent="  ") if "\n" not in p else p for p in paragraphs
+        )
+        return f"nnlab: {self.kind}: {body}"
+
+
+class ConfigError(NNLabError):
+    kind = "config error"
+
+
+class DataError(NNLabError):
+    kind = "data error"
+
+
+class DeviceError(NNLabError):
+    kind = "device error"
+
+
+class CheckpointError(NNLabError):
+    kind = "checkpoint error"
+
+
+def full_error_wanted() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def report_and_exit(err: NNLabError) -> None:
+    """Print the error's paragraph on stderr and exit with its code."""
+    if full_error_wanted():
+        raise err
+    print(err.render(), file=sys.stderr)
+    raise SystemExit(err.exit_code)

@@ -1,0 +1,1 @@
+"""One LightningModule per architecture, grouped by family, each family sharing a base."""
