@@ -1,0 +1,1 @@
+"""Quality metrics: PCA baseline, FID on a domain classifier's features, ..."""
