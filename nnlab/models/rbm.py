@@ -285,6 +285,9 @@ class RBMCF(RBMBase):
         dm = self.datamodule
         if dm is None:
             return
+        if not hasattr(dm, "n_items"):
+            raise ConfigError(f"model=rbm_cf learns from user x item ratings, but dataset={dm.name} holds images. "
+                              "Use dataset=movielens (with dataset.data_dir) or dataset=synthetic_ratings.")
         if [float(x) for x in dm.levels] != self.levels.tolist():
             raise ConfigError(f"model.levels={self.levels.tolist()} differ from dataset.levels={dm.levels}; "
                               "keep model.levels: ${dataset.levels}.")
