@@ -59,3 +59,17 @@ def test_model_shape_follows_dataset():
 def test_configs_ship_inside_the_package():
     """The YAML lives in the importable package nnlab.configs (so a non-editable install finds it)."""
     assert (CONFIG_DIR / "train.yaml").is_file() and (CONFIG_DIR / "model" / "ae.yaml").is_file()
+
+
+def test_wheel_ships_every_yaml(tmp_path):
+    """A non-editable install gets every YAML of configs/ inside the package (nnlab/configs/...)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(root)], check=True, capture_output=True, timeout=300)
+    names = set(zipfile.ZipFile(next(tmp_path.glob("nnlab-*.whl"))).namelist())
+    wanted = {"nnlab/configs/" + str(p.relative_to(root / "configs")) for p in (root / "configs").rglob("*.yaml")}
+    assert wanted and wanted <= names, sorted(wanted - names)
