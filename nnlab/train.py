@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -87,9 +88,21 @@ def _write_hparams(trainer, params: dict, metrics: dict) -> None:
             logger.experiment.flush()
 
 
+class _SilentRecord(RunRecord):
+    """The extra processes of a DDP run (ranks > 0) keep a record but never write it."""
+
+    def write(self) -> None:
+        pass
+
+
+def _rank_zero() -> bool:
+    """Rank 0 of a DDP run (Lightning's launcher, torchrun or SLURM tasks set these), or no DDP at all."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
     """Train and test one configuration; return the monitored validation metric."""
-    record = RunRecord(run_dir, {
+    record = (RunRecord if _rank_zero() else _SilentRecord)(run_dir, {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
         "run_dir": str(run_dir),
@@ -156,11 +169,22 @@ def _overrides() -> list[str]:
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    from hydra.types import RunMode
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = train(cfg, run_dir)
     except NNLabError as err:
-        report_and_exit(err)
+        if not sweeping:
+            report_and_exit(err)
+        log.error("%s", err.render())  # a sweep goes on: metrics.json says failed, nnlab.sweeps sums up
+        return None
+    except Exception:
+        if not sweeping:
+            raise
+        log.exception("This job failed; the sweep goes on.")
+        return None
     return None if result is None or math.isnan(result) else result
 
 
