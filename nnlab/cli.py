@@ -16,18 +16,23 @@ commands:
   train [overrides]     train a model; Hydra overrides (model=vae dataset=mnist
                         trainer.max_epochs=5), -m for sweeps, --help for the
                         config groups, --cfg job to print the composed config
+  runs [DIR ...]        compare runs: a table of every run under DIR (default
+                        outputs/) with its status, overrides and final metrics;
+                        --sort test/mse, --filter model=vae, --json, --csv
 
 examples:
   nnlab train                                   # ae on Fashion-MNIST
   nnlab train model.latent_dim=16 accelerator=cpu
   nnlab train -m model.latent_dim=8,16,32       # a sweep
   tensorboard --logdir outputs                  # look at the runs
+  nnlab runs --sort test/mse                    # compare them in a table
 
 Run `nnlab <command> --help` for a command's own help.
 """
 
 COMMANDS = {
     "train": "nnlab.train:main",
+    "runs": "nnlab.runs:main",
 }
 
 
