@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Hydra reads sys.argv itself; give it the sub-command's arguments only.
     sys.argv = [f"nnlab {command}", *rest]
+    # Lightning's DDP launcher re-runs `python -m <__main__'s module> <sys.argv[1:]>` for each extra
+    # process: make that the sub-command's module (`python -m nnlab.train ...`), not this console script.
+    import importlib.util
+
+    import __main__
+
+    __main__.__spec__ = importlib.util.find_spec(COMMANDS[command].split(":")[0])
     result = _load(COMMANDS[command])()
     return result if isinstance(result, int) else 0
 
