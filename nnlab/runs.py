@@ -133,7 +133,8 @@ def read_events(run_dir: Path) -> dict[str, Any]:
     for path in sorted(run_dir.glob("events.out.tfevents.*")):
         for data in _tfrecords(path):
             event = event_pb2.Event.FromString(data)
-            times.append(event.wall_time)
+            if event.summary.value:
+                times.append(event.wall_time)
             for value in event.summary.value:
                 if value.WhichOneof("value") == "simple_value":
                     number = value.simple_value
