@@ -1,0 +1,108 @@
+"""Sweeps end to end, each in its own `nnlab train` process (as a user runs them): readable job
+folders with HParams, a failing job that does not stop the sweep, submitit's local executor (the
+SLURM path), and DDP on two CPU processes. Few and tiny: synthetic data, debug=fast, threads=1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import FAST, read_metrics
+
+TINY = (*FAST, "threads=1", "callbacks.progress_bar.refresh_rate=0")
+
+
+def nnlab(*args: str, cwd: Path) -> subprocess.Popen:
+    """`nnlab ARGS` in its own process, finished: .returncode, .stdout, .stderr, .pid."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "nnlab.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout, proc.stderr = proc.communicate(timeout=900)
+    return proc
+
+
+def runs_json(folder: Path) -> dict[str, dict]:
+    from nnlab.runs import find_runs, read_run
+
+    return {r["name"]: r for r in (read_run(d, folder) for d in find_runs(folder))}
+
+
+def hparams_of_events(run_dir: Path) -> tuple[dict, list[str]]:
+    """The HParams summary in a run's event files: its hyper-parameters and its metrics' tags."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    hparams = {k: v.number_value if v.HasField("number_value") else v.string_value
+               for k, v in start.session_start_info.hparams.items()}
+    return hparams, [m.name.tag for m in experiment.metric_infos]
+
+
+def test_submitit_local_sweep_lands_two_runs_with_hparams(tmp_path):
+    """The SLURM launcher's path, run by submitit's local executor: two jobs, each in a folder named
+    by its overrides, each with the HParams summary (hyper-parameters + final metrics) in its events."""
+    sweep = tmp_path / "sweep"
+    proc = nnlab("train", "-m", "model.latent_dim=4,8", *TINY, "hydra/launcher=submitit_local",
+                 "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep finished: 2 jobs" in proc.stdout
+    names = {"accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim=4",
+             "accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim=8"}
+    runs = runs_json(sweep)
+    assert set(runs) == names  # .submitit/ (the executor's own files) is not a run
+    for latent_dim in (4, 8):
+        job = sweep / f"accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim={latent_dim}"
+        assert read_metrics(job)["status"] == "finished"
+        hparams, metric_tags = hparams_of_events(job)
+        assert hparams["model.latent_dim"] == latent_dim and hparams["model"] == "ae"
+        assert hparams["dataset.name"] == "synthetic"
+        assert {"test/mse", "val/loss"} <= set(metric_tags)
+
+    listed = json.loads(nnlab("runs", str(sweep), "--json", "--sort", "model.latent_dim", cwd=tmp_path).stdout)
+    assert [r["differs"] for r in listed] == [{"model.latent_dim": "4"}, {"model.latent_dim": "8"}]
+    assert all(r["status"] == "finished" and r["metrics"]["test/mse"] > 0 for r in listed)
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    """Job 0 fails (a config error), job 1 still trains; the sweep ends with the summary and exit 1,
+    and `nnlab runs` marks the failed job."""
+    sweep = tmp_path / "sweep"
+    proc = nnlab("train", "-m", "model.latent_dim=-1,4", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 of 2 jobs not finished" in proc.stderr
+    assert "model.latent_dim=-1: failed: model.latent_dim=-1 is not valid" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    bad = sweep / "accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim=-1"
+    good = sweep / "accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim=4"
+    assert read_metrics(bad)["status"] == "failed"
+    assert read_metrics(good)["status"] == "finished" and read_metrics(good)["metrics"]["test/mse"] > 0
+
+    table = nnlab("runs", str(sweep), cwd=tmp_path)
+    assert table.returncode == 0 and "failed" in table.stdout and "finished" in table.stdout
+    listed = {r["differs"]["model.latent_dim"]: r for r in
+              json.loads(nnlab("runs", str(sweep), "--json", cwd=tmp_path).stdout)}
+    assert listed["-1"]["status"] == "failed" and "positive integer" in listed["-1"]["error"]
+    assert listed["4"]["status"] == "finished"
+
+
+def test_ddp_cpu_trains_on_two_processes_and_rank_zero_writes(tmp_path):
+    """accelerator=ddp_cpu: Lightning re-launches `python -m nnlab.train` for rank 1 (through the
+    Hydra entry point); only rank 0 (this command's process) writes metrics.json and the events."""
+    run = tmp_path / "ddp"
+    proc = nnlab("train", "accelerator=ddp_cpu", "dataset=synthetic", "debug=fast", "threads=1",
+                 "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = read_metrics(run)
+    assert record["status"] == "finished" and record["pid"] == proc.pid
+    assert record["global_step"] == 3 and record["metrics"]["test/mse"] > 0
+    assert (run / "train_ddp_process_1.log").exists()  # rank 1 ran, with its own log
+    writers = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}
+    assert writers == {str(record["pid"])}  # every event file written by rank 0's process
+
