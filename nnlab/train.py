@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.config_check import validate
-from nnlab.errors import DeviceError, NNLabError, report_and_exit
+from nnlab.errors import ConfigError, DeviceError, NNLabError, report_and_exit
 from nnlab.run_record import RunRecord
 
 log = logging.getLogger("nnlab")
@@ -67,6 +67,29 @@ def check_device(cfg: DictConfig) -> None:
         raise DeviceError("trainer.accelerator=mps asks for Apple's GPU, but it is not available. Use accelerator=cpu.")
 
 
+def check_ddp_sweep(cfg: DictConfig) -> None:
+    """DDP inside a local sweep cannot work: Lightning re-launches `nnlab train` with this process's
+    arguments (the whole sweep's) for every extra process. Under SLURM, SLURM starts the processes."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if "ddp" not in strategy or "spawn" in strategy or cfg.trainer.get("devices") == 1:
+        return
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return
+    launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_", default=""))
+    if hydra_cfg.mode == RunMode.MULTIRUN and "SlurmLauncher" not in launcher:
+        raise ConfigError(
+            f"trainer.strategy={strategy} cannot run inside a local sweep (-m): Lightning starts each extra "
+            "DDP process by re-running the command line, which would start the whole sweep again. Run the "
+            "DDP jobs one at a time (without -m), or sweep them on SLURM with hydra/launcher=slurm "
+            "hydra.launcher.gpus_per_node=N hydra.launcher.tasks_per_node=N (SLURM starts the processes)."
+        )
+
+
 def _instantiate_group(group: DictConfig | None) -> list:
     from hydra.utils import instantiate
 
@@ -110,6 +133,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     })
     try:
         validate(cfg)
+        check_ddp_sweep(cfg)
         import pytorch_lightning as pl
         import torch
         from hydra.utils import instantiate
