@@ -192,7 +192,6 @@ def _overrides() -> list[str]:
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
-
     from hydra.types import RunMode
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
