@@ -114,3 +114,26 @@ def test_ddp_cpu_trains_on_two_processes_and_rank_zero_writes(tmp_path):
     writers = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}
     assert writers == {str(record["pid"])}  # every event file written by rank 0's process
 
+
+
+def compose(*overrides: str):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module("nnlab.configs", version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_presets_compose():
+    """The Optuna preset follows the model's monitor_mode; the SLURM template and DDP presets compose."""
+    cfg = compose("hparams_search=ae_optuna")
+    assert cfg.hydra.sweeper.direction == "minimize" and cfg.hydra.mode.name == "MULTIRUN"
+    assert "model.latent_dim" in cfg.hydra.sweeper.params
+    cfg = compose("hparams_search=ae_optuna", "model.monitor_mode=max")
+    assert cfg.hydra.sweeper.direction == "maximize"
+    cfg = compose("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4")
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.gpus_per_node) == ("gpu", 4)
+    assert compose("accelerator=ddp").trainer.strategy == "ddp"
+    ddp_cpu = compose("accelerator=ddp_cpu").trainer
+    assert (ddp_cpu.accelerator, ddp_cpu.devices, ddp_cpu.strategy) == ("cpu", 2, "ddp")
