@@ -264,7 +264,9 @@ def _wall(seconds: float | None) -> str:
     if seconds is None:
         return ""
     s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{seconds:.1f}s"
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{seconds:.1f}s"
 
 
 def _number(value: Any) -> str:
@@ -371,7 +373,8 @@ def _main(argv: list[str]) -> int:
         print(f"No runs under {where}{' match the filters' if args.filter else ''}. "
               "Train one with `nnlab train`.", file=sys.stderr)
     else:
-        print_table(runs, metrics, f"{len(runs)} run{'' if len(runs) == 1 else 's'} under {' '.join(str(r) for r in roots)}")
+        runs_word = "run" if len(runs) == 1 else "runs"
+        print_table(runs, metrics, f"{len(runs)} {runs_word} under {' '.join(str(r) for r in roots)}")
     return 0
 
 
