@@ -177,6 +177,7 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "global_step": record.get("global_step"),
         "wall_time_s": record.get("wall_time_s"),
         "started": record.get("started"),
+        "host": record.get("host"),
         "metrics": record.get("metrics") or {},
         "source": "metrics.json" if record else "events",
         "config": config,
@@ -202,7 +203,7 @@ def differing_overrides(runs: list[dict]) -> None:
     without that override shows its config's value where it has one). One run: all its overrides."""
     parsed = [dict(_split(o) for o in run["overrides"]) for run in runs]
     keys = sorted({k for p in parsed for k in p if not k.startswith(NOISE_KEYS) and k not in ("model", "dataset")})
-    for run, own in zip(runs, parsed):
+    for run in runs:
         run["differs"] = {}
     for key in keys:
         values = []
