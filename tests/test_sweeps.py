@@ -1,6 +1,6 @@
-"""Sweeps end to end, each in its own `nnlab train` process (as a user runs them): readable job
-folders with HParams, a failing job that does not stop the sweep, submitit's local executor (the
-SLURM path), and DDP on two CPU processes. Few and tiny: synthetic data, debug=fast, threads=1."""
+"""Sweeps end to end through the real entry point: readable job folders with HParams (submitit's
+local executor: the SLURM path, in its own processes), a failing job that does not stop the sweep,
+DDP on two CPU processes, and the presets. Few and tiny: synthetic data, debug=fast, threads=1."""
 
 from __future__ import annotations
 
