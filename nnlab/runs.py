@@ -253,9 +253,12 @@ def _sort_key(key: str):
         value = _field(run, key)
         if value is None:
             return (2, 0.0, "")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):
+            value = str(value)
+        try:  # numbers sort as numbers, also when they come from an override's text ("8" < "32")
             return (0, float(value), "")
-        return (1, 0.0, str(value))
+        except (TypeError, ValueError):
+            return (1, 0.0, str(value))
     return sort_key
 
 

@@ -95,6 +95,8 @@ def test_only_the_overrides_that_differ_within_a_sweep(runs_dir, capsys):
 def test_filter_sort_and_csv(runs_dir, capsys):
     runs = listed(capsys, str(runs_dir), "--filter", "model=ae", "--filter", "status=fin*", "--sort", "test/mse")
     assert [r["metrics"]["test/mse"] for r in runs] == [0.01, 0.02]
+    runs = listed(capsys, str(runs_dir / "multirun"), "--sort", "model.latent_dim")  # as numbers
+    assert [r["differs"]["model.latent_dim"] for r in runs] == ["-1", "8", "32"]
     runs = listed(capsys, str(runs_dir), "--filter", "model.latent_dim=8")
     assert [r["name"].rsplit("/", 1)[-1] for r in runs] == ["model.latent_dim=8"]
     runs = listed(capsys, str(runs_dir), "--sort", "test/mse", "-r")
