@@ -117,14 +117,23 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                               enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks))
 
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+            from nnlab.checkpoints import check_fits, load_checkpoint
+
+            check_fits(load_checkpoint(ckpt_path), model, ckpt_path)  # a clear error before Lightning's
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:  # Lightning answers Ctrl-C (KeyboardInterrupt) with sys.exit(1)
+            if not trainer.interrupted:
+                raise
         if trainer.interrupted:
             raise KeyboardInterrupt
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         monitored = metrics.get(cfg.model.monitor)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.get("test_after_fit", True):
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         metrics.update(getattr(model, "extra_metrics", {}) or {})
         _write_hparams(trainer, hparams_of(cfg), metrics)
@@ -133,7 +142,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         log.info("Run folder: %s  (tensorboard --logdir %s)", run_dir, run_dir.parent)
         return monitored
     except KeyboardInterrupt:
-        record.finish("interrupted")
+        from nnlab.checkpoints import resume_command
+
+        last = run_dir / "checkpoints" / "last.ckpt"
+        record.finish("interrupted", resume=resume_command(run_dir) if last.is_file() else None)
+        print(f"\nnnlab: interrupted. " + (f"Checkpoint: {last}\nResume with:\n  {resume_command(run_dir)}"
+              if last.is_file() else "No checkpoint was written yet; start the run again."), file=sys.stderr)
         raise
     except NNLabError as err:
         record.finish("failed", error=str(err).splitlines()[0])
@@ -153,7 +167,7 @@ def _overrides() -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -161,7 +175,20 @@ def main(cfg: DictConfig) -> float | None:
         result = train(cfg, run_dir)
     except NNLabError as err:
         report_and_exit(err)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     return None if result is None or math.isnan(result) else result
+
+
+def main() -> float | None:
+    """`nnlab train`: resume=<run dir> becomes Hydra arguments first (nnlab/checkpoints.py)."""
+    from nnlab.checkpoints import prepare_argv
+
+    try:
+        sys.argv = prepare_argv(sys.argv)
+    except NNLabError as err:
+        report_and_exit(err)
+    return _hydra_main()
 
 
 if __name__ == "__main__":
