@@ -146,8 +146,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} is not a PyTorch checkpoint (it could not be unpickled: {text.splitlines()[-1][:200]}). "
             "Pass a .ckpt file written by nnlab train, or a run folder."
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, IndexError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    except Exception as err:  # noqa: BLE001 - zip, storage and unpickler errors of a damaged file
+        first = f"{type(err).__name__}: " + (str(err).strip().splitlines() or [""])[0][:200]
         raise CheckpointError(
             f"{path} is truncated or not a checkpoint at all ({first}). If a run was killed while writing it, use "
             f"another checkpoint of the run (checkpoints/{LAST} is written atomically), or train again."
