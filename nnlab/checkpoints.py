@@ -47,6 +47,15 @@ def resume_command(run_dir: str | Path) -> str:
     return f"nnlab train resume={shlex.quote(str(Path(run_dir).resolve()))}"
 
 
+def interrupted(run_dir: str | Path) -> str | None:
+    """Tell the user how to continue an interrupted run; return the resume command (None: nothing to resume)."""
+    last = Path(run_dir) / "checkpoints" / LAST
+    command = resume_command(run_dir) if last.is_file() else None
+    print("\nnnlab: interrupted. " + (f"Saved {last}. Resume with:\n  {command}" if command else
+          "No checkpoint was written yet; start the run again."), file=sys.stderr, flush=True)
+    return command
+
+
 def _hydra_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -87,7 +96,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
         folder = "."
     if folder is None:
         if not any(a.startswith("hydra.run.dir=") for a in args) and not any(a in ("-m", "--multirun") for a in args):
-            check_writable(Path.cwd(), "run folder in")
+            check_writable(Path.cwd() / "outputs", "run folder")
         return argv
     run = Path(folder).expanduser().resolve()
     if not run.is_dir() or not is_run_dir(run):
@@ -307,7 +316,7 @@ def _callback_class():
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
-            print("\nnlab: Ctrl-C - finishing this step and saving checkpoints/last.ckpt "
+            print("\nnnlab: Ctrl-C - finishing this step and saving checkpoints/last.ckpt "
                   "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
         def on_train_start(self, trainer, pl_module) -> None:

@@ -122,11 +122,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
             from nnlab.checkpoints import check_fits, load_checkpoint
 
             check_fits(load_checkpoint(ckpt_path), model, ckpt_path)  # a clear error before Lightning's
-        try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        except SystemExit:  # Lightning answers Ctrl-C (KeyboardInterrupt) with sys.exit(1)
-            if not trainer.interrupted:
-                raise
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise KeyboardInterrupt
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -142,13 +138,18 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         log.info("Run folder: %s  (tensorboard --logdir %s)", run_dir, run_dir.parent)
         return monitored
     except KeyboardInterrupt:
-        from nnlab.checkpoints import resume_command
+        from nnlab.checkpoints import interrupted
 
-        last = run_dir / "checkpoints" / "last.ckpt"
-        record.finish("interrupted", resume=resume_command(run_dir) if last.is_file() else None)
-        print(f"\nnnlab: interrupted. " + (f"Checkpoint: {last}\nResume with:\n  {resume_command(run_dir)}"
-              if last.is_file() else "No checkpoint was written yet; start the run again."), file=sys.stderr)
+        record.finish("interrupted", resume=interrupted(run_dir))
         raise
+    except SystemExit:  # Lightning answers Ctrl-C with its clean-up and sys.exit(1)
+        trainer = locals().get("trainer")
+        if trainer is None or not trainer.interrupted:
+            raise
+        from nnlab.checkpoints import interrupted
+
+        record.finish("interrupted", resume=interrupted(run_dir))
+        raise KeyboardInterrupt from None
     except NNLabError as err:
         record.finish("failed", error=str(err).splitlines()[0])
         raise
