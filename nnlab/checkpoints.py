@@ -397,6 +397,7 @@ def load_for_inference(target: str, overrides: dict[str, str] | None = None, whi
     A run folder: the model is rebuilt from its .hydra/config.yaml. A bare .ckpt: from the
     checkpoint's hyper-parameters (plus its run folder's config when it lives in one).
     overrides: dataset=<name> and dotted keys (dataset.batch_size=...)."""
+    import yaml
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -438,7 +439,7 @@ def load_for_inference(target: str, overrides: dict[str, str] | None = None, whi
     if "dataset" in overrides:
         cfg.dataset = compose_group("dataset", overrides.pop("dataset"))
     for key, value in overrides.items():
-        OmegaConf.update(cfg, key, OmegaConf.create({"v": value}).v if isinstance(value, str) else value, force_add=True)
+        OmegaConf.update(cfg, key, yaml.safe_load(value) if isinstance(value, str) else value, force_add=True)
     if list(cfg.dataset.shape) != model_shape:
         raise ConfigError(
             f"The model was trained on images of shape {model_shape}, but dataset '{cfg.dataset.name}' has shape "
