@@ -109,7 +109,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
     if not last.is_file():
         raise CheckpointError(
             f"The run {run} has no checkpoints/{LAST} to resume from: it stopped before its first checkpoint, "
-            "or ran with callbacks=none. Start it again without resume= (checkpoint.every_n_steps=N writes "
+            "or ran with callbacks=none. Start it again without resume= (callbacks.checkpoint.every_n_steps=N writes "
             f"{LAST} every N steps)."
         )
     rest = [a for a in args if not a.startswith(("resume=", "hydra.run.dir=")) and a != "ckpt_path=last"]

@@ -133,6 +133,15 @@ def test_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     finally:
         sys.argv = argv
     assert _flat("has no checkpoints/last.ckpt") in _flat(capsys.readouterr().err)
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    argv, sys.argv = sys.argv, ["nnlab train", f"resume={run}", "model=vae"]  # the model cannot change
+    try:
+        with pytest.raises(SystemExit):
+            main()
+    finally:
+        sys.argv = argv
+    assert _flat("model=vae cannot change") in _flat(capsys.readouterr().err)
 
 
 def test_output_folder_that_is_not_writable(tmp_path, capsys):
