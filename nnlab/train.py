@@ -154,14 +154,19 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                               enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks))
 
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+            from nnlab.checkpoints import check_fits, load_checkpoint
+
+            check_fits(load_checkpoint(ckpt_path), model, ckpt_path)  # a clear error before Lightning's
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise KeyboardInterrupt
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         monitored = metrics.get(cfg.model.monitor)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.get("test_after_fit", True):
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         metrics.update(getattr(model, "extra_metrics", {}) or {})
         _write_hparams(trainer, hparams_of(cfg), metrics)
@@ -170,8 +175,18 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         log.info("Run folder: %s  (tensorboard --logdir %s)", run_dir, run_dir.parent)
         return monitored
     except KeyboardInterrupt:
-        record.finish("interrupted")
+        from nnlab.checkpoints import interrupted
+
+        record.finish("interrupted", resume=interrupted(run_dir))
         raise
+    except SystemExit:  # Lightning answers Ctrl-C with its clean-up and sys.exit(1)
+        trainer = locals().get("trainer")
+        if trainer is None or not trainer.interrupted:
+            raise
+        from nnlab.checkpoints import interrupted
+
+        record.finish("interrupted", resume=interrupted(run_dir))
+        raise KeyboardInterrupt from None
     except NNLabError as err:
         record.finish("failed", error=str(err).splitlines()[0])
         raise
@@ -190,7 +205,7 @@ def _overrides() -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -203,12 +218,25 @@ def main(cfg: DictConfig) -> float | None:
             report_and_exit(err)
         log.error("%s", err.render())  # a sweep goes on: metrics.json says failed, nnlab.sweeps sums up
         return None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     except Exception:
         if not sweeping:
             raise
         log.exception("This job failed; the sweep goes on.")
         return None
     return None if result is None or math.isnan(result) else result
+
+
+def main() -> float | None:
+    """`nnlab train`: resume=<run dir> becomes Hydra arguments first (nnlab/checkpoints.py)."""
+    from nnlab.checkpoints import prepare_argv
+
+    try:
+        sys.argv = prepare_argv(sys.argv)
+    except NNLabError as err:
+        report_and_exit(err)
+    return _hydra_main()
 
 
 if __name__ == "__main__":
