@@ -82,8 +82,12 @@ def errors_grid(images: torch.Tensor, labels: list[str], nrow: int | None = None
         tile = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((tw, th), Image.NEAREST)
         canvas.paste(tile, (x0, y0))
         true, _, pred = label.partition("->")
-        draw.text((x0 + 1, y0 + th + 1), _fit(draw, true + "->", tw, font), fill=(0, 0, 0), font=font)
-        draw.text((x0 + 1, y0 + th + 13), _fit(draw, pred, tw, font), fill=(200, 0, 0), font=font)
+        if draw.textlength(label, font=font) <= tw:  # short names: one line, true in black, pred in red
+            draw.text((x0 + 1, y0 + th + 1), true + "->", fill=(0, 0, 0), font=font)
+            draw.text((x0 + 1 + draw.textlength(true + "->", font=font), y0 + th + 1), pred, fill=(200, 0, 0), font=font)
+        else:
+            draw.text((x0 + 1, y0 + th + 1), _fit(draw, true + "->", tw, font), fill=(0, 0, 0), font=font)
+            draw.text((x0 + 1, y0 + th + 13), _fit(draw, pred, tw, font), fill=(200, 0, 0), font=font)
     return _to_tensor(canvas)
 
 
@@ -96,7 +100,7 @@ def confusion_image(cm: torch.Tensor, classes) -> torch.Tensor:
     k = cm.shape[0]
     share = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)  # row-normalised: recall on the diagonal
     cell = 36
-    names = [f"{i} {name}" for i, name in enumerate(classes)]
+    names = [str(name) if str(name) == str(i) else f"{i} {name}" for i, name in enumerate(classes)]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left = int(max(probe.textlength(s, font=font) for s in names)) + 10
     top = 34
