@@ -6,6 +6,8 @@ reconstruction loss, logging, the reconstructions grid); each model adds its own
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -84,6 +86,17 @@ class AutoencoderBase(NNLabModule):
         x, _ = self.datamodule.fixed_batch("val", self.n_log_images)
         x = x.to(self.device)
         viz.log_image(self, "reconstructions", viz.rows(x, self(x)))
+
+    @torch.no_grad()
+    def sample_grid(self, n: int = 64, label=None, interpolate: bool = False) -> torch.Tensor:
+        """`nnlab sample`: n test images, each row of inputs above its row of reconstructions."""
+        x, _ = self.datamodule.fixed_batch("test", n)
+        x = x.to(self.device)
+        cols = math.ceil(math.sqrt(len(x)))
+        pad = (-len(x)) % cols  # white tiles complete the last row
+        x = torch.cat([x, torch.ones((pad, *x.shape[1:]), device=x.device)])
+        pairs = [part for i in range(0, len(x), cols) for part in (x[i : i + cols], self(x[i : i + cols]))]
+        return viz.grid(torch.cat(pairs), nrow=cols)
 
 
 class AE(AutoencoderBase):
