@@ -128,6 +128,13 @@ class UserBatches:
     def __len__(self) -> int:
         return len(self.users)
 
+    # the position within the epoch (TensorBatches' state): a mid-epoch resume continues where it stopped
+    def state_dict(self) -> dict:
+        return self.users.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.users.load_state_dict(state)
+
     def __iter__(self):
         for ids, _ in self.users:
             yield self.inputs.dense(ids, self.n_items), self.targets.dense(ids, self.n_items)
