@@ -18,11 +18,10 @@ TINY = ("model.latent_dim=4", "model.n_embed=32")
 
 
 # -- every model, end to end ------------------------------------------------------------------------
-# (ae mlp with a 2-d code, stacked_ae and dae with a gaussian corruption run in the tests further down)
+# (ae mlp with a 2-d code, dae and stacked_ae run in the tests further down)
 @pytest.mark.parametrize("model, shape, extra", [
     ("ae", "[3,32,32]", ("model.net=conv", "model.channels=[8,16]")),
     ("sparse_ae", "[3,32,32]", ("model.latent_dim=64",)),
-    ("dae", "[3,32,32]", ("model.corruption=masking", "model.noise_level=0.3")),
     ("cae", "[1,28,28]", ()),
 ])
 def test_fast_run(tmp_path, model, shape, extra):
@@ -32,8 +31,23 @@ def test_fast_run(tmp_path, model, shape, extra):
     m = metrics["metrics"]
     assert math.isfinite(m["test/loss"])
     assert math.isfinite(m["test/mse"]) and math.isfinite(m["test/pca_mse"])
-    if model == "dae":
-        assert m["test/psnr"] > 0 and m["test/psnr_noisy"] > 0
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+@pytest.mark.parametrize("cls, kwargs", [
+    (AE, {"net": "mlp"}), (AE, {"net": "conv", "channels": [4, 8]}), (ae.SparseAE, {"hidden_dims": []}),
+    (DAE, {"net": "conv", "channels": [4], "corruption": "salt_pepper", "noise_level": 0.2}),
+    (CAE, {"hidden_dims": []}), (CAE, {"net": "conv", "channels": [4]}), (StackedAE, {"hidden_dims": [12]}),
+])
+def test_shapes(cls, kwargs, shape):
+    model = cls(cls.__name__.lower(), latent_dim=5, input_shape=shape, **kwargs)
+    x = torch.rand(3, *shape)
+    assert model.encode(x).shape == (3, 5)
+    recon = model(x)
+    assert recon.shape == x.shape and 0 <= recon.min() and recon.max() <= 1
+    terms = model.batch_terms((x, torch.tensor([0, 1, 2])))
+    assert terms["loss"].ndim == 0 and torch.isfinite(terms["loss"])
+    terms["loss"].backward()
 
 
 def test_event_file_has_the_analyses(tmp_path):
@@ -183,17 +197,21 @@ def test_stacked_ae_pretrain_flag(tmp_path):
 
 
 # -- sampling from a trained model (`nnlab sample`) ----------------------------------------------------------
-def test_sample_grid_from_checkpoint(tmp_path):
-    run = run_train(tmp_path, *FAST, "model=dae", "model.latent_dim=4", "model.n_embed=0")
+def test_dae_run_and_sample_grid_from_checkpoint(tmp_path):
+    run = run_train(tmp_path, *FAST, "model=dae", "dataset.shape=[3,32,32]", "model.corruption=masking",
+                    "model.noise_level=0.3", "model.latent_dim=4", "model.n_embed=0")
+    m = read_metrics(run)["metrics"]
+    assert m["test/psnr"] > 0 and m["test/psnr_noisy"] > 0 and math.isfinite(m["test/pca_mse"])
+    assert (event_tags(run).Images("reconstructions")[-1].height) == 3 * 34 + 2  # clean | corrupted | output
     model = DAE.load_from_checkpoint(next((run / "checkpoints").glob("best*.ckpt")), weights_only=True)
-    img = model.sample_grid(n=16)
-    assert img.shape == (3, 3 * (2 * 30) + 2, 8 * 30 + 2)  # 2 blocks x (clean | corrupted | recon) rows of 8
+    img = model.sample_grid(n=16)  # from the test images kept in the checkpoint
+    assert img.shape == (3, 2 * 3 * 34 + 2, 8 * 34 + 2)  # 2 blocks x (clean | corrupted | recon) rows of 8
     assert 0 <= img.min() and img.max() <= 1
     walk = model.sample_grid(n=16, interpolate=True)
-    assert walk.shape == (3, 2 * 30 + 2, 8 * 30 + 2)
+    assert walk.shape == (3, 2 * 34 + 2, 8 * 34 + 2)
     labels = model.stored_images[1]
     one = model.sample_grid(n=4, label=int(labels[0]))
-    assert one.shape[2] == 4 * 30 + 2
+    assert one.shape[2] == 4 * 34 + 2
 
 
 def test_bad_options_are_config_errors():
