@@ -159,7 +159,7 @@ class AutoencoderBase(NNLabModule):
         if loss not in LOSSES:
             raise ConfigError(f"model.loss='{loss}' is unknown; use one of {', '.join(LOSSES)}.")
         self.loss_kind, self.n_log_images, self.n_embed = loss, int(n_log_images), int(n_embed)
-        self.net, self.latent_dim = net, int(latent_dim)
+        self.net_kind, self.latent_dim = net, int(latent_dim)
         widths = list(channels) if net == "conv" else list(hidden_dims)
         self.encoder, self.decoder = self.build_nets(net, widths, self.latent_dim)
         self.pca: PCA | None = None
@@ -410,7 +410,7 @@ class CAE(AutoencoderBase):
     def __init__(self, name, lam=1e-2, **kwargs):
         super().__init__(name, **kwargs)
         self.lam = float(lam)
-        self.closed_form = self.net == "mlp" and len(self.encoder.net) == 1
+        self.closed_form = self.net_kind == "mlp" and len(self.encoder.net) == 1
 
     def encode(self, x):
         return torch.sigmoid(self.encoder(x))
