@@ -42,6 +42,9 @@ RULES = {
     "dataset.shape": (lambda v: _int_list(v) and len(v) == 3, "[channels, height, width]", "dataset.shape=[1,28,28]"),
     "trainer.max_epochs": (_epochs, "a positive integer (or -1 for no limit)", "trainer.max_epochs=10"),
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", "seed=42"),
+    "callbacks.checkpoint.every_n_steps": (lambda v: v is None or _positive_int(v), "null or a positive integer",
+                                           "callbacks.checkpoint.every_n_steps=500"),
+    "threads": (lambda v: v is None or _positive_int(v), "null or a positive integer", "threads=2"),
 }
 
 
