@@ -151,6 +151,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         model = instantiate(cfg.model, _recursive_=False, _convert_="all")
         loggers = _instantiate_group(cfg.get("logger"))
         callbacks = _instantiate_group(cfg.get("callbacks"))
+        if not loggers:  # the learning-rate monitor needs a logger; logger=none drops it
+            callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                               enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks))
 

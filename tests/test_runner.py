@@ -79,7 +79,7 @@ def test_default_run_folders_are_readable_and_unique(tmp_path, monkeypatch):
     from nnlab.train import main
 
     for _ in range(2):
-        monkeypatch.setattr(sys, "argv", ["nnlab train", *FAST, "callbacks=none", "logger=none"])
+        monkeypatch.setattr(sys, "argv", ["nnlab train", *FAST, "logger=none", "callbacks.progress_bar.refresh_rate=0"])
         main()
     runs = sorted((tmp_path / "outputs" / "ae" / "synthetic").iterdir())
     assert len(runs) == 2
