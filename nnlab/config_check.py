@@ -33,7 +33,8 @@ def _epochs(v):
 # key -> (check, what it must be, an example). Keys that a config does not have are skipped.
 RULES = {
     "model.latent_dim": (_positive_int, "a positive integer", "model.latent_dim=32"),
-    "model.hidden_dims": (_int_list, "a non-empty list of positive integers", "model.hidden_dims=[512,256]"),
+    # [] is allowed: a one-layer encoder (the sparse and contractive autoencoders' textbook form)
+    "model.hidden_dims": (lambda v: v == [] or _int_list(v), "a list of positive integers", "model.hidden_dims=[512,256]"),
     "model.optimizer.lr": (_positive_number, "a positive number", "model.optimizer.lr=1e-3"),
     "dataset.batch_size": (_positive_int, "a positive integer", "dataset.batch_size=128"),
     "dataset.eval_batch_size": (_positive_int, "a positive integer", "dataset.eval_batch_size=1024"),
