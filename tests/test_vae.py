@@ -134,3 +134,13 @@ def test_debug_fast_runs_log_elbo_nll_iw_and_images(tmp_path, name):
         assert 0 <= weights[0] < weights[-1] < 0.5
     if "model.beta=4" in RUNS[name]:
         assert [e.value for e in acc.Scalars("train/kl_weight")][-1] == pytest.approx(4.0)
+
+
+def test_sampling_from_a_checkpoint_is_a_one_liner(tmp_path):
+    run = run_train(tmp_path, *FAST, "model=vae", "model.iw_images=0", "test_after_fit=false")
+    model = VAE.load_from_checkpoint(read_metrics(run)["best_checkpoint"] or next(run.glob("checkpoints/*.ckpt")),
+                                     map_location="cpu")
+    images = model.sample(5)
+    assert images.shape == (5, 1, 28, 28) and 0 <= images.min() <= images.max() <= 1
+    assert model.training  # sampling switches to eval mode and back
+    assert model.sample_grid(9).shape == (3, 3 * 30 + 2, 3 * 30 + 2)

@@ -70,6 +70,7 @@ class VAE(AutoencoderBase):
         n_log_images: int = 16,
         **kwargs,
     ):
+        kwargs.pop("loss", None)  # the base's reconstruction-loss option: the VAE's is `likelihood`
         super().__init__(name, net=net, hidden_dims=hidden_dims, latent_dim=latent_dim, loss="bce",
                          n_log_images=n_log_images, **kwargs)
         if likelihood not in LIKELIHOODS:
