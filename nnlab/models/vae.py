@@ -149,7 +149,7 @@ class VAE(AutoencoderBase):
         per_chunk = max(1, self.iw_chunk // k)
         for xb in x.split(per_chunk):
             mu, logvar = self.posterior(xb)
-            z = mu + (0.5 * logvar).exp() * torch.randn(k, *mu.shape, device=mu.device)  # (k, B, D)
+            z = self.reparameterise(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))  # (k, B, D)
             logits = self.decode_logits(z.flatten(0, 1)).unflatten(0, (k, len(xb)))
             log_w = (-self.recon_nll(logits, xb)                                  # log p(x|z)
                      + gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))  # log p(z)
