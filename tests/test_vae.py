@@ -105,9 +105,9 @@ def test_bad_options_are_config_errors(bad):
 
 RUNS = {
     "mlp-1x28x28": ("model.latent_dim=2", "model.kl_warmup_epochs=2"),
-    "conv-3x32x32": ("model.net=conv", "model.hidden_dims=[8,16]", "dataset.shape=[3,32,32]"),
+    "conv-3x32x32": ("model.net=conv", "model.channels=[8,16]", "dataset.shape=[3,32,32]"),
     "mlp-3x32x32": ("dataset.shape=[3,32,32]", "model.likelihood=gaussian", "model.gaussian_variance=learned"),
-    "conv-1x28x28": ("model.net=conv", "model.hidden_dims=[8,16]", "model.beta=4"),
+    "conv-1x28x28": ("model.net=conv", "model.channels=[8,16]", "model.beta=4"),
 }
 
 

@@ -27,7 +27,7 @@ from torch import nn
 from nnlab import viz
 from nnlab.errors import ConfigError
 from nnlab.models.autoencoders import AutoencoderBase
-from nnlab.nets import build_encoder
+from nnlab.nets import build_decoder, build_encoder
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 VARIANCES = ("fixed", "learned")
@@ -90,8 +90,6 @@ class VAE(AutoencoderBase):
         self.iw_k, self.iw_images, self.iw_chunk = int(iw_k), iw_images, int(iw_chunk)
         self.attribute = (int(attribute_source), int(attribute_target), [float(a) for a in attribute_alphas])
         self.n_samples, self.interp_steps, self.manifold_size = int(n_samples), int(interp_steps), int(manifold_size)
-        # q(z|x): the encoder outputs 2 * latent_dim numbers, [mu, log sigma^2]
-        self.encoder = build_encoder(net, self.input_shape, hidden_dims, 2 * self.latent_dim)
         # the Gaussian decoder's sigma_x: one scalar for all pixels (fixed, or learned as in sigma-VAE)
         log_std = torch.tensor(math.log(gaussian_std))
         if likelihood == "gaussian" and gaussian_variance == "learned":
@@ -107,6 +105,11 @@ class VAE(AutoencoderBase):
         """q(z|x): (mu, logvar), each (B, latent_dim)."""
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar.clamp(-30.0, 20.0)
+
+    def build_nets(self, net, widths, latent_dim):
+        """q(z|x) outputs 2 * latent_dim numbers, [mu, log sigma^2]; p(x|z) is the base's decoder."""
+        return (build_encoder(net, self.input_shape, widths, 2 * latent_dim),
+                build_decoder(net, latent_dim, widths, self.input_shape))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The code used for embeddings and interpolations: the posterior mean mu."""
