@@ -22,7 +22,7 @@ Write a PNG grid from a trained model: RUN_OR_CKPT is a run folder or a .ckpt fi
   n=64               how many images
   out=samples.png    the PNG to write (relative to the current directory)
   label=K            models with classes (cgan): samples of class K; default: one row per class
-  interpolate=true   vae: interpolate between two test images instead of prior samples
+  interpolate=true   autoencoders, vae: decoded straight lines between two test codes
   seed=0             the random seed of the samples
   checkpoint=best    or last: which checkpoint of a run folder
   dataset=NAME       the dataset to draw test images from (same image shape)
