@@ -44,7 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import pytorch_lightning as pl
+# a hand-written script does not import Lightning, which sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (see nnlab/train.py):
+# the hand-written paths run with the environment as it was before that import
+_ENV_BEFORE_LIGHTNING = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+import pytorch_lightning as pl  # noqa: E402
+
+_ENV_AFTER_LIGHTNING = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +126,24 @@ def build(overrides: list[str]):
     return cfg, dm, model, opts
 
 
+@contextlib.contextmanager
+def cuda_probe_env(lightning: bool):
+    """The CUDA-probe setting of a fresh process that did (nnlab) or did not (hand-written) import Lightning."""
+    saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    _set_env("PYTORCH_NVML_BASED_CUDA_CHECK", _ENV_AFTER_LIGHTNING if lightning else _ENV_BEFORE_LIGHTNING)
+    try:
+        yield
+    finally:
+        _set_env("PYTORCH_NVML_BASED_CUDA_CHECK", saved)
+
+
+def _set_env(key, value):
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
 def _sync(device):
 
     if device.type == "cuda":
@@ -137,19 +160,19 @@ def run_hand(entry: Entry, overrides: list[str], epochs: int, limit: int | None,
     n_batches = len(images) // bs if len(images) > bs else 1  # drop_last, as nnlab's training batches
     if limit:
         n_batches = min(n_batches, limit)
-    n_img, seconds = 0, 0.0
+    n_img, seconds, cpu = 0, 0.0, 0.0
     for epoch in range(epochs):
         _sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(epoch)).to(device)
         for i in range(n_batches):
             idx = order[i * bs : (i + 1) * bs]
             x, y = images[idx].float().div_(255.0), labels[idx]
             step(model, opts, x, y)
         _sync(device)
-        seconds += time.perf_counter() - t0
+        seconds, cpu = seconds + time.perf_counter() - t0, cpu + time.process_time() - c0
         n_img += n_batches * bs
-    return {"img_s": n_img / seconds, "images": n_img, "seconds": seconds}
+    return {"img_s": n_img / seconds, "images": n_img, "seconds": seconds, "cpu_img_s": n_img / cpu}
 
 
 class FashionMNISTStyle:
@@ -204,13 +227,14 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         _sync(pl_module.device)
-        self.images, self.t0 = 0, time.perf_counter()
+        self.images, self.t0, self.c0 = 0, time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.images += len(batch[0])
         if batch_idx + 1 == trainer.num_training_batches:  # one sync per epoch, at its last batch
             _sync(pl_module.device)
-            EpochTimer.results.append({"images": self.images, "seconds": time.perf_counter() - self.t0})
+            EpochTimer.results.append({"images": self.images, "seconds": time.perf_counter() - self.t0,
+                                       "cpu_seconds": time.process_time() - self.c0})
 
     def on_fit_end(self, trainer, pl_module):
         if pl_module.device.type == "cuda":
@@ -239,7 +263,9 @@ def run_nnlab(entry: Entry, overrides: list[str], epochs: int, limit: int | None
             sys.argv = argv
     epochs_run = [r for r in EpochTimer.results if "seconds" in r]
     n_img, seconds = sum(r["images"] for r in epochs_run), sum(r["seconds"] for r in epochs_run)
-    out = {"img_s": n_img / seconds if seconds else float("nan"), "images": n_img, "seconds": seconds}
+    cpu = sum(r["cpu_seconds"] for r in epochs_run)
+    out = {"img_s": n_img / seconds if seconds else float("nan"), "images": n_img, "seconds": seconds,
+           "cpu_img_s": n_img / cpu if cpu else float("nan")}
     mem = [r["cuda_max_memory_allocated"] for r in EpochTimer.results if "cuda_max_memory_allocated" in r]
     if mem:
         out["cuda_max_memory_allocated_mb"] = max(mem) / 2**20
@@ -327,17 +353,18 @@ def main(argv=None) -> dict:
     for name in names:
         entry = MODELS[name]
         overrides = [*entry.overrides, accel, f"threads={threads}", *args.set]
-        runs: dict[str, list[dict]] = {p: [] for p in paths}
         jobs = {"nnlab": lambda: run_nnlab(entry, overrides, args.epochs, args.limit_batches, device),
                 "hand": lambda: run_hand(entry, overrides, args.epochs, args.limit_batches, device),
                 "dataloader": lambda: run_dataloader(entry, overrides, args.epochs, args.limit_batches, device, args.workers)}
+        runs = {p: [] for p in paths}
         if args.compile:
             jobs["nnlab+compile"] = lambda: run_nnlab(entry, overrides, args.epochs, args.limit_batches, device, ["model.compile=true"])
             runs["nnlab+compile"] = []
         for rep in range(args.reps):  # interleaved: A B C A B C ...
             for path in runs:
                 torch.set_num_threads(threads)
-                result = jobs[path]()
+                with cuda_probe_env(lightning=path.startswith("nnlab")):
+                    result = jobs[path]()
                 runs[path].append(result)
                 print(f"  {name} rep {rep + 1}/{args.reps} {path:14s} {result['img_s']:8.0f} img/s "
                       f"({result['images']} images in {result['seconds']:.2f} s)", flush=True)
