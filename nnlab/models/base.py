@@ -43,6 +43,8 @@ class NNLabModule(pl.LightningModule):
             return optimizer
         sched = dict(sched)
         interval = sched.pop("interval", "epoch")
+        if sched.get("total_steps") == "auto":  # OneCycleLR & co.: the optimizer steps of the whole fit
+            sched["total_steps"] = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": instantiate(sched, optimizer=optimizer), "interval": interval}}
 
     @property
