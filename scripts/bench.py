@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -48,9 +48,10 @@ from typing import Callable
 # the hand-written paths run with the environment as it was before that import
 _ENV_BEFORE_LIGHTNING = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
 import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 _ENV_AFTER_LIGHTNING = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -66,13 +67,72 @@ class Entry:
     loss: Callable  # loss(module, x, y) -> the training loss, written out by hand from the module's nets
     step: Callable | None = None  # step(module, optimizers, x, y); default: one optimiser, zero_grad/backward/step
     note: str = ""
+    model_loss: Callable | None = None  # the model's own loss on a batch (tests); default: its training_step
 
 
 def ae_loss(m, x, y):
     """Undercomplete AE with the default mse loss: mean (sigmoid(g(f(x))) - x)^2."""
-    import torch.nn.functional as F
-
     return F.mse_loss(torch.sigmoid(m.decoder(m.encoder(x))), x)
+
+
+def lenet_loss(m, x, y):
+    """LeNet-5: cross-entropy of the net's logits (in the memory format the model asks for)."""
+    return F.cross_entropy(m.net(x.contiguous(memory_format=torch.channels_last) if m.channels_last else x), y)
+
+
+def rnn_loss(m, x, y):
+    """Row-by-row LSTM: cross-entropy of the net's logits."""
+    return F.cross_entropy(m.net(x), y)
+
+
+def clipped_step(entry_loss):
+    """One Adam step with the gradient norm clipped at the model's default (lstm: 1.0), as nnlab does."""
+
+    def step(m, opts, x, y):
+        (opt,) = opts
+        opt.zero_grad(set_to_none=True)
+        loss = entry_loss(m, x, y)
+        loss.backward()
+        if m.default_clip:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), m.default_clip)
+        opt.step()
+        return loss
+
+    return step
+
+
+def gan_d_loss(m, x, y, fake=None):
+    """DCGAN discriminator loss -[log D(x) + log(1 - D(G(z)))], written out as two BCEs on logits."""
+    real = x * 2 - 1
+    fake = m.generator(torch.randn(len(real), m.latent_dim, device=x.device), None) if fake is None else fake
+    real_logits, fake_logits = m.discriminator(real, None), m.discriminator(fake.detach(), None)
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, m.real_target))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def gan_model_d_loss(m, x, y):
+    """The same, through the model's own functions (for the test)."""
+    from nnlab.models.gans import discriminator_loss
+
+    real, fake = x * 2 - 1, m.generator(m.noise(len(x)), None)
+    return discriminator_loss(m.discriminator(real, None), m.discriminator(fake.detach(), None), m.real_target)
+
+
+def gan_step(m, opts, x, y):
+    """One D step, then one G step (non-saturating: softplus(-l)) judged by the updated D on the same fakes."""
+    opt_g, opt_d = opts
+    fake = m.generator(torch.randn(len(x), m.latent_dim, device=x.device), None)
+    d_loss = gan_d_loss(m, x, y, fake)
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    m.discriminator.requires_grad_(False)
+    g_loss = F.softplus(-m.discriminator(fake, None)).mean()
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    m.discriminator.requires_grad_(True)
+    return d_loss
 
 
 def single_optimizer_step(entry: Entry):
@@ -89,6 +149,9 @@ def single_optimizer_step(entry: Entry):
 
 MODELS: dict[str, Entry] = {
     "ae": Entry("ae", ["model=ae"], ae_loss, note="MLP 784-256-32, mse"),
+    "lenet": Entry("lenet", ["model=lenet"], lenet_loss, note="LeNet-5 modern, channels_last"),
+    "lstm": Entry("lstm", ["model=lstm"], rnn_loss, clipped_step(rnn_loss), note="LSTM 128 over 28 rows, clip 1.0"),
+    "dcgan": Entry("dcgan", ["model=dcgan"], gan_d_loss, gan_step, model_loss=gan_model_d_loss, note="D then G step"),
 }
 
 
