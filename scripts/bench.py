@@ -16,6 +16,8 @@ ways of training the same nn.Module with the same optimiser, batch size and loss
               sample into a PIL image and back with ToTensor (as torchvision.datasets.FashionMNIST does),
               DataLoader(batch_size, shuffle=True, num_workers=--workers), and the hand loop above.
 
+On the CPU the slow models time only the first batches of each epoch (lenet 150, lstm 80, dcgan 20: see MODELS; the
+`batches/epoch` column), unless --limit-batches is given; on a GPU every model runs whole epochs.
 Repetitions are interleaved (nnlab, hand, dataloader, nnlab, ...) so the load of a shared machine hits all
 three alike; the table shows medians (over repetitions of the img/s of all measured epochs of a repetition)
 and the ratios nnlab/hand and nnlab/dataloader. It also times `nnlab --help`, `nnlab train --cfg job`, and
@@ -68,6 +70,7 @@ class Entry:
     step: Callable | None = None  # step(module, optimizers, x, y); default: one optimiser, zero_grad/backward/step
     note: str = ""
     model_loss: Callable | None = None  # the model's own loss on a batch (tests); default: its training_step
+    max_batches: int | None = None  # training batches per epoch when --limit-batches is not given (slow models)
 
 
 def ae_loss(m, x, y):
@@ -149,9 +152,9 @@ def single_optimizer_step(entry: Entry):
 
 MODELS: dict[str, Entry] = {
     "ae": Entry("ae", ["model=ae"], ae_loss, note="MLP 784-256-32, mse"),
-    "lenet": Entry("lenet", ["model=lenet"], lenet_loss, note="LeNet-5 modern, channels_last"),
-    "lstm": Entry("lstm", ["model=lstm"], rnn_loss, clipped_step(rnn_loss), note="LSTM 128 over 28 rows, clip 1.0"),
-    "dcgan": Entry("dcgan", ["model=dcgan"], gan_d_loss, gan_step, model_loss=gan_model_d_loss, note="D then G step"),
+    "lenet": Entry("lenet", ["model=lenet"], lenet_loss, note="LeNet-5 modern, channels_last", max_batches=150),
+    "lstm": Entry("lstm", ["model=lstm"], rnn_loss, clipped_step(rnn_loss), note="LSTM 128 over 28 rows, clip 1.0", max_batches=80),
+    "dcgan": Entry("dcgan", ["model=dcgan"], gan_d_loss, gan_step, model_loss=gan_model_d_loss, note="D then G step", max_batches=20),
 }
 
 
@@ -304,7 +307,7 @@ class EpochTimer(pl.Callback):
             EpochTimer.results.append({"cuda_max_memory_allocated": torch.cuda.max_memory_allocated(pl_module.device)})
 
 
-def run_nnlab(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device, extra=()) -> dict:
+def run_nnlab(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device, extra=(), warmup_epochs: int = 0) -> dict:
     from nnlab.train import main
 
     EpochTimer.results = []
@@ -325,9 +328,12 @@ def run_nnlab(entry: Entry, overrides: list[str], epochs: int, limit: int | None
         finally:
             sys.argv = argv
     epochs_run = [r for r in EpochTimer.results if "seconds" in r]
+    if warmup_epochs and len(epochs_run) > warmup_epochs:
+        epochs_run = epochs_run[warmup_epochs:]  # torch.compile: leave the compiling epoch out
     n_img, seconds = sum(r["images"] for r in epochs_run), sum(r["seconds"] for r in epochs_run)
     cpu = sum(r["cpu_seconds"] for r in epochs_run)
     out = {"img_s": n_img / seconds if seconds else float("nan"), "images": n_img, "seconds": seconds,
+           "epoch_img_s": [r["images"] / r["seconds"] for r in EpochTimer.results if "seconds" in r],
            "cpu_img_s": n_img / cpu if cpu else float("nan")}
     mem = [r["cuda_max_memory_allocated"] for r in EpochTimer.results if "cuda_max_memory_allocated" in r]
     if mem:
@@ -371,7 +377,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader num_workers (default: min(4, cores))")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every path (default: torch's, passed to nnlab as threads=)")
     p.add_argument("--paths", default="nnlab,hand,dataloader", help="which of nnlab,hand,dataloader to run")
-    p.add_argument("--compile", action="store_true", help="also time the nnlab path with model.compile=true")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the nnlab path with model.compile=true (with --epochs > 1 the first, compiling, epoch is left out)")
     p.add_argument("--full-train", action="store_true", help="also time the whole default `nnlab train` (minutes)")
     p.add_argument("--no-cli", action="store_true", help="skip the --help / --cfg job / peak-memory subprocesses")
     p.add_argument("--quick", action="store_true", help="1 rep, 1 epoch, 50 batches, 1 CLI timing: a smoke run in seconds")
@@ -384,7 +391,7 @@ def parse_args(argv=None):
 
 
 def fmt_table(rows: list[dict]) -> str:
-    cols = [("model", "model", "{}"), ("batch", "batch", "{}"), ("nnlab img/s", "nnlab", "{:.0f}"),
+    cols = [("model", "model", "{}"), ("batch", "batch", "{}"), ("batches/epoch", "batches", "{}"), ("nnlab img/s", "nnlab", "{:.0f}"),
             ("hand img/s", "hand", "{:.0f}"), ("DataLoader img/s", "dataloader", "{:.0f}"),
             ("nnlab/hand", "nnlab/hand", "{:.2f}"), ("nnlab/DataLoader", "nnlab/dataloader", "{:.2f}")]
     if any("nnlab+compile" in r for r in rows):
@@ -416,12 +423,14 @@ def main(argv=None) -> dict:
     for name in names:
         entry = MODELS[name]
         overrides = [*entry.overrides, accel, f"threads={threads}", *args.set]
-        jobs = {"nnlab": lambda: run_nnlab(entry, overrides, args.epochs, args.limit_batches, device),
-                "hand": lambda: run_hand(entry, overrides, args.epochs, args.limit_batches, device),
-                "dataloader": lambda: run_dataloader(entry, overrides, args.epochs, args.limit_batches, device, args.workers)}
+        limit = args.limit_batches or (entry.max_batches if device.type == "cpu" else None)
+        jobs = {"nnlab": lambda: run_nnlab(entry, overrides, args.epochs, limit, device),
+                "hand": lambda: run_hand(entry, overrides, args.epochs, limit, device),
+                "dataloader": lambda: run_dataloader(entry, overrides, args.epochs, limit, device, args.workers)}
         runs = {p: [] for p in paths}
         if args.compile:
-            jobs["nnlab+compile"] = lambda: run_nnlab(entry, overrides, args.epochs, args.limit_batches, device, ["model.compile=true"])
+            jobs["nnlab+compile"] = lambda: run_nnlab(entry, overrides, args.epochs, limit, device,
+                                                      ["model.compile=true"], warmup_epochs=1)
             runs["nnlab+compile"] = []
         for rep in range(args.reps):  # interleaved: A B C A B C ...
             for path in runs:
@@ -432,7 +441,7 @@ def main(argv=None) -> dict:
                 print(f"  {name} rep {rep + 1}/{args.reps} {path:14s} {result['img_s']:8.0f} img/s "
                       f"({result['images']} images in {result['seconds']:.2f} s)", flush=True)
         cfg = compose(overrides)
-        row = {"model": name, "batch": int(cfg.dataset.batch_size), "note": entry.note, "runs": runs}
+        row = {"model": name, "batch": int(cfg.dataset.batch_size), "batches": limit or "all", "note": entry.note, "runs": runs}
         for path, results in runs.items():
             row[path] = statistics.median(r["img_s"] for r in results)
         for a, b in (("nnlab", "hand"), ("nnlab", "dataloader"), ("nnlab+compile", "nnlab")):

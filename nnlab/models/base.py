@@ -22,6 +22,11 @@ from hydra.utils import instantiate
 from nnlab.errors import ConfigError
 
 
+# the hooks of one training step: a scalar logged there with on_step (their default) is written every log_every_n_steps
+PER_STEP_HOOKS = frozenset({"training_step", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
+                            "on_before_zero_grad"})
+
+
 class NNLabModule(pl.LightningModule):
     family = "base"
 
@@ -50,12 +55,17 @@ class NNLabModule(pl.LightningModule):
                 child.compile()
             self._nets_compiled = True
 
+    @property
+    def logging_step(self) -> bool:
+        """True on the training steps whose per-step scalars Lightning writes (every trainer.log_every_n_steps):
+        compute a per-step statistic only then (e.g. `if self.logging_step: self.log("train/grad_norm", ...)`)."""
+        trainer = getattr(self, "_trainer", None)
+        return trainer is None or bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
+
     def log(self, name: str, value: Any, *args, **kwargs) -> None:
         """Lightning's log, minus the per-step training scalars that Lightning would not write anyway."""
-        on_step, on_epoch = kwargs.get("on_step"), kwargs.get("on_epoch")
-        trainer = getattr(self, "_trainer", None)
-        if (trainer is not None and not args and self._current_fx_name == "training_step" and on_step is not False
-                and not on_epoch and not trainer.fast_dev_run and not trainer._logger_connector.should_update_logs):
+        if (not args and self._current_fx_name in PER_STEP_HOOKS and kwargs.get("on_step") is not False
+                and not kwargs.get("on_epoch") and not self.logging_step):
             return
         super().log(name, value, *args, **kwargs)
 
