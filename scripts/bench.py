@@ -342,29 +342,41 @@ def run_nnlab(entry: Entry, overrides: list[str], epochs: int, limit: int | None
 
 
 # -- command-line wall times and peak memory -----------------------------------------------------------
+# A child forked from this (large) process would inherit its peak RSS: Linux keeps ru_maxrss across exec.
+# So a small launcher process starts the command and reports the command's own rusage.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = proc.stderr.read().decode(errors="replace")
+_, status, usage = os.wait4(proc.pid, 0)
+print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "maxrss": usage.ru_maxrss, "rc": os.waitstatus_to_exitcode(status), "err": err[-2000:]}))
+"""
+
+
+def _run_child(cmd: list[str], env=None) -> dict:
+    """Run cmd (through the launcher): its wall time, CPU time (user + system) and peak RSS."""
+    out = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"the launcher of {' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if r["rc"]:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {r['rc']}):\n{r['err']}")
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "max_rss_mb": r["maxrss"] * scale / 2**20}
+
+
 def wall(cmd: list[str], reps: int, env=None) -> dict:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        times.append(time.perf_counter() - t0)
-        if proc.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    return {"cmd": " ".join(cmd), "median_s": statistics.median(times), "runs_s": times}
+    """Median wall time of a command (and its CPU time: on a loaded machine the wall time waits for a core)."""
+    runs = [_run_child(cmd, env) for _ in range(reps)]
+    return {"cmd": " ".join(cmd), "median_s": statistics.median(r["wall_s"] for r in runs),
+            "median_cpu_s": statistics.median(r["cpu_s"] for r in runs), "runs_s": [r["wall_s"] for r in runs]}
 
 
 def peak_memory(cmd: list[str], env=None) -> dict:
-    """Run cmd as a child and read its own rusage: ru_maxrss is the peak resident set (KiB on Linux)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
-    scale = 1 if sys.platform == "darwin" else 1024
-    return {"cmd": " ".join(cmd), "max_rss_mb": usage.ru_maxrss * scale / 2**20, "wall_s": time.perf_counter() - t0}
+    """The peak resident set of a child (its own ru_maxrss, not this process's)."""
+    return {"cmd": " ".join(cmd), **_run_child(cmd, env)}
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -472,7 +484,8 @@ def main(argv=None) -> dict:
     print(fmt_table(rows))
     print()
     for key, value in cli.items():
-        figure = f"{value['median_s']:.2f} s" if "median_s" in value else f"{value['max_rss_mb']:.0f} MB max RSS ({value['wall_s']:.1f} s)"
+        figure = (f"{value['median_s']:.2f} s wall, {value['median_cpu_s']:.2f} s CPU" if "median_s" in value
+                  else f"{value['max_rss_mb']:.0f} MB max RSS ({value['wall_s']:.1f} s wall)")
         print(f"{key:40s} {figure}")
     for row in rows:
         if "cuda_max_memory_allocated_mb" in row:
