@@ -11,7 +11,9 @@ ways of training the same nn.Module with the same optimiser, batch size and loss
   hand        a plain loop: the same nets (taken from the LightningModule built from the same config),
               optimiser (the module's configure_optimizers), the train split as resident uint8 tensors
               (the datamodule's own), a shuffled permutation per epoch, x = images[idx].float() / 255,
-              zero_grad / loss / backward / step. Its img/s = images / loop time.
+              zero_grad / loss / backward / step (lstm: with the model's gradient clipping; dcgan: a D step then
+              a G step, as the model does). Its img/s = images / loop time. It runs with the environment of a
+              process that never imported Lightning (see _ENV_BEFORE_LIGHTNING).
   dataloader  the torchvision way: a FashionMNIST-style Dataset over the same uint8 tensors that turns each
               sample into a PIL image and back with ToTensor (as torchvision.datasets.FashionMNIST does),
               DataLoader(batch_size, shuffle=True, num_workers=--workers), and the hand loop above.
@@ -20,11 +22,13 @@ On the CPU the slow models time only the first batches of each epoch (lenet 150,
 `batches/epoch` column), unless --limit-batches is given; on a GPU every model runs whole epochs.
 Repetitions are interleaved (nnlab, hand, dataloader, nnlab, ...) so the load of a shared machine hits all
 three alike; the table shows medians (over repetitions of the img/s of all measured epochs of a repetition)
-and the ratios nnlab/hand and nnlab/dataloader. It also times `nnlab --help`, `nnlab train --cfg job`, and
+and the ratios nnlab/hand and nnlab/dataloader. The JSON also has each run's img/s of this process's CPU time
+(cpu_img_s; not for the dataloader, whose workers are other processes): on a loaded machine it shows the
+overhead without the waits for a core. It also times `nnlab --help`, `nnlab train --cfg job`, and
 (--full-train) the whole default `nnlab train`, and the peak memory of a one-epoch `nnlab train` subprocess
 (ru_maxrss; torch.cuda.max_memory_allocated of the in-process nnlab runs on a GPU).
 
-    python scripts/bench.py                       # everything, a few minutes
+    python scripts/bench.py --threads 1           # everything: ~20 min on a loaded 2-core CPU
     python scripts/bench.py --quick --models ae   # seconds: 1 rep, 1 epoch, 50 batches
     python scripts/bench.py --json bench.json     # the table as JSON, to compare commits
 """
@@ -396,16 +400,42 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="1 rep, 1 epoch, 50 batches, 1 CLI timing: a smoke run in seconds")
     p.add_argument("--set", action="append", default=[], metavar="OVERRIDE", help="extra Hydra override for every model (repeatable), e.g. dataset=synthetic")
     p.add_argument("--json", default=None, help="write the table and the settings to this JSON file")
+    p.add_argument("--from-json", default=None, metavar="PATH", help="print the table of an earlier --json file and exit")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.epochs, args.limit_batches = 1, 1, args.limit_batches or 50
     return args
 
 
+def summarise(row: dict, epochs: int) -> dict:
+    """Medians and ratios of one model's runs (row["runs"]: path -> one result per repetition)."""
+    runs = row["runs"]
+    for path, results in runs.items():
+        row[path] = statistics.median(r["img_s"] for r in results)
+    for a, b in (("nnlab", "hand"), ("nnlab", "dataloader")):
+        if not (runs.get(a) and runs.get(b)):
+            continue
+        row[f"{a}/{b}"] = row[a] / row[b]
+        # the same ratio within each repetition (runs next to each other share the machine's load), then the median
+        row[f"{a}/{b} paired"] = statistics.median(x["img_s"] / y["img_s"] for x, y in zip(runs[a], runs[b]))
+    if runs.get("nnlab") and runs.get("hand"):  # this process's CPU time: the overhead without waiting for a core
+        row["nnlab/hand cpu"] = (statistics.median(r["cpu_img_s"] for r in runs["nnlab"])
+                                 / statistics.median(r["cpu_img_s"] for r in runs["hand"]))
+    if runs.get("nnlab+compile") and runs.get("nnlab") and epochs > 1:
+        # epochs after the first of both (the first compiles): like for like
+        after = {p: statistics.median(x for r in runs[p] for x in r["epoch_img_s"][1:]) for p in ("nnlab", "nnlab+compile")}
+        row["nnlab+compile"], row["compile/nnlab"] = after["nnlab+compile"], after["nnlab+compile"] / after["nnlab"]
+    elif row.get("nnlab+compile") and row.get("nnlab"):
+        row["compile/nnlab"] = row["nnlab+compile"] / row["nnlab"]  # one epoch: the compile time included
+    return row
+
+
 def fmt_table(rows: list[dict]) -> str:
     cols = [("model", "model", "{}"), ("batch", "batch", "{}"), ("batches/epoch", "batches", "{}"), ("nnlab img/s", "nnlab", "{:.0f}"),
             ("hand img/s", "hand", "{:.0f}"), ("DataLoader img/s", "dataloader", "{:.0f}"),
-            ("nnlab/hand", "nnlab/hand", "{:.2f}"), ("nnlab/DataLoader", "nnlab/dataloader", "{:.2f}")]
+            ("nnlab/hand", "nnlab/hand", "{:.2f}"), ("paired", "nnlab/hand paired", "{:.2f}"),
+            ("CPU time", "nnlab/hand cpu", "{:.2f}"),
+            ("nnlab/DataLoader", "nnlab/dataloader", "{:.2f}"), ("paired", "nnlab/dataloader paired", "{:.2f}")]
     if any("nnlab+compile" in r for r in rows):
         cols += [("nnlab+compile img/s", "nnlab+compile", "{:.0f}"), ("compile/nnlab", "compile/nnlab", "{:.2f}")]
     cells = [[h for h, _, _ in cols]] + [[f.format(r[k]) if r.get(k) is not None else "-" for _, k, f in cols] for r in rows]
@@ -417,6 +447,11 @@ def fmt_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        rows = [summarise(row, report["settings"]["epochs"]) for row in report["table"]]
+        print(fmt_table(rows))
+        return report
 
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
@@ -430,6 +465,10 @@ def main(argv=None) -> dict:
     print(f"bench: {platform.node()} torch {torch.__version__} device={device} threads={threads} "
           f"cores={os.cpu_count()} load={load0[0]:.1f} reps={args.reps} epochs={args.epochs} "
           f"limit_batches={args.limit_batches}", flush=True)
+
+    # one-time costs that any training process pays once (torch._dynamo is imported by the first optimiser
+    # step or self.log), paid here so that the first timed path does not carry them alone
+    import torch._dynamo  # noqa: F401
 
     rows = []
     for name in names:
@@ -455,16 +494,7 @@ def main(argv=None) -> dict:
                       f"{result.get('cpu_img_s', float('nan')):.0f} img/s of this process's CPU time)", flush=True)
         cfg = compose(overrides)
         row = {"model": name, "batch": int(cfg.dataset.batch_size), "batches": limit or "all", "note": entry.note, "runs": runs}
-        for path, results in runs.items():
-            row[path] = statistics.median(r["img_s"] for r in results)
-        for a, b in (("nnlab", "hand"), ("nnlab", "dataloader")):
-            row[f"{a}/{b}"] = row[a] / row[b] if row.get(a) and row.get(b) else None
-        if runs.get("nnlab+compile") and runs.get("nnlab") and args.epochs > 1:
-            # epochs after the first of both (the first compiles): like for like
-            after = {p: statistics.median(x for r in runs[p] for x in r["epoch_img_s"][1:]) for p in ("nnlab", "nnlab+compile")}
-            row["nnlab+compile"], row["compile/nnlab"] = after["nnlab+compile"], after["nnlab+compile"] / after["nnlab"]
-        elif row.get("nnlab+compile") and row.get("nnlab"):
-            row["compile/nnlab"] = row["nnlab+compile"] / row["nnlab"]  # one epoch: the compile time included
+        summarise(row, args.epochs)
         mem = [r.get("cuda_max_memory_allocated_mb") for r in runs.get("nnlab", []) if r.get("cuda_max_memory_allocated_mb")]
         if mem:
             row["cuda_max_memory_allocated_mb"] = max(mem)

@@ -42,8 +42,11 @@ def test_bench_runs_end_to_end_and_writes_json(bench, tmp_path, capsys):
         assert row[path] > 0 and math.isfinite(row[path])
     assert row["nnlab/hand"] == pytest.approx(row["nnlab"] / row["hand"])
     assert row["nnlab/dataloader"] == pytest.approx(row["nnlab"] / row["dataloader"])
+    assert row["nnlab/hand paired"] > 0 and row["nnlab/hand cpu"] > 0
     printed = capsys.readouterr().out
     assert "nnlab/hand" in printed and "nnlab/DataLoader" in printed
+    bench.main(["--from-json", str(out)])  # the table again, from the file
+    assert capsys.readouterr().out.strip() in printed
 
 
 def test_cli_timers_measure_a_child(bench):
