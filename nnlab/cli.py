@@ -1,6 +1,8 @@
 """The `nnlab` command: dispatches sub-commands and imports nothing heavy itself.
 
     nnlab train [overrides]      train (or sweep with -m); Hydra's --help, --cfg job work
+    nnlab eval RUN_OR_CKPT       test a trained model again
+    nnlab sample RUN_OR_CKPT     write a PNG grid of samples
 """
 
 from __future__ import annotations
@@ -15,19 +17,34 @@ Train, sweep and compare the classic deep-learning architectures.
 commands:
   train [overrides]     train a model; Hydra overrides (model=vae dataset=mnist
                         trainer.max_epochs=5), -m for sweeps, --help for the
-                        config groups, --cfg job to print the composed config
+                        config groups, --cfg job to print the composed config;
+                        resume=RUN_DIR continues a run from its last.ckpt
+  runs [DIR ...]        compare runs: a table of every run under DIR (default
+                        outputs/) with its status, overrides and final metrics;
+                        --sort test/mse, --filter model=vae, --json, --csv
+  eval RUN_OR_CKPT      test a trained run (folder or .ckpt) again and print
+                        the metrics (dataset=NAME to test on another dataset)
+  sample RUN_OR_CKPT    write a PNG grid from a trained model (n=64
+                        out=samples.png label=3 interpolate=true)
 
 examples:
   nnlab train                                   # ae on Fashion-MNIST
   nnlab train model.latent_dim=16 accelerator=cpu
   nnlab train -m model.latent_dim=8,16,32       # a sweep
+  nnlab train resume=outputs/ae/fashion_mnist/<time>   # continue a run
+  nnlab eval outputs/ae/fashion_mnist/<time>
+  nnlab sample outputs/ae/fashion_mnist/<time> n=64 out=samples.png
   tensorboard --logdir outputs                  # look at the runs
+  nnlab runs --sort test/mse                    # compare them in a table
 
 Run `nnlab <command> --help` for a command's own help.
 """
 
 COMMANDS = {
     "train": "nnlab.train:main",
+    "runs": "nnlab.runs:main",
+    "eval": "nnlab.evaluate:main",
+    "sample": "nnlab.sample:main",
 }
 
 
@@ -57,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Hydra reads sys.argv itself; give it the sub-command's arguments only.
     sys.argv = [f"nnlab {command}", *rest]
+    # Lightning's DDP launcher re-runs `python -m <__main__'s module> <sys.argv[1:]>` for each extra
+    # process: make that the sub-command's module (`python -m nnlab.train ...`), not this console script.
+    import importlib.util
+
+    import __main__
+
+    __main__.__spec__ = importlib.util.find_spec(COMMANDS[command].split(":")[0])
     result = _load(COMMANDS[command])()
     return result if isinstance(result, int) else 0
 

@@ -33,7 +33,8 @@ def _epochs(v):
 # key -> (check, what it must be, an example). Keys that a config does not have are skipped.
 RULES = {
     "model.latent_dim": (_positive_int, "a positive integer", "model.latent_dim=32"),
-    "model.hidden_dims": (_int_list, "a non-empty list of positive integers", "model.hidden_dims=[512,256]"),
+    # [] is allowed: a one-layer encoder (the sparse and contractive autoencoders' textbook form)
+    "model.hidden_dims": (lambda v: v == [] or _int_list(v), "a list of positive integers", "model.hidden_dims=[512,256]"),
     "model.optimizer.lr": (_positive_number, "a positive number", "model.optimizer.lr=1e-3"),
     "dataset.batch_size": (_positive_int, "a positive integer", "dataset.batch_size=128"),
     "dataset.eval_batch_size": (_positive_int, "a positive integer", "dataset.eval_batch_size=1024"),
@@ -41,6 +42,9 @@ RULES = {
     "dataset.shape": (lambda v: _int_list(v) and len(v) == 3, "[channels, height, width]", "dataset.shape=[1,28,28]"),
     "trainer.max_epochs": (_epochs, "a positive integer (or -1 for no limit)", "trainer.max_epochs=10"),
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", "seed=42"),
+    "callbacks.checkpoint.every_n_steps": (lambda v: v is None or _positive_int(v), "null or a positive integer",
+                                           "callbacks.checkpoint.every_n_steps=500"),
+    "threads": (lambda v: v is None or _positive_int(v), "null or a positive integer", "threads=2"),
 }
 
 

@@ -21,7 +21,7 @@ class NNLabError(Exception):
     def render(self) -> str:
         paragraphs = str(self).strip().split("\n\n")
         body = "\n\n".join(
-            textwrap.fill(p, width=100, subsequent_indent="  ") if "\n" not in p else p for p in paragraphs
+            textwrap.fill(p, width=100, subsequent_indent="  ", break_on_hyphens=False, break_long_words=False) if "\n" not in p else p for p in paragraphs
         )
         return f"nnlab: {self.kind}: {body}"
 

@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.config_check import validate
-from nnlab.errors import DeviceError, NNLabError, report_and_exit
+from nnlab.errors import ConfigError, DeviceError, NNLabError, report_and_exit
 from nnlab.run_record import RunRecord
 
 log = logging.getLogger("nnlab")
@@ -72,6 +72,29 @@ def check_device(cfg: DictConfig) -> None:
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 
+def check_ddp_sweep(cfg: DictConfig) -> None:
+    """DDP inside a local sweep cannot work: Lightning re-launches `nnlab train` with this process's
+    arguments (the whole sweep's) for every extra process. Under SLURM, SLURM starts the processes."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if "ddp" not in strategy or "spawn" in strategy or cfg.trainer.get("devices") == 1:
+        return
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:
+        return
+    launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_", default=""))
+    if hydra_cfg.mode == RunMode.MULTIRUN and "SlurmLauncher" not in launcher:
+        raise ConfigError(
+            f"trainer.strategy={strategy} cannot run inside a local sweep (-m): Lightning starts each extra "
+            "DDP process by re-running the command line, which would start the whole sweep again. Run the "
+            "DDP jobs one at a time (without -m), or sweep them on SLURM with hydra/launcher=slurm "
+            "hydra.launcher.gpus_per_node=N hydra.launcher.tasks_per_node=N (SLURM starts the processes)."
+        )
+
+
 def _instantiate_group(group: DictConfig | None) -> list:
     from hydra.utils import instantiate
 
@@ -93,9 +116,21 @@ def _write_hparams(trainer, params: dict, metrics: dict) -> None:
             logger.experiment.flush()
 
 
+class _SilentRecord(RunRecord):
+    """The extra processes of a DDP run (ranks > 0) keep a record but never write it."""
+
+    def write(self) -> None:
+        pass
+
+
+def _rank_zero() -> bool:
+    """Rank 0 of a DDP run (Lightning's launcher, torchrun or SLURM tasks set these), or no DDP at all."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
+
+
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
     """Train and test one configuration; return the monitored validation metric."""
-    record = RunRecord(run_dir, {
+    record = (RunRecord if _rank_zero() else _SilentRecord)(run_dir, {
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
         "run_dir": str(run_dir),
@@ -103,6 +138,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
     })
     try:
         validate(cfg)
+        check_ddp_sweep(cfg)
         import pytorch_lightning as pl
         import torch
         from hydra.utils import instantiate
@@ -120,17 +156,24 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         model = instantiate(cfg.model, _recursive_=False, _convert_="all")
         loggers = _instantiate_group(cfg.get("logger"))
         callbacks = _instantiate_group(cfg.get("callbacks"))
+        if not loggers:  # the learning-rate monitor needs a logger; logger=none drops it
+            callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                               enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks))
 
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
+            from nnlab.checkpoints import check_fits, load_checkpoint
+
+            check_fits(load_checkpoint(ckpt_path), model, ckpt_path)  # a clear error before Lightning's
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise KeyboardInterrupt
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         monitored = metrics.get(cfg.model.monitor)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.get("test_after_fit", True):
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         metrics.update(getattr(model, "extra_metrics", {}) or {})
         _write_hparams(trainer, hparams_of(cfg), metrics)
@@ -139,8 +182,18 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         log.info("Run folder: %s  (tensorboard --logdir %s)", run_dir, run_dir.parent)
         return monitored
     except KeyboardInterrupt:
-        record.finish("interrupted")
+        from nnlab.checkpoints import interrupted
+
+        record.finish("interrupted", resume=interrupted(run_dir))
         raise
+    except SystemExit:  # Lightning answers Ctrl-C with its clean-up and sys.exit(1)
+        trainer = locals().get("trainer")
+        if trainer is None or not trainer.interrupted:
+            raise
+        from nnlab.checkpoints import interrupted
+
+        record.finish("interrupted", resume=interrupted(run_dir))
+        raise KeyboardInterrupt from None
     except NNLabError as err:
         record.finish("failed", error=str(err).splitlines()[0])
         raise
@@ -159,15 +212,38 @@ def _overrides() -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         result = train(cfg, run_dir)
     except NNLabError as err:
-        report_and_exit(err)
+        if not sweeping:
+            report_and_exit(err)
+        log.error("%s", err.render())  # a sweep goes on: metrics.json says failed, nnlab.sweeps sums up
+        return None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception:
+        if not sweeping:
+            raise
+        log.exception("This job failed; the sweep goes on.")
+        return None
     return None if result is None or math.isnan(result) else result
+
+
+def main() -> float | None:
+    """`nnlab train`: resume=<run dir> becomes Hydra arguments first (nnlab/checkpoints.py)."""
+    from nnlab.checkpoints import prepare_argv
+
+    try:
+        sys.argv = prepare_argv(sys.argv)
+    except NNLabError as err:
+        report_and_exit(err)
+    return _hydra_main()
 
 
 if __name__ == "__main__":

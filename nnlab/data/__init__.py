@@ -2,5 +2,6 @@
 
 from nnlab.data.batches import TensorBatches
 from nnlab.data.datamodule import ImageDataModule
+from nnlab.data.ratings import RatingsDataModule
 
-__all__ = ["ImageDataModule", "TensorBatches"]
+__all__ = ["ImageDataModule", "RatingsDataModule", "TensorBatches"]

@@ -3,7 +3,9 @@ and batches are drawn by indexing a shuffled permutation on that device.
 
 No per-sample transforms, no worker processes, no host round-trips per step. Under DDP each
 rank takes its own shard of the same permutation (rank::world_size), all of equal length.
-The order depends only on (seed, epoch), so a resumed run sees the same batches.
+The order depends only on (seed, epoch), so a resumed run sees the same batches; the position
+within the epoch is the loader's state (state_dict/load_state_dict, which Lightning saves in every
+checkpoint and restores on a mid-epoch resume), so a run resumed mid-epoch continues where it stopped.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class TensorBatches:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch_fn = epoch_fn
         self._calls = 0
+        self._epoch, self._position = 0, 0  # the epoch being served and the batches yielded so far
+        self._resume_at: tuple[int, int] | None = None
         # Every rank gets the same number of samples: the permutation is cut to a multiple of world_size.
         self.per_rank = len(images) // world_size if world_size > 1 else len(images)
 
@@ -54,10 +58,26 @@ class TensorBatches:
             order = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
         return order
 
+    # Lightning treats a loader with these two methods as stateful (its `_Stateful` protocol):
+    # the state goes into each checkpoint, and a mid-epoch resume hands it back before iterating.
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["position"]))
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # the epoch is read when the first batch is drawn (the generator runs lazily)
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._calls
         self._calls += 1
+        start = 0
+        if self._resume_at is not None:
+            resume_epoch, resume_position = self._resume_at
+            self._resume_at = None
+            start = resume_position if resume_epoch == epoch else 0
+        self._epoch, self._position = epoch, start
         order = self.indices(epoch)
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            self._position = i + 1
             yield self.images[idx], self.labels[idx]

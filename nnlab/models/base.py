@@ -43,8 +43,9 @@ class NNLabModule(pl.LightningModule):
         super().__init__()
         # every constructor argument of the whole class chain, as plain Python types
         self.save_hyperparameters()
-        self.input_shape = tuple(int(s) for s in input_shape)
-        if len(self.input_shape) != 3:
+        # None for models whose input is not an image (e.g. the ratings of rbm_cf)
+        self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
+        if self.input_shape is not None and len(self.input_shape) != 3:
             raise ConfigError(f"input_shape must be [channels, height, width], got {list(input_shape)}.")
         self.compile_nets, self._nets_compiled = bool(compile), False
 

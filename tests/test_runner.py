@@ -1,0 +1,133 @@
+"""`nnlab train` end to end: the command, the run folder, TensorBoard, and the clear errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import FAST, event_tags, read_metrics, run_train, write_mnist_folder
+
+NO_TORCH_CHECK = (
+    "import sys; from nnlab.cli import main\n"
+    "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+    "print('HEAVY', 'torch' in sys.modules or 'pytorch_lightning' in sys.modules)\n"
+)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-c", NO_TORCH_CHECK, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_and_cfg_job_do_not_import_torch():
+    top = _cli("--help")
+    assert "train" in top.stdout and "HEAVY False" in top.stdout
+    train_help = _cli("train", "--help")
+    assert "HEAVY False" in train_help.stdout
+    for group in ("model:", "dataset:", "accelerator:", "logger:", "callbacks:", "debug:", "experiment:"):
+        assert group in train_help.stdout, group
+    assert "fashion_mnist" in train_help.stdout and "synthetic" in train_help.stdout
+    job = _cli("train", "--cfg", "job", "model.latent_dim=7")
+    assert "latent_dim: 7" in job.stdout and "HEAVY False" in job.stdout
+
+
+def test_unknown_command():
+    out = _cli("trian")
+    assert "unknown command 'trian'" in out.stderr and "HEAVY False" in out.stdout
+
+
+def test_fast_run_on_synthetic_writes_the_whole_run_folder(tmp_path):
+    run = run_train(tmp_path, *FAST)
+    metrics = read_metrics(run)
+    assert metrics["status"] == "finished" and metrics["model"] == "ae" and metrics["dataset"] == "synthetic"
+    assert 0 < metrics["metrics"]["test/mse"] < 0.5 and "test/loss" in metrics["metrics"]
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "checkpoints").glob("best-*.ckpt"))
+    assert (run / "train.log").is_file()
+    acc = event_tags(run)
+    scalars = set(acc.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "test/loss", "test/mse"} <= scalars
+    assert "reconstructions" in acc.Tags()["images"]
+    image = acc.Images("reconstructions")[-1]
+    assert image.height > 28 and image.width > 28  # a grid, inputs above reconstructions
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+
+
+def test_fast_run_on_generated_idx_files(tmp_path):
+    data = write_mnist_folder(tmp_path / "mnist-files", n_train=300, n_test=80)
+    run = run_train(tmp_path, "dataset=mnist", f"dataset.data_dir={data}", "dataset.download=false",
+                    "debug=fast", "accelerator=cpu", "dataset.batch_size=32")
+    metrics = read_metrics(run)
+    assert metrics["status"] == "finished" and metrics["dataset"] == "mnist"
+    assert {"train/loss", "val/loss", "test/mse"} <= set(event_tags(run).Tags()["scalars"])
+
+
+def test_overfit_learns(tmp_path):
+    """debug=overfit: the loss on two batches falls well below where it started."""
+    run = run_train(tmp_path, "dataset=synthetic", "debug=overfit", "trainer.max_epochs=30", "accelerator=cpu")
+    losses = [e.value for e in event_tags(run).Scalars("train/loss")]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_default_run_folders_are_readable_and_unique(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from nnlab.train import main
+
+    for _ in range(2):
+        monkeypatch.setattr(sys, "argv", ["nnlab train", *FAST, "logger=none", "callbacks.progress_bar.refresh_rate=0"])
+        main()
+    runs = sorted((tmp_path / "outputs" / "ae" / "synthetic").iterdir())
+    assert len(runs) == 2
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d{6}", r.name) for r in runs)
+    assert all(json.loads((r / "metrics.json").read_text())["status"] == "finished" for r in runs)
+
+
+# -- errors: exit code, one clear paragraph, no traceback -------------------------------------
+
+def _fails(capsys, tmp_path, *overrides):
+    with pytest.raises(SystemExit) as info:
+        run_train(tmp_path, *overrides)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.latent_dim=0", "model.latent_dim=0 is not valid: it must be a positive integer"),
+    ("model.latent_dim=abc", "model.latent_dim='abc' is not valid"),
+    ("dataset.batch_size=-5", "dataset.batch_size=-5 is not valid"),
+    ("dataset.val_fraction=1.5", "dataset.val_fraction=1.5 is not valid"),
+    ("model.optimizer.lr=-0.1", "model.optimizer.lr=-0.1 is not valid"),
+])
+def test_bad_values_are_clear_errors(capsys, tmp_path, override, needle):
+    err = _fails(capsys, tmp_path, *FAST, override)
+    assert needle in err and err.startswith("nnlab: config error:")
+    assert read_metrics(tmp_path / "run")["status"] == "failed"
+
+
+def test_missing_dataset_is_a_clear_error(capsys, tmp_path):
+    err = _fails(capsys, tmp_path, "dataset=mnist", f"dataset.data_dir={tmp_path / 'none'}", "dataset.download=false")
+    assert "Dataset 'mnist' not found" in err and "torchvision's download" in err
+    assert "failed" == read_metrics(tmp_path / "run")["status"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("override", ["trainer.accelerator=gpu", "accelerator=gpu"])
+def test_gpu_without_gpu_is_a_clear_error(capsys, tmp_path, override):
+    err = _fails(capsys, tmp_path, "dataset=synthetic", override)
+    assert "asks for a GPU" in err and "accelerator=cpu" in err
+
+
+def test_cli_errors_exit_nonzero_without_traceback(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "nnlab.cli", "train", "model.latent_dim=0",
+                          f"hydra.run.dir={tmp_path}/r"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "model.latent_dim=0" in bad.stderr
+    unknown = subprocess.run([sys.executable, "-m", "nnlab.cli", "train", "model=nope"],
+                             capture_output=True, text=True, timeout=120)
+    assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
+    assert "Could not find 'model/nope'" in unknown.stderr and "ae" in unknown.stderr
