@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.nnlab-installed
 FMNIST := /usr/share/datasets/fashion-mnist
 ARGS   ?=
 
-.PHONY: setup data train test tensorboard clean lock
+.PHONY: setup data train test bench tensorboard clean lock
 
 setup: $(STAMP) data  ## create .venv, install the pinned packages, make the data available
 
@@ -38,6 +38,9 @@ train: setup  ## the default experiment: ae on Fashion-MNIST (extra overrides: m
 
 test: setup  ## the test suite (tiny generated data, no network)
 	$(BIN)/python -m pytest $(ARGS)
+
+bench: setup  ## nnlab vs a hand-written loop vs a DataLoader pipeline, CLI wall times, peak memory (ARGS="--quick --json bench.json")
+	$(BIN)/python scripts/bench.py $(ARGS)
 
 tensorboard: setup  ## serve outputs/ on http://localhost:6006
 	$(BIN)/tensorboard --logdir outputs --host localhost --port 6006

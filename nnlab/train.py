@@ -65,6 +65,11 @@ def check_device(cfg: DictConfig) -> None:
         )
     if accel == "mps" and not torch.backends.mps.is_available():
         raise DeviceError("trainer.accelerator=mps asks for Apple's GPU, but it is not available. Use accelerator=cpu.")
+    if not torch.cuda.is_available():
+        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (fork-safe CUDA probe). With no usable GPU the probe
+        # never caches, and every Adam/AdamW step re-probes NVML (~0.1-0.4 ms a step); without CUDA there is
+        # no fork to protect, so take torch's plain (cached) check.
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 
 def check_ddp_sweep(cfg: DictConfig) -> None:

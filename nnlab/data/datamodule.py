@@ -112,6 +112,11 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self):
         return self._batches("test", shuffle=False)
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int = 0):
+        """Batches already live on the training device: skip Lightning's generic collection walk."""
+        images, labels = batch
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         images, labels = batch
         if images.dtype == torch.uint8:

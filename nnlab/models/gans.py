@@ -1,0 +1,300 @@
+"""The GAN family. AdversarialBase holds the two-player game (Lightning 2 manual optimisation with two
+optimisers, generator first), the fixed-noise samples, the NaN guard and the offline quality metrics;
+the models are small subclasses.
+
+    gan    Goodfellow et al. (2014): MLP generator G and discriminator D playing
+               min_G max_D  E_x[log D(x)] + E_z[log(1 - D(G(z)))]
+    dcgan  Radford et al. (2015): the same game with the convolutional nets of nnlab/nets/gan.py
+    cgan   Mirza & Osindero (2014): G(z, y) and D(x, y) both see the label y
+
+Discriminator loss: -[log D(x) + log(1 - D(G(z)))]; one-sided label smoothing replaces the real
+target 1 by 1 - label_smoothing (Salimans et al. 2016). Generator loss:
+    minimax         minimise  log(1 - D(G(z)))   (the game itself; its gradient vanishes when D wins)
+    non_saturating  minimise -log D(G(z))        (same fixed point, strong gradients early on)
+Images enter the nets in [-1, 1] (the generators end in tanh); the rest of nnlab sees [0, 1].
+
+Quality (offline): `test/fid` is the Frechet distance between LeNet-5 features of N generated and N
+test images, `test/fid_floor` that of N real training images vs the same test images, and for the
+cgan `test/label_acc` the LeNet's accuracy on generated images against the requested labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from nnlab import viz
+from nnlab.errors import ConfigError, NNLabError
+from nnlab.metrics.fid import batched, fid_from_features
+from nnlab.models.base import NNLabModule
+from nnlab.nets.gan import GAN_NETS, build_gan_nets
+
+log = logging.getLogger("nnlab")
+
+GENERATOR_LOSSES = ("minimax", "non_saturating")
+
+
+class TrainingDiverged(NNLabError):
+    kind = "training diverged"
+
+
+# -- the losses, on discriminator logits l (D = sigmoid(l)) ---------------------------------------
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_target: float = 1.0) -> torch.Tensor:
+    """-[log D(x) + log(1 - D(G(z)))] as two binary cross-entropies; real_target < 1 is one-sided smoothing."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, real_target))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str = "non_saturating") -> torch.Tensor:
+    """minimax: E[log(1 - D(G(z)))] = E[-softplus(l)];  non_saturating: E[-log D(G(z))] = E[softplus(-l)]."""
+    if kind == "minimax":
+        return -F.softplus(fake_logits).mean()
+    if kind == "non_saturating":
+        return F.softplus(-fake_logits).mean()
+    raise ValueError(f"unknown generator loss '{kind}'; use one of {GENERATOR_LOSSES}")
+
+
+class AdversarialBase(NNLabModule):
+    family = "gan"
+    conditional = False
+
+    def __init__(self, name, net="mlp", latent_dim=100, g_dims=(256, 512), d_dims=(512, 256),
+                 generator_loss="non_saturating", d_steps=1, label_smoothing=0.0, d_optimizer=None,
+                 num_classes=10, metrics=None, n_log_images=64, **kwargs):
+        super().__init__(name, **kwargs)
+        if net not in GAN_NETS:
+            raise ConfigError(f"model.net='{net}' is unknown; use one of {', '.join(GAN_NETS)}.")
+        if generator_loss not in GENERATOR_LOSSES:
+            raise ConfigError(f"model.generator_loss='{generator_loss}' is unknown; use one of {', '.join(GENERATOR_LOSSES)}.")
+        if not (isinstance(d_steps, int) and d_steps >= 1):
+            raise ConfigError(f"model.d_steps={d_steps!r} must be a positive integer (discriminator steps per generator step).")
+        if not 0.0 <= float(label_smoothing) < 0.5:
+            raise ConfigError(f"model.label_smoothing={label_smoothing} must be in [0, 0.5): the real target is 1 - label_smoothing.")
+        if kwargs.get("scheduler"):
+            raise ConfigError("model.scheduler is not supported by the GAN models (two optimisers, manual optimisation); set it to null.")
+        self.automatic_optimization = False
+        self.latent_dim, self.loss_kind, self.d_steps = int(latent_dim), generator_loss, d_steps
+        self.real_target = 1.0 - float(label_smoothing)
+        self.n_classes = int(num_classes) if self.conditional else 0
+        self.metrics_cfg = {"classifier_ckpt": None, "n_samples": 10000, "n_val_samples": 1000, **(metrics or {})}
+        self.generator, self.discriminator = build_gan_nets(net, self.latent_dim, g_dims, d_dims, self.input_shape, self.n_classes)
+        # the same noise every epoch, so the `samples` images compare across epochs (saved with the model)
+        self.register_buffer("fixed_z", torch.randn(int(n_log_images), self.latent_dim, generator=torch.Generator().manual_seed(0)))
+        self._classifier_cache: list = []  # [classifier or None], kept out of the module tree and the checkpoint
+        self._real_features: dict[str, torch.Tensor] = {}
+
+    # -- the model --------------------------------------------------------------------------
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, device=self.device)
+
+    def labels_for(self, n: int, labels=None) -> torch.Tensor | None:
+        """The labels a conditional generator needs (given, or cycling through the classes); None otherwise."""
+        if not self.conditional:
+            if labels is not None:
+                raise ConfigError(f"model {self.hparams.name} is unconditional: it cannot generate a requested label (use model=cgan).")
+            return None
+        if labels is None:
+            return torch.arange(n, device=self.device) % self.n_classes
+        labels = torch.as_tensor(labels, device=self.device).long()
+        labels = labels.expand(n) if labels.dim() == 0 else labels
+        if labels.min() < 0 or labels.max() >= self.n_classes:
+            raise ConfigError(f"label must be in 0..{self.n_classes - 1}, got {labels.tolist()[:8]}.")
+        return labels
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
+        """G(z, y) in [0, 1], with the generator in eval mode (batch norm uses its running statistics)."""
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            out = [self.generator(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+                   for i in range(0, len(z), batch_size)]
+        finally:
+            self.generator.train(was_training)
+        return torch.cat(out).add(1).div(2).clamp(0, 1)
+
+    def sample(self, n: int, labels=None) -> torch.Tensor:
+        """n new images (n, C, H, W) in [0, 1]; cgan: of the given labels (an int or n ints), else all classes in turn."""
+        return self.generate(self.noise(n), self.labels_for(n, labels))
+
+    def sample_grid(self, n: int = 64, label=None, interpolate: bool = False) -> torch.Tensor:
+        """One (3, H, W) image in [0, 1] for `nnlab sample`.
+
+        Plain: a grid of n samples. cgan with label=None: the class grid (one row per class, the same noise
+        in each column). interpolate: each row walks linearly from one noise vector to another.
+        """
+        if self.conditional and label is None and not interpolate:
+            return self.class_grid(max(1, n // self.n_classes))
+        ncol = max(2, round(math.sqrt(n)))
+        nrow = max(1, n // ncol)
+        if interpolate:
+            t = torch.linspace(0, 1, ncol, device=self.device)[None, :, None]
+            ends = self.noise(2 * nrow).view(nrow, 2, 1, self.latent_dim)
+            z = ((1 - t) * ends[:, 0] + t * ends[:, 1]).reshape(-1, self.latent_dim)
+            labels = None
+            if self.conditional:
+                labels = (torch.arange(nrow, device=self.device) % self.n_classes) if label is None else self.labels_for(nrow, label)
+                labels = labels.repeat_interleave(ncol)
+            return viz.grid(self.generate(z, labels), nrow=ncol)
+        return viz.grid(self.sample(nrow * ncol, label), nrow=ncol)
+
+    def class_grid(self, n_per_class: int = 8, z: torch.Tensor | None = None) -> torch.Tensor:
+        """One row per class, the same noise vectors in every row."""
+        z = self.noise(n_per_class) if z is None else z[:n_per_class]
+        labels = torch.arange(self.n_classes, device=self.device).repeat_interleave(len(z))
+        return viz.grid(self.generate(z.repeat(self.n_classes, 1), labels), nrow=len(z))
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """G(z, y) in [0, 1]."""
+        return self.generator(z, labels).add(1).div(2)
+
+    # -- the game (manual optimisation: D then, every d_steps batches, G) -----------------------------
+    def configure_optimizers(self):
+        spec = dict(self.hparams.get("optimizer") or {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.5, 0.999]})
+        d_spec = dict(self.hparams.get("d_optimizer") or spec)
+        return [instantiate(spec, params=self.generator.parameters()),
+                instantiate(d_spec, params=self.discriminator.parameters())]
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        real, y = x * 2 - 1, (y if self.conditional else None)
+        opt_g, opt_d = self.optimizers()
+        fake = self.generator(self.noise(len(real)), y)
+
+        # discriminator: maximise log D(x) + log(1 - D(G(z)))
+        real_logits, fake_logits = self.discriminator(real, y), self.discriminator(fake.detach(), y)
+        d_loss = discriminator_loss(real_logits, fake_logits, self.real_target)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        opt_d.step()
+        losses = {"d_loss": d_loss.detach()}
+
+        # generator, once per d_steps batches: the D just updated judges the same fakes
+        iteration = self.trainer.fit_loop.total_batch_idx
+        if (iteration + 1) % self.d_steps == 0:
+            self.discriminator.requires_grad_(False)
+            g_loss = generator_loss(self.discriminator(fake, y), self.loss_kind)
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            opt_g.step()
+            self.discriminator.requires_grad_(True)
+            losses["g_loss"] = g_loss.detach()
+
+        self.check_finite(losses, iteration)
+        scalars = {**losses, "d_real": torch.sigmoid(real_logits.detach()).mean(),
+                   "d_fake": torch.sigmoid(fake_logits.detach()).mean()}
+        for key, value in scalars.items():
+            self.log(f"train/{key}", value, on_step=True, on_epoch=False, prog_bar=key.endswith("loss"), batch_size=len(x))
+
+    def check_finite(self, losses: dict[str, torch.Tensor], iteration: int) -> None:
+        """Stop at the first NaN/inf loss; the checkpoints on disk are from before it (one host sync per step)."""
+        if bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
+            return
+        bad = ", ".join(f"train/{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v)))
+        ckpt = self.trainer.checkpoint_callback
+        last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else ""
+        kept = f"The last good checkpoint is kept: {last}." if last else "No checkpoint had been saved yet."
+        raise TrainingDiverged(
+            f"The GAN diverged at training step {iteration + 1} (epoch {self.current_epoch}, batch "
+            f"{self.trainer.fit_loop.epoch_loop.batch_idx} of the epoch): {bad}. Training was stopped. {kept} "
+            "Try a lower model.optimizer.lr, model.label_smoothing=0.1, or model.generator_loss=non_saturating."
+        )
+
+    # -- validation and test: D on held-out real images, and the offline quality metrics ------------
+    def _eval_step(self, batch, stage: str):
+        x, y = batch
+        d_real = torch.sigmoid(self.discriminator(x * 2 - 1, y if self.conditional else None)).mean()
+        self.log(f"{stage}/d_real", d_real, on_epoch=True, batch_size=len(x))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self._log_quality("val", int(self.metrics_cfg["n_val_samples"]))
+
+    def on_test_epoch_end(self):
+        self._log_quality("test", int(self.metrics_cfg["n_samples"]), floor=True)
+
+    def on_train_epoch_end(self):
+        step = self.trainer.fit_loop.total_batch_idx + 1
+        labels = self.labels_for(len(self.fixed_z))
+        viz.log_image(self, "samples", viz.grid(self.generate(self.fixed_z, labels), nrow=max(1, round(math.sqrt(len(self.fixed_z))))), step)
+        if self.conditional:
+            viz.log_image(self, "class_grid", self.class_grid(8, self.fixed_z), step)
+
+    def on_fit_start(self):
+        monitor = self.hparams.get("monitor")
+        if self.classifier() is None and monitor in ("val/fid", "val/label_acc"):
+            for cb in self.trainer.checkpoint_callbacks:  # nothing logs that key: keep the last epoch instead
+                if cb.monitor == monitor:
+                    cb.monitor = None
+
+    def classifier(self):
+        """The LeNet-5 of model.metrics.classifier_ckpt (loaded once), or None with one log line saying what is skipped."""
+        if not self._classifier_cache:
+            path = self.metrics_cfg.get("classifier_ckpt")
+            if path:
+                from nnlab.models.classifiers import load_classifier
+
+                self._classifier_cache.append(load_classifier(path))
+            else:
+                self._classifier_cache.append(None)
+                log.warning(
+                    "model.metrics.classifier_ckpt is not set: the quality metrics (val/fid, test/fid, test/fid_floor%s) "
+                    "are skipped and the checkpoint keeps the last epoch; train one with `nnlab train model=lenet` "
+                    "and pass model.metrics.classifier_ckpt=<its run folder>.", ", test/label_acc" if self.conditional else "")
+        clf = self._classifier_cache[0]
+        return clf.to(self.device) if clf is not None else None
+
+    def _features(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """LeNet features of the first n real images of a split (cached: real images do not change), and their labels."""
+        images, labels = self.datamodule.splits[split]
+        images, labels = images[:n], labels[:n]
+        if split not in self._real_features or len(self._real_features[split]) != len(images):
+            self._real_features[split] = batched(self.classifier().features, images.float().div(255))
+        return self._real_features[split], labels
+
+    @torch.no_grad()
+    def quality(self, split: str, n: int, floor: bool = False) -> dict[str, float]:
+        """{'fid', 'label_acc' (cgan), 'fid_floor' (floor=True)} against the first n images of `split`; {} without a classifier."""
+        clf = self.classifier()
+        if clf is None or self.datamodule is None:
+            return {}
+        real, labels = self._features(split, n)
+        fake = self.generate(self.noise(len(real)), labels if self.conditional else None)
+        out = {"fid": fid_from_features(batched(clf.features, fake), real)}
+        if self.conditional:
+            out["label_acc"] = float((batched(clf, fake).argmax(1) == labels).float().mean())
+        if floor:
+            out["fid_floor"] = fid_from_features(self._features("train", len(real))[0], real)
+        return out
+
+    def _log_quality(self, stage: str, n: int, floor: bool = False) -> None:
+        for key, value in self.quality(stage, n, floor).items():
+            self.log(f"{stage}/{key}", value, on_epoch=True)
+
+
+class GAN(AdversarialBase):
+    """Goodfellow et al. (2014): MLP G and D (net=mlp)."""
+
+
+class DCGAN(AdversarialBase):
+    """Radford et al. (2015): transposed-conv G (BN, ReLU, tanh), strided-conv D (LeakyReLU), Adam(2e-4, beta1 0.5)."""
+
+    def __init__(self, name, net="dcgan", g_dims=(128, 64), d_dims=(64, 128), **kwargs):
+        super().__init__(name, net=net, g_dims=g_dims, d_dims=d_dims, **kwargs)
+
+
+class CGAN(AdversarialBase):
+    """Mirza & Osindero (2014): the one-hot label is concatenated to G's noise and D's input."""
+
+    conditional = True

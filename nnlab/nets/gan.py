@@ -1,0 +1,143 @@
+"""Generators and discriminators for the GAN family (plain nn.Modules, no Lightning).
+
+    MLPGenerator / MLPDiscriminator       the fully connected nets of Goodfellow et al. (2014)
+    DCGANGenerator / DCGANDiscriminator   Radford et al. (2015): a projected noise vector grown by
+                                          transposed convolutions (BN + ReLU, tanh out); a discriminator
+                                          of strided convolutions (LeakyReLU 0.2, BN except on the
+                                          first layer, no pooling) ending in one logit
+
+Generators map noise z (B, latent_dim) to images in [-1, 1] (tanh); discriminators map images in
+[-1, 1] to one logit per image (B,). With n_classes > 0 every net is conditional (Mirza & Osindero
+2014): the one-hot label is concatenated to z, to the flattened image (MLP), or to the image as
+n_classes constant feature maps (DCGAN). Shapes come from `image_shape` = (C, H, W): 1x28x28
+(28 -> 14 -> 7) and 3x32x32 (32 -> 16 -> 8) both work with two conv stages.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnlab.nets.conv import _downsampled
+
+GAN_NETS = ("mlp", "dcgan")
+
+
+def _with_label(h: torch.Tensor, y: torch.Tensor | None, n_classes: int) -> torch.Tensor:
+    """Concatenate the one-hot label to a (B, D) vector, or as n_classes constant maps to a (B, C, H, W) image."""
+    if not n_classes:
+        return h
+    if y is None:
+        raise ValueError("this net is conditional: pass the labels y")
+    onehot = F.one_hot(y.long(), n_classes).to(h.dtype)
+    if h.dim() == 4:
+        onehot = onehot[:, :, None, None].expand(-1, -1, h.shape[2], h.shape[3])
+    return torch.cat([h, onehot], dim=1)
+
+
+class MLPGenerator(nn.Module):
+    """z (+ one-hot y) -> [Linear -> ReLU] per hidden width -> Linear -> tanh -> image (C, H, W)."""
+
+    def __init__(self, latent_dim: int, hidden: Sequence[int], image_shape: Sequence[int], n_classes: int = 0):
+        super().__init__()
+        self.image_shape, self.n_classes = tuple(image_shape), int(n_classes)
+        layers, width = [], latent_dim + self.n_classes
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers += [nn.Linear(width, math.prod(self.image_shape)), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z, y=None):
+        return self.net(_with_label(z, y, self.n_classes)).view(-1, *self.image_shape)
+
+
+class MLPDiscriminator(nn.Module):
+    """image (+ one-hot y) -> flatten -> [Linear -> LeakyReLU(0.2) -> Dropout] per width -> Linear -> logit."""
+
+    def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], n_classes: int = 0, dropout: float = 0.3):
+        super().__init__()
+        self.n_classes = int(n_classes)
+        layers, width = [], math.prod(image_shape) + self.n_classes
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.LeakyReLU(0.2), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x, y=None):
+        return self.net(_with_label(x.flatten(1), y, self.n_classes)).squeeze(1)
+
+
+class DCGANGenerator(nn.Module):
+    """z (+ one-hot y) -> project to (c0, H/2^k, W/2^k) -> BN -> ReLU -> [ConvT 4x4/2 -> BN -> ReLU] ... -> ConvT -> tanh.
+
+    `channels` are the widths from the smallest feature map up, e.g. [128, 64]: k = len(channels) upsamplings.
+    """
+
+    def __init__(self, latent_dim: int, channels: Sequence[int], image_shape: Sequence[int], n_classes: int = 0):
+        super().__init__()
+        c_out, h, w = image_shape
+        self.n_classes = int(n_classes)
+        widths = list(channels)
+        self.start = (widths[0], _downsampled(h, len(widths)), _downsampled(w, len(widths)))
+        self.project = nn.Linear(latent_dim + self.n_classes, math.prod(self.start), bias=False)
+        layers = [nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        for i, width in enumerate(widths):
+            last = i == len(widths) - 1
+            nxt = c_out if last else widths[i + 1]
+            layers.append(nn.ConvTranspose2d(width, nxt, 4, stride=2, padding=1, bias=last))
+            layers += [nn.Tanh()] if last else [nn.BatchNorm2d(nxt), nn.ReLU()]
+        self.net = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, z, y=None):
+        return self.net(self.project(_with_label(z, y, self.n_classes)).view(-1, *self.start))
+
+
+class DCGANDiscriminator(nn.Module):
+    """image (+ label maps) -> [Conv 4x4/2 -> (BN) -> LeakyReLU(0.2)] per width -> flatten -> Linear -> logit."""
+
+    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], n_classes: int = 0):
+        super().__init__()
+        c, h, w = image_shape
+        self.n_classes = int(n_classes)
+        layers, width_in = [], c + self.n_classes
+        for i, width in enumerate(channels):
+            layers.append(nn.Conv2d(width_in, width, 4, stride=2, padding=1, bias=i == 0))
+            layers += ([] if i == 0 else [nn.BatchNorm2d(width)]) + [nn.LeakyReLU(0.2)]
+            width_in = width
+        self.net = nn.Sequential(*layers)
+        self.fc = nn.Linear(width_in * _downsampled(h, len(channels)) * _downsampled(w, len(channels)), 1)
+        dcgan_init(self)
+
+    def forward(self, x, y=None):
+        return self.fc(self.net(_with_label(x, y, self.n_classes)).flatten(1)).squeeze(1)
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al.: all weights from N(0, 0.02); batch-norm scales from N(1, 0.02), shifts 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def build_gan_nets(net: str, latent_dim: int, g_dims: Sequence[int], d_dims: Sequence[int],
+                   image_shape: Sequence[int], n_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(generator, discriminator) by name: `mlp` (widths of the hidden layers) or `dcgan` (conv channel widths)."""
+    if net == "mlp":
+        return (MLPGenerator(latent_dim, g_dims, image_shape, n_classes),
+                MLPDiscriminator(image_shape, d_dims, n_classes))
+    if net == "dcgan":
+        return (DCGANGenerator(latent_dim, g_dims, image_shape, n_classes),
+                DCGANDiscriminator(image_shape, d_dims, n_classes))
+    raise ValueError(f"unknown GAN net '{net}'; use one of {GAN_NETS}")

@@ -1,0 +1,553 @@
+"""`make bench`: how fast nnlab trains, against a hand-written PyTorch loop and the usual DataLoader pipeline.
+
+For each model (ae, and lenet / lstm / dcgan where the branch has them) at its default batch size, three
+ways of training the same nn.Module with the same optimiser, batch size and loss on Fashion-MNIST:
+
+  nnlab       the real `nnlab train` path, in this process: the Hydra entry point `nnlab.train.main`
+              with the default callbacks (checkpoint, lr monitor, progress bar on), TensorBoard logger
+              and logging cadence; only `test_after_fit=false` and a timing callback are added. Its
+              img/s = training images / time from on_train_epoch_start to the end of the epoch's last
+              training batch, so validation, checkpointing, start-up and data loading are not counted.
+  hand        a plain loop: the same nets (taken from the LightningModule built from the same config),
+              optimiser (the module's configure_optimizers), the train split as resident uint8 tensors
+              (the datamodule's own), a shuffled permutation per epoch, x = images[idx].float() / 255,
+              zero_grad / loss / backward / step (lstm: with the model's gradient clipping; dcgan: a D step then
+              a G step, as the model does). Its img/s = images / loop time. It runs with the environment of a
+              process that never imported Lightning (see _ENV_BEFORE_LIGHTNING).
+  dataloader  the torchvision way: a FashionMNIST-style Dataset over the same uint8 tensors that turns each
+              sample into a PIL image and back with ToTensor (as torchvision.datasets.FashionMNIST does),
+              DataLoader(batch_size, shuffle=True, num_workers=--workers), and the hand loop above.
+
+On the CPU the slow models time only the first batches of each epoch (lenet 150, lstm 80, dcgan 10: see MODELS; the
+`batches/epoch` column), unless --limit-batches is given; on a GPU every model runs whole epochs.
+Repetitions are interleaved (nnlab, hand, dataloader, nnlab, ...) so the load of a shared machine hits all
+three alike; the table shows medians (over repetitions of the img/s of all measured epochs of a repetition)
+and the ratios nnlab/hand and nnlab/dataloader. The JSON also has each run's img/s of this process's CPU time
+(cpu_img_s; not for the dataloader, whose workers are other processes): on a loaded machine it shows the
+overhead without the waits for a core. It also times `nnlab --help`, `nnlab train --cfg job`, and
+(--full-train) the whole default `nnlab train`, and the peak memory of a one-epoch `nnlab train` subprocess
+(ru_maxrss; torch.cuda.max_memory_allocated of the in-process nnlab runs on a GPU).
+
+    python scripts/bench.py --threads 1           # everything: ~20 min on a loaded 2-core CPU
+    python scripts/bench.py --quick --models ae   # seconds: 1 rep, 1 epoch, 50 batches
+    python scripts/bench.py --json bench.json     # the table as JSON, to compare commits
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+# a hand-written script does not import Lightning, which sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (see nnlab/train.py):
+# the hand-written paths run with the environment as it was before that import
+_ENV_BEFORE_LIGHTNING = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+_ENV_AFTER_LIGHTNING = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# the timing callback is instantiated by Hydra as `bench.EpochTimer`: one module, whether run or imported
+sys.modules.setdefault("bench", sys.modules[__name__])
+
+
+# -- the models: config overrides, and the hand-written step over the LightningModule's own nets ----------
+@dataclass
+class Entry:
+    name: str
+    overrides: list[str]
+    loss: Callable  # loss(module, x, y) -> the training loss, written out by hand from the module's nets
+    step: Callable | None = None  # step(module, optimizers, x, y); default: one optimiser, zero_grad/backward/step
+    note: str = ""
+    model_loss: Callable | None = None  # the model's own loss on a batch (tests); default: its training_step
+    max_batches: int | None = None  # training batches per epoch when --limit-batches is not given (slow models)
+
+
+def ae_loss(m, x, y):
+    """Undercomplete AE with the default mse loss: mean (sigmoid(g(f(x))) - x)^2."""
+    return F.mse_loss(torch.sigmoid(m.decoder(m.encoder(x))), x)
+
+
+def lenet_loss(m, x, y):
+    """LeNet-5: cross-entropy of the net's logits (in the memory format the model asks for)."""
+    return F.cross_entropy(m.net(x.contiguous(memory_format=torch.channels_last) if m.channels_last else x), y)
+
+
+def rnn_loss(m, x, y):
+    """Row-by-row LSTM: cross-entropy of the net's logits."""
+    return F.cross_entropy(m.net(x), y)
+
+
+def clipped_step(entry_loss):
+    """One Adam step with the gradient norm clipped at the model's default (lstm: 1.0), as nnlab does."""
+
+    def step(m, opts, x, y):
+        (opt,) = opts
+        opt.zero_grad(set_to_none=True)
+        loss = entry_loss(m, x, y)
+        loss.backward()
+        if m.default_clip:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), m.default_clip)
+        opt.step()
+        return loss
+
+    return step
+
+
+def gan_d_loss(m, x, y, fake=None):
+    """DCGAN discriminator loss -[log D(x) + log(1 - D(G(z)))], written out as two BCEs on logits."""
+    real = x * 2 - 1
+    fake = m.generator(torch.randn(len(real), m.latent_dim, device=x.device), None) if fake is None else fake
+    real_logits, fake_logits = m.discriminator(real, None), m.discriminator(fake.detach(), None)
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, m.real_target))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def gan_model_d_loss(m, x, y):
+    """The same, through the model's own functions (for the test)."""
+    from nnlab.models.gans import discriminator_loss
+
+    real, fake = x * 2 - 1, m.generator(m.noise(len(x)), None)
+    return discriminator_loss(m.discriminator(real, None), m.discriminator(fake.detach(), None), m.real_target)
+
+
+def gan_step(m, opts, x, y):
+    """One D step, then one G step (non-saturating: softplus(-l)) judged by the updated D on the same fakes."""
+    opt_g, opt_d = opts
+    fake = m.generator(torch.randn(len(x), m.latent_dim, device=x.device), None)
+    d_loss = gan_d_loss(m, x, y, fake)
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    m.discriminator.requires_grad_(False)
+    g_loss = F.softplus(-m.discriminator(fake, None)).mean()
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    m.discriminator.requires_grad_(True)
+    return d_loss
+
+
+def single_optimizer_step(entry: Entry):
+    def step(m, opts, x, y):
+        (opt,) = opts
+        opt.zero_grad(set_to_none=True)
+        loss = entry.loss(m, x, y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+MODELS: dict[str, Entry] = {
+    "ae": Entry("ae", ["model=ae"], ae_loss, note="MLP 784-256-32, mse"),
+    "lenet": Entry("lenet", ["model=lenet"], lenet_loss, note="LeNet-5 modern, channels_last", max_batches=150),
+    "lstm": Entry("lstm", ["model=lstm"], rnn_loss, clipped_step(rnn_loss), note="LSTM 128 over 28 rows, clip 1.0", max_batches=80),
+    "dcgan": Entry("dcgan", ["model=dcgan"], gan_d_loss, gan_step, model_loss=gan_model_d_loss, note="D then G step", max_batches=10),
+}
+
+
+def entry_step(entry: Entry):
+    return entry.step or single_optimizer_step(entry)
+
+
+# -- building the same things nnlab builds ---------------------------------------------------------------
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("nnlab.configs", version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+def build(overrides: list[str]):
+    """(cfg, datamodule set up on the CPU, LightningModule, [optimisers]) from the composed config."""
+    from hydra.utils import instantiate
+
+    cfg = compose(overrides)
+    torch.manual_seed(cfg.seed)
+    data_dir = str(Path(cfg.dataset.data_dir).expanduser().resolve())
+    dm = instantiate(cfg.dataset, data_dir=data_dir, seed=cfg.seed)
+    dm.setup()
+    model = instantiate(cfg.model, _recursive_=False, _convert_="all")
+    opts = model.configure_optimizers()
+    if isinstance(opts, dict):
+        opts = opts["optimizer"]
+    if isinstance(opts, tuple) and len(opts) == 2 and isinstance(opts[0], list):
+        opts = opts[0]  # ([optimizers], [schedulers])
+    opts = list(opts) if isinstance(opts, (list, tuple)) else [opts]
+    opts = [o["optimizer"] if isinstance(o, dict) else o for o in opts]
+    return cfg, dm, model, opts
+
+
+@contextlib.contextmanager
+def cuda_probe_env(lightning: bool):
+    """The CUDA-probe setting of a fresh process that did (nnlab) or did not (hand-written) import Lightning."""
+    saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    _set_env("PYTORCH_NVML_BASED_CUDA_CHECK", _ENV_AFTER_LIGHTNING if lightning else _ENV_BEFORE_LIGHTNING)
+    try:
+        yield
+    finally:
+        _set_env("PYTORCH_NVML_BASED_CUDA_CHECK", saved)
+
+
+def _set_env(key, value):
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+def _sync(device):
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- the three ways of training ------------------------------------------------------------------------
+def run_hand(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device) -> dict:
+
+    cfg, dm, model, opts = build(overrides)
+    model.to(device).train()
+    images, labels = (t.to(device) for t in dm.splits["train"])
+    bs, step = int(cfg.dataset.batch_size), entry_step(entry)
+    n_batches = len(images) // bs if len(images) > bs else 1  # drop_last, as nnlab's training batches
+    if limit:
+        n_batches = min(n_batches, limit)
+    n_img, seconds, cpu = 0, 0.0, 0.0
+    for epoch in range(epochs):
+        _sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(epoch)).to(device)
+        for i in range(n_batches):
+            idx = order[i * bs : (i + 1) * bs]
+            x, y = images[idx].float().div_(255.0), labels[idx]
+            step(model, opts, x, y)
+        _sync(device)
+        seconds, cpu = seconds + time.perf_counter() - t0, cpu + time.process_time() - c0
+        n_img += n_batches * bs
+    return {"img_s": n_img / seconds, "images": n_img, "seconds": seconds, "cpu_img_s": n_img / cpu}
+
+
+class FashionMNISTStyle:
+    """torchvision.datasets.FashionMNIST's __getitem__ over uint8 tensors: PIL image -> ToTensor per sample."""
+
+    def __init__(self, images, labels):
+        from torchvision import transforms
+
+        self.images, self.labels = images, labels
+        self.transform = transforms.ToTensor()
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = self.images[i]
+        img = Image.fromarray(img[0].numpy(), mode="L") if img.shape[0] == 1 else Image.fromarray(img.permute(1, 2, 0).numpy())
+        return self.transform(img), int(self.labels[i])
+
+
+def run_dataloader(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device, workers: int) -> dict:
+    from torch.utils.data import DataLoader
+
+    cfg, dm, model, opts = build(overrides)
+    model.to(device).train()
+    images, labels = dm.splits["train"]
+    bs, step = int(cfg.dataset.batch_size), entry_step(entry)
+    loader = DataLoader(FashionMNISTStyle(images, labels), batch_size=bs, shuffle=True, drop_last=len(images) > bs,
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(0))
+    n_img, seconds = 0, 0.0
+    for _ in range(epochs):
+        _sync(device)
+        t0 = time.perf_counter()
+        for i, (x, y) in enumerate(loader):
+            if limit and i >= limit:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            step(model, opts, x, y)
+            n_img += len(x)
+        _sync(device)
+        seconds += time.perf_counter() - t0
+    return {"img_s": n_img / seconds, "images": n_img, "seconds": seconds}
+
+
+class EpochTimer(pl.Callback):
+    """Added to the nnlab run as a callback: the time of each training epoch (without validation)."""
+
+    results: list[dict] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        _sync(pl_module.device)
+        self.images, self.t0, self.c0 = 0, time.perf_counter(), time.process_time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.images += len(batch[0])
+        if batch_idx + 1 == trainer.num_training_batches:  # one sync per epoch, at its last batch
+            _sync(pl_module.device)
+            EpochTimer.results.append({"images": self.images, "seconds": time.perf_counter() - self.t0,
+                                       "cpu_seconds": time.process_time() - self.c0})
+
+    def on_fit_end(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            EpochTimer.results.append({"cuda_max_memory_allocated": torch.cuda.max_memory_allocated(pl_module.device)})
+
+
+def run_nnlab(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device, extra=(), warmup_epochs: int = 0) -> dict:
+    from nnlab.train import main
+
+    EpochTimer.results = []
+    with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
+        argv = sys.argv
+        sys.argv = ["nnlab train", *overrides, f"trainer.max_epochs={epochs}", "test_after_fit=false",
+                    "+callbacks.bench_timer._target_=bench.EpochTimer", f"hydra.run.dir={tmp}/run", *extra]
+        if limit:
+            sys.argv += [f"trainer.limit_train_batches={limit}", f"trainer.limit_val_batches={max(1, limit // 10)}"]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sink = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
+                main()
+        except SystemExit as err:  # a config error: show what nnlab said
+            raise RuntimeError(f"nnlab train {' '.join(sys.argv[1:])} failed ({err}):\n{sink.getvalue()[-2000:]}")
+        finally:
+            sys.argv = argv
+    epochs_run = [r for r in EpochTimer.results if "seconds" in r]
+    if warmup_epochs and len(epochs_run) > warmup_epochs:
+        epochs_run = epochs_run[warmup_epochs:]  # torch.compile: leave the compiling epoch out
+    n_img, seconds = sum(r["images"] for r in epochs_run), sum(r["seconds"] for r in epochs_run)
+    cpu = sum(r["cpu_seconds"] for r in epochs_run)
+    out = {"img_s": n_img / seconds if seconds else float("nan"), "images": n_img, "seconds": seconds,
+           "epoch_img_s": [r["images"] / r["seconds"] for r in EpochTimer.results if "seconds" in r],
+           "cpu_img_s": n_img / cpu if cpu else float("nan")}
+    mem = [r["cuda_max_memory_allocated"] for r in EpochTimer.results if "cuda_max_memory_allocated" in r]
+    if mem:
+        out["cuda_max_memory_allocated_mb"] = max(mem) / 2**20
+    return out
+
+
+# -- command-line wall times and peak memory -----------------------------------------------------------
+# A child forked from this (large) process would inherit its peak RSS: Linux keeps ru_maxrss across exec.
+# So a small launcher process starts the command and reports the command's own rusage.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = proc.stderr.read().decode(errors="replace")
+_, status, usage = os.wait4(proc.pid, 0)
+print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "maxrss": usage.ru_maxrss, "rc": os.waitstatus_to_exitcode(status), "err": err[-2000:]}))
+"""
+
+
+def _run_child(cmd: list[str], env=None) -> dict:
+    """Run cmd (through the launcher): its wall time, CPU time (user + system) and peak RSS."""
+    out = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"the launcher of {' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if r["rc"]:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {r['rc']}):\n{r['err']}")
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "max_rss_mb": r["maxrss"] * scale / 2**20}
+
+
+def wall(cmd: list[str], reps: int, env=None) -> dict:
+    """Median wall time of a command (and its CPU time: on a loaded machine the wall time waits for a core)."""
+    runs = [_run_child(cmd, env) for _ in range(reps)]
+    return {"cmd": " ".join(cmd), "median_s": statistics.median(r["wall_s"] for r in runs),
+            "median_cpu_s": statistics.median(r["cpu_s"] for r in runs), "runs_s": [r["wall_s"] for r in runs]}
+
+
+def peak_memory(cmd: list[str], env=None) -> dict:
+    """The peak resident set of a child (its own ru_maxrss, not this process's)."""
+    return {"cmd": " ".join(cmd), **_run_child(cmd, env)}
+
+
+# -- the run -------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of: {', '.join(MODELS)} (default: all)")
+    p.add_argument("--epochs", type=int, default=1, help="training epochs per repetition (default 1)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each path; medians are reported (default 3)")
+    p.add_argument("--limit-batches", type=int, default=None, help="at most this many training batches per epoch (default: all)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader num_workers (default: min(4, cores))")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every path (default: torch's, passed to nnlab as threads=)")
+    p.add_argument("--paths", default="nnlab,hand,dataloader", help="which of nnlab,hand,dataloader to run")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the nnlab path with model.compile=true (with --epochs > 1 the first, compiling, epoch is left out)")
+    p.add_argument("--full-train", action="store_true", help="also time the whole default `nnlab train` (minutes)")
+    p.add_argument("--no-cli", action="store_true", help="skip the --help / --cfg job / peak-memory subprocesses")
+    p.add_argument("--quick", action="store_true", help="1 rep, 1 epoch, 50 batches, 1 CLI timing: a smoke run in seconds")
+    p.add_argument("--set", action="append", default=[], metavar="OVERRIDE", help="extra Hydra override for every model (repeatable), e.g. dataset=synthetic")
+    p.add_argument("--json", default=None, help="write the table and the settings to this JSON file")
+    p.add_argument("--from-json", default=None, metavar="PATH", help="print the table of an earlier --json file and exit")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.reps, args.epochs, args.limit_batches = 1, 1, args.limit_batches or 50
+    return args
+
+
+def summarise(row: dict, epochs: int) -> dict:
+    """Medians and ratios of one model's runs (row["runs"]: path -> one result per repetition)."""
+    runs = row["runs"]
+    for path, results in runs.items():
+        row[path] = statistics.median(r["img_s"] for r in results)
+    for a, b in (("nnlab", "hand"), ("nnlab", "dataloader")):
+        if not (runs.get(a) and runs.get(b)):
+            continue
+        row[f"{a}/{b}"] = row[a] / row[b]
+        # the same ratio within each repetition (runs next to each other share the machine's load), then the median
+        row[f"{a}/{b} paired"] = statistics.median(x["img_s"] / y["img_s"] for x, y in zip(runs[a], runs[b]))
+    if runs.get("nnlab") and runs.get("hand"):  # this process's CPU time: the overhead without waiting for a core
+        row["nnlab/hand cpu"] = (statistics.median(r["cpu_img_s"] for r in runs["nnlab"])
+                                 / statistics.median(r["cpu_img_s"] for r in runs["hand"]))
+    if runs.get("nnlab+compile") and runs.get("nnlab") and epochs > 1:
+        # epochs after the first of both (the first compiles): like for like
+        after = {p: statistics.median(x for r in runs[p] for x in r["epoch_img_s"][1:]) for p in ("nnlab", "nnlab+compile")}
+        row["nnlab+compile"], row["compile/nnlab"] = after["nnlab+compile"], after["nnlab+compile"] / after["nnlab"]
+    elif row.get("nnlab+compile") and row.get("nnlab"):
+        row["compile/nnlab"] = row["nnlab+compile"] / row["nnlab"]  # one epoch: the compile time included
+    return row
+
+
+def fmt_table(rows: list[dict]) -> str:
+    cols = [("model", "model", "{}"), ("batch", "batch", "{}"), ("batches/epoch", "batches", "{}"), ("nnlab img/s", "nnlab", "{:.0f}"),
+            ("hand img/s", "hand", "{:.0f}"), ("DataLoader img/s", "dataloader", "{:.0f}"),
+            ("nnlab/hand", "nnlab/hand", "{:.2f}"), ("paired", "nnlab/hand paired", "{:.2f}"),
+            ("CPU time", "nnlab/hand cpu", "{:.2f}"),
+            ("nnlab/DataLoader", "nnlab/dataloader", "{:.2f}"), ("paired", "nnlab/dataloader paired", "{:.2f}")]
+    if any("nnlab+compile" in r for r in rows):
+        cols += [("nnlab+compile img/s", "nnlab+compile", "{:.0f}"), ("compile/nnlab", "compile/nnlab", "{:.2f}")]
+    cells = [[h for h, _, _ in cols]] + [[f.format(r[k]) if r.get(k) is not None else "-" for _, k, f in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        rows = [summarise(row, report["settings"]["epochs"]) for row in report["table"]]
+        print(fmt_table(rows))
+        return report
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise SystemExit(f"bench: unknown model(s) {unknown}; known: {', '.join(MODELS)}")
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    threads = args.threads or torch.get_num_threads()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    accel = "accelerator=gpu" if device.type == "cuda" else "accelerator=cpu"
+    load0 = os.getloadavg()
+    print(f"bench: {platform.node()} torch {torch.__version__} device={device} threads={threads} "
+          f"cores={os.cpu_count()} load={load0[0]:.1f} reps={args.reps} epochs={args.epochs} "
+          f"limit_batches={args.limit_batches}", flush=True)
+
+    # one-time costs that any training process pays once (torch._dynamo is imported by the first optimiser
+    # step or self.log), paid here so that the first timed path does not carry them alone
+    __import__("torch._dynamo")
+
+    rows = []
+    for name in names:
+        entry = MODELS[name]
+        overrides = [*entry.overrides, accel, f"threads={threads}", *args.set]
+        limit = args.limit_batches or (entry.max_batches if device.type == "cpu" else None)
+        jobs = {"nnlab": lambda: run_nnlab(entry, overrides, args.epochs, limit, device),
+                "hand": lambda: run_hand(entry, overrides, args.epochs, limit, device),
+                "dataloader": lambda: run_dataloader(entry, overrides, args.epochs, limit, device, args.workers)}
+        runs = {p: [] for p in paths}
+        if args.compile:
+            jobs["nnlab+compile"] = lambda: run_nnlab(entry, overrides, args.epochs, limit, device,
+                                                      ["model.compile=true"], warmup_epochs=1)
+            runs["nnlab+compile"] = []
+        for rep in range(args.reps):  # interleaved: A B C A B C ...
+            for path in runs:
+                torch.set_num_threads(threads)
+                with cuda_probe_env(lightning=path.startswith("nnlab")):
+                    result = jobs[path]()
+                runs[path].append(result)
+                print(f"  {name} rep {rep + 1}/{args.reps} {path:14s} {result['img_s']:8.0f} img/s "
+                      f"({result['images']} images in {result['seconds']:.2f} s; "
+                      f"{result.get('cpu_img_s', float('nan')):.0f} img/s of this process's CPU time)", flush=True)
+        cfg = compose(overrides)
+        row = {"model": name, "batch": int(cfg.dataset.batch_size), "batches": limit or "all", "note": entry.note, "runs": runs}
+        summarise(row, args.epochs)
+        mem = [r.get("cuda_max_memory_allocated_mb") for r in runs.get("nnlab", []) if r.get("cuda_max_memory_allocated_mb")]
+        if mem:
+            row["cuda_max_memory_allocated_mb"] = max(mem)
+        rows.append(row)
+
+    cli = {}
+    if not args.no_cli:
+        nnlab, cli_reps = str(BIN / "nnlab"), 1 if args.quick else 3
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        cli["nnlab --help"] = wall([nnlab, "--help"], cli_reps, env)
+        cli["nnlab train --cfg job"] = wall([nnlab, "train", "--cfg", "job"], cli_reps, env)
+        with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
+            mem_cmd = [nnlab, "train", accel, f"threads={threads}", "trainer.max_epochs=1", "test_after_fit=false",
+                       f"hydra.run.dir={tmp}/mem", *args.set]
+            if args.limit_batches:
+                mem_cmd += [f"trainer.limit_train_batches={args.limit_batches}", "trainer.limit_val_batches=2"]
+            cli["peak memory: nnlab train, 1 epoch"] = peak_memory(mem_cmd, env)
+            if args.full_train:
+                cli["nnlab train (default, whole run)"] = wall([nnlab, "train", f"threads={threads}", f"hydra.run.dir={tmp}/full"], 1, env)
+    load1 = os.getloadavg()
+
+    print()
+    print(fmt_table(rows))
+    print()
+    for key, value in cli.items():
+        figure = (f"{value['median_s']:.2f} s wall, {value['median_cpu_s']:.2f} s CPU" if "median_s" in value
+                  else f"{value['max_rss_mb']:.0f} MB max RSS ({value['wall_s']:.1f} s wall)")
+        print(f"{key:40s} {figure}")
+    for row in rows:
+        if "cuda_max_memory_allocated_mb" in row:
+            print(f"{row['model']}: torch.cuda.max_memory_allocated {row['cuda_max_memory_allocated_mb']:.0f} MB")
+    if device.type != "cuda":
+        print("GPU: none here (torch.cuda.is_available() is False): no GPU figures")
+    print(f"load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f}, on {os.cpu_count()} cores")
+
+    report = {
+        "settings": {k: v for k, v in vars(args).items()}, "device": str(device), "threads": threads,
+        "torch": torch.__version__, "host": platform.node(), "cores": os.cpu_count(),
+        "load_avg_start": load0, "load_avg_end": load1, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _commit(), "table": rows, "cli": cli,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return report
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    main()

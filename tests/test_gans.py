@@ -1,0 +1,166 @@
+"""The GAN family: every model trains end to end on both image shapes, the losses have the right
+signs and values, the Frechet distance matches closed forms, the cgan listens to its label, the
+offline metrics appear with a classifier (and are skipped with one log line without), and a NaN
+loss stops the run with a clear message and a good checkpoint left behind."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import FAST, read_metrics, run_train
+from nnlab.metrics.fid import fid_from_features, frechet_distance, gaussian_fit, sqrtm_psd
+from nnlab.models import gans
+from nnlab.models.gans import CGAN, DCGAN, discriminator_loss, generator_loss
+
+QUIET = ("model.n_log_images=16", "model.metrics.n_val_samples=64", "model.metrics.n_samples=128")
+
+
+def lenet_checkpoint(path, shape=(1, 28, 28)):
+    """An (untrained) LeNet-5 saved as nnlab saves it: enough for the feature-based metrics."""
+    from nnlab.models.classifiers import LeNet
+
+    hp = {"name": "lenet", "input_shape": list(shape), "num_classes": 10}
+    torch.save({"state_dict": LeNet(**hp).state_dict(), "hyper_parameters": hp}, path)
+    return path
+
+
+# -- end to end --------------------------------------------------------------------------------
+@pytest.mark.parametrize("model,shape", [("gan", "[1,28,28]"), ("dcgan", "[1,28,28]"), ("cgan", "[3,32,32]"),
+                                         ("gan", "[3,32,32]"), ("dcgan", "[3,32,32]")])
+def test_fast_run_without_classifier(tmp_path, model, shape):
+    run = run_train(tmp_path, *FAST, f"model={model}", f"dataset.shape={shape}", *QUIET)
+    record = read_metrics(run)
+    assert record["status"] == "finished"
+    for key in ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "val/d_real", "test/d_real"):
+        assert math.isfinite(record["metrics"][key]), key
+    assert 0 < record["metrics"]["train/d_real"] < 1
+    assert not any("fid" in k for k in record["metrics"])  # no classifier: skipped ...
+    log = (run / "train.log").read_text()
+    assert log.count("model.metrics.classifier_ckpt is not set") == 1  # ... with exactly one line
+    assert (run / "checkpoints" / "last.ckpt").is_file() and record["best_checkpoint"]
+
+
+def test_cgan_dcgan_net_with_classifier_metrics(tmp_path):
+    from conftest import event_tags
+
+    ckpt = lenet_checkpoint(tmp_path / "lenet.ckpt")
+    run = run_train(tmp_path, *FAST, "model=cgan", "model.net=dcgan", "model.g_dims=[16,8]", "model.d_dims=[8,16]",
+                    "model.generator_loss=minimax", "model.label_smoothing=0.1", "model.d_steps=2",
+                    f"model.metrics.classifier_ckpt={ckpt}", *QUIET)
+    m = read_metrics(run)["metrics"]
+    for key in ("val/fid", "test/fid", "test/fid_floor"):
+        assert math.isfinite(m[key]) and m[key] >= 0, key
+    assert 0 <= m["test/label_acc"] <= 1
+    assert "best-epoch" in read_metrics(run)["best_checkpoint"]  # monitored val/fid
+    images = event_tags(run).Tags()["images"]
+    assert "samples" in images and "class_grid" in images
+
+
+# -- the losses ----------------------------------------------------------------------------------
+def test_generator_losses_sign_and_value():
+    d_fake = torch.tensor([0.1, 0.25, 0.5])  # hand-made D(G(z))
+    logits = torch.log(d_fake / (1 - d_fake))
+    minimax = generator_loss(logits, "minimax")
+    non_sat = generator_loss(logits, "non_saturating")
+    assert minimax.item() == pytest.approx(torch.log(1 - d_fake).mean().item(), abs=1e-6)  # log(1 - D) < 0
+    assert minimax.item() < 0
+    assert non_sat.item() == pytest.approx((-torch.log(d_fake)).mean().item(), abs=1e-6)  # -log D > 0
+    assert non_sat.item() > 0
+    # the point of non-saturating: when D rejects the fakes (D ~ 0), its gradient does not vanish
+    confident = torch.tensor([-8.0], requires_grad=True)
+    g_mm, = torch.autograd.grad(generator_loss(confident, "minimax"), confident)
+    g_ns, = torch.autograd.grad(generator_loss(confident, "non_saturating"), confident)
+    assert abs(g_mm.item()) < 1e-3 < 0.99 < abs(g_ns.item())
+    assert g_mm.item() < 0 and g_ns.item() < 0  # both push D(G(z)) up
+
+
+def test_discriminator_loss_and_smoothing():
+    real, fake = torch.logit(torch.tensor([0.8])), torch.logit(torch.tensor([0.3]))
+    assert discriminator_loss(real, fake).item() == pytest.approx(-(math.log(0.8) + math.log(0.7)), abs=1e-6)
+    smoothed = discriminator_loss(real, fake, real_target=0.9).item()
+    assert smoothed == pytest.approx(-(0.9 * math.log(0.8) + 0.1 * math.log(0.2) + math.log(0.7)), abs=1e-6)
+
+
+# -- the Frechet distance --------------------------------------------------------------------------
+def test_frechet_distance_closed_forms():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    sigma = a @ a.T + 0.1 * torch.eye(8, dtype=torch.float64)
+    mu = torch.randn(8, generator=g, dtype=torch.float64)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-8)
+    assert torch.allclose(sqrtm_psd(sigma) @ sqrtm_psd(sigma), sigma, atol=1e-10)
+    # diagonal covariances: ||mu1 - mu2||^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2
+    v1, v2 = torch.tensor([1.0, 4.0, 9.0]), torch.tensor([4.0, 1.0, 0.25])
+    m1, m2 = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
+    expected = (m1 - m2).square().sum() + (v1.sqrt() - v2.sqrt()).square().sum()
+    assert frechet_distance(m1, torch.diag(v1), m2, torch.diag(v2)) == pytest.approx(expected.item(), rel=1e-10)
+    # non-commuting full covariances: against scipy's general matrix square root
+    linalg = pytest.importorskip("scipy.linalg")
+    b = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    sigma2 = b @ b.T + 0.1 * torch.eye(8, dtype=torch.float64)
+    covmean = linalg.sqrtm((sigma @ sigma2).numpy()).real
+    ref = 8.0 + float(sigma.trace() + sigma2.trace()) - 2 * covmean.trace()
+    assert frechet_distance(mu, sigma, mu - 1, sigma2) == pytest.approx(ref, rel=1e-8)
+
+
+def test_fid_of_samples():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4000, 5, generator=g)
+    assert fid_from_features(x, x) == pytest.approx(0.0, abs=1e-9)
+    y = torch.randn(4000, 5, generator=g) * 2 + 1  # N(1, 4I) vs N(0, I): 5 * 1 + 5 * (2 - 1)^2 = 10
+    assert fid_from_features(x, y) == pytest.approx(10.0, rel=0.1)
+    mu, cov = gaussian_fit(y)
+    assert cov.dtype == torch.float64 and cov.shape == (5, 5)
+
+
+# -- the generators ------------------------------------------------------------------------------
+@pytest.mark.parametrize("net,shape", [("mlp", (1, 28, 28)), ("dcgan", (3, 32, 32))])
+def test_cgan_generator_depends_on_label(net, shape):
+    torch.manual_seed(0)
+    model = CGAN("cgan", net=net, g_dims=[16, 8] if net == "dcgan" else [32], d_dims=[8, 16] if net == "dcgan" else [32],
+                 input_shape=shape, n_log_images=8)
+    z = torch.randn(4, model.latent_dim).repeat(2, 1)
+    labels = torch.tensor([0] * 4 + [7] * 4)
+    images = model.generate(z, labels)
+    assert images.shape == (8, *shape) and 0 <= images.min() and images.max() <= 1
+    other_noise = model.generate(torch.randn(4, model.latent_dim), labels[:4])
+    label_effect, noise_effect = (images[:4] - images[4:]).abs().mean(), (images[:4] - other_noise).abs().mean()
+    assert label_effect > 0.05 * noise_effect > 0  # same noise, other label: another image (at init, as much as ~1/10 of new noise)
+    assert model.sample(5, labels=3).shape == (5, *shape)
+    grid = model.sample_grid(20)  # the class grid: 10 rows of 2
+    assert grid.shape[0] == 3 and grid.shape[1] > grid.shape[2]
+    assert model.sample_grid(16, label=2, interpolate=True).shape[0] == 3
+
+
+def test_unconditional_sampling_and_label_error():
+    model = DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28))
+    grid = model.sample_grid(16)
+    assert grid.shape == (3, 4 * 30 + 2, 4 * 30 + 2) and 0 <= grid.min() and grid.max() <= 1
+    assert model.sample_grid(16, interpolate=True).shape == grid.shape
+    with pytest.raises(gans.ConfigError, match="unconditional"):
+        model.sample(4, labels=1)
+
+
+# -- the NaN guard -------------------------------------------------------------------------------
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
+    real_loss, calls = gans.generator_loss, []
+
+    def poisoned(logits, kind="non_saturating"):
+        calls.append(1)
+        loss = real_loss(logits, kind)
+        return loss * float("nan") if len(calls) == 5 else loss  # step 5 = epoch 1, batch 1
+
+    monkeypatch.setattr(gans, "generator_loss", poisoned)
+    with pytest.raises(SystemExit):
+        run_train(tmp_path, *FAST, "model=gan", "model.g_dims=[32]", "model.d_dims=[32]", "trainer.max_epochs=3", *QUIET)
+    record = read_metrics(tmp_path / "run")
+    assert record["status"] == "failed"
+    assert "training step 5" in record["error"] and "train/g_loss=nan" in record["error"]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert str(last) in record["error"]
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 0  # saved at the end of epoch 0, before the NaN
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
