@@ -197,7 +197,10 @@ class ClassifierBase(NNLabModule):
 
     # -- gradients: the norm is logged (exploding gradients show), clipping per model -------------
     def on_before_optimizer_step(self, optimizer):
-        # called after backward and before clipping: the raw gradient norm of this step
+        # called after backward and before clipping: the raw gradient norm of this step, computed only
+        # on the steps whose scalars Lightning writes (a pass over every gradient costs time)
+        if not self.logging_step:
+            return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
