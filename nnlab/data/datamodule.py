@@ -18,7 +18,42 @@ from nnlab.errors import ConfigError, DataError
 FORMATS = ("idx", "cifar10", "synthetic")
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ResidentDataModule(pl.LightningDataModule):
+    """What every nnlab datamodule shares: its splits live on the training device and are served by
+    TensorBatches (shuffled per epoch, one shard per DDP rank). Subclasses define `_batches(split, shuffle)`
+    and set batch_size, eval_batch_size and seed."""
+
+    @property
+    def device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def resident_batches(self, items: torch.Tensor, labels: torch.Tensor, shuffle: bool) -> TensorBatches:
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return TensorBatches(
+            items,
+            labels,
+            self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(items) // world > self.batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+        )
+
+    def train_dataloader(self):
+        return self._batches("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._batches("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._batches("test", shuffle=False)
+
+
+class ImageDataModule(ResidentDataModule):
     def __init__(
         self,
         name: str,
@@ -80,37 +115,11 @@ class ImageDataModule(pl.LightningDataModule):
         }
         self.splits = {k: (x.to(device).contiguous(), y.to(device)) for k, (x, y) in self.splits.items()}
 
-    @property
-    def device(self) -> torch.device:
-        trainer = getattr(self, "trainer", None)
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-
     # -- batches ---------------------------------------------------------------------------
     def _batches(self, split: str, shuffle: bool) -> TensorBatches:
         self.setup()
         images, labels = self.splits[split]
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return TensorBatches(
-            images,
-            labels,
-            self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(images) // world > self.batch_size,
-            seed=self.seed,
-            rank=rank,
-            world_size=world,
-            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
-        )
-
-    def train_dataloader(self):
-        return self._batches("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._batches("val", shuffle=False)
-
-    def test_dataloader(self):
-        return self._batches("test", shuffle=False)
+        return self.resident_batches(images, labels, shuffle)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int = 0):
         """Batches already live on the training device: skip Lightning's generic collection walk."""

@@ -23,10 +23,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 
 from nnlab.data.batches import TensorBatches
+from nnlab.data.datamodule import ResidentDataModule
 from nnlab.errors import ConfigError, DataError
 
 FORMATS = ("movielens", "synthetic")
@@ -140,7 +140,7 @@ class UserBatches:
             yield self.inputs.dense(ids, self.n_items), self.targets.dense(ids, self.n_items)
 
 
-class RatingsDataModule(pl.LightningDataModule):
+class RatingsDataModule(ResidentDataModule):
     def __init__(
         self,
         name: str,
@@ -230,31 +230,12 @@ class RatingsDataModule(pl.LightningDataModule):
         n_test = torch.minimum(n_test, n - 1)  # every user keeps at least one training rating
         return torch.where(rank < n_test, 2, torch.where(rank < n_test + n_val, 1, 0))
 
-    @property
-    def device(self) -> torch.device:
-        trainer = getattr(self, "trainer", None)
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-
     def _batches(self, split: str, shuffle: bool) -> UserBatches:
+        """Batches of users: each user's training ratings as input, the split's ratings as targets."""
         self.setup()
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         user_ids = torch.arange(self.n_users, device=self.device)
-        users = TensorBatches(
-            user_ids, user_ids, self.batch_size if shuffle else self.eval_batch_size, shuffle=shuffle,
-            drop_last=shuffle and self.n_users // world > self.batch_size, seed=self.seed, rank=rank,
-            world_size=world, epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
-        )
+        users = self.resident_batches(user_ids, user_ids, shuffle)
         return UserBatches(users, self.splits["train"], self.splits[split], self.n_items)
-
-    def train_dataloader(self):
-        return self._batches("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._batches("val", shuffle=False)
-
-    def test_dataloader(self):
-        return self._batches("test", shuffle=False)
 
     def split_size(self, split: str) -> int:
         """The number of ratings in a split."""
