@@ -52,3 +52,12 @@ def report_and_exit(err: NNLabError) -> None:
         raise err
     print(err.render(), file=sys.stderr)
     raise SystemExit(err.exit_code)
+
+
+def run_command(command, argv: list[str] | None = None) -> int:
+    """Run a sub-command's function on its arguments: a user error ends as its paragraph and exit code."""
+    try:
+        command(list(sys.argv[1:] if argv is None else argv))
+    except NNLabError as err:
+        report_and_exit(err)
+    return 0

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-from nnlab.errors import ConfigError, NNLabError, report_and_exit
+from nnlab.errors import ConfigError, run_command
 
 USAGE = """\
 usage: nnlab eval RUN_OR_CKPT [dataset=NAME] [checkpoint=best|last] [threads=N] [key=value ...]
@@ -112,12 +111,7 @@ def evaluate(argv: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        evaluate(argv)
-    except NNLabError as err:
-        report_and_exit(err)
-    return 0
+    return run_command(evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,9 @@ vae, generator samples (a class or a class grid) for the gans, an errors grid fo
 from __future__ import annotations
 
 import inspect
-import sys
 from pathlib import Path
 
-from nnlab.errors import ConfigError, NNLabError, report_and_exit
+from nnlab.errors import ConfigError, run_command
 from nnlab.evaluate import _int_option, parse_args
 
 USAGE = """\
@@ -77,12 +76,7 @@ def sample(argv: list[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        sample(argv)
-    except NNLabError as err:
-        report_and_exit(err)
-    return 0
+    return run_command(sample, argv)
 
 
 if __name__ == "__main__":
