@@ -49,6 +49,7 @@ def test_cgan_dcgan_net_with_classifier_metrics(tmp_path):
     ckpt = lenet_checkpoint(tmp_path / "lenet.ckpt")
     run = run_train(tmp_path, *FAST, "model=cgan", "model.net=dcgan", "model.g_dims=[16,8]", "model.d_dims=[8,16]",
                     "model.generator_loss=minimax", "model.label_smoothing=0.1", "model.d_steps=2",
+                    "model.projection=true", "model.ema=0.9",
                     f"model.metrics.classifier_ckpt={ckpt}", *QUIET)
     m = read_metrics(run)["metrics"]
     for key in ("val/fid", "test/fid", "test/fid_floor"):
@@ -133,6 +134,46 @@ def test_cgan_generator_depends_on_label(net, shape):
     grid = model.sample_grid(20)  # the class grid: 10 rows of 2
     assert grid.shape[0] == 3 and grid.shape[1] > grid.shape[2]
     assert model.sample_grid(16, label=2, interpolate=True).shape[0] == 3
+
+
+@pytest.mark.parametrize("net,shape", [("mlp", (1, 28, 28)), ("dcgan", (3, 32, 32))])
+def test_projection_discriminator_takes_the_label_at_its_features(net, shape):
+    torch.manual_seed(0)
+    dims = dict(g_dims=[16, 8], d_dims=[8, 16]) if net == "dcgan" else dict(g_dims=[32], d_dims=[32])
+    concat = CGAN("cgan", net=net, input_shape=shape, **dims).discriminator
+    proj = CGAN("cgan", net=net, input_shape=shape, projection=True, **dims).discriminator.eval()  # (no dropout)
+    first = lambda d: next(m for m in d.net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert first(concat).weight.shape[1] == first(proj).weight.shape[1] + 10  # no label at the input
+    x, y = torch.randn(6, *shape), torch.tensor([0, 1, 2, 3, 4, 5])
+    with torch.no_grad():
+        h = proj.net(x if net == "dcgan" else x.flatten(1)).flatten(1)
+        expected = proj.head.fc(h).squeeze(1) + (proj.head.embed.weight[y] * h).sum(1)
+        assert torch.allclose(proj(x, y), expected, atol=1e-6)  # fc(h) + <embed(y), h>
+        proj.head.embed.weight.normal_()
+        assert not torch.allclose(proj(x, y), proj(x, (y + 1) % 10))
+    with pytest.raises(ValueError, match="conditional"):
+        proj(x)
+
+
+def test_generator_moving_average():
+    torch.manual_seed(0)
+    model = DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28), ema=0.99)
+    assert model.sampler is model.generator_ema and not any(p.requires_grad for p in model.generator_ema.parameters())
+    before = [p.clone() for p in model.generator_ema.parameters()]
+    with torch.no_grad():
+        for p in model.generator.parameters():
+            p.add_(1.0)
+    model.update_ema(step=1000)  # past the warm-up: decay 0.99
+    for old, new, live in zip(before, model.generator_ema.parameters(), model.generator.parameters()):
+        assert torch.allclose(new, 0.99 * old + 0.01 * live, atol=1e-6)
+    model.update_ema(step=0)  # warm-up: decay min(0.99, 1/10) = 0.1, mostly the live weights
+    for new, live in zip(model.generator_ema.parameters(), model.generator.parameters()):
+        assert (new - live).abs().max() < 0.1 + 1e-6
+    z = torch.randn(3, model.latent_dim)
+    assert torch.allclose(model.generate(z), model.generator_ema.eval()(z).add(1).div(2).clamp(0, 1))
+    assert DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28)).generator_ema is None
+    with pytest.raises(gans.ConfigError, match="model.ema"):
+        DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28), ema=1.0)
 
 
 def test_unconditional_sampling_and_label_error():

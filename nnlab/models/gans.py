@@ -20,6 +20,7 @@ cgan `test/label_acc` the LeNet's accuracy on generated images against the reque
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 
@@ -65,7 +66,7 @@ class AdversarialBase(NNLabModule):
 
     def __init__(self, name, net="mlp", latent_dim=100, g_dims=(256, 512), d_dims=(512, 256),
                  generator_loss="non_saturating", d_steps=1, label_smoothing=0.0, d_optimizer=None,
-                 num_classes=10, metrics=None, n_log_images=64, **kwargs):
+                 num_classes=10, projection=False, ema=0.0, metrics=None, n_log_images=64, **kwargs):
         super().__init__(name, **kwargs)
         if net not in GAN_NETS:
             raise ConfigError(f"model.net='{net}' is unknown; use one of {', '.join(GAN_NETS)}.")
@@ -75,6 +76,8 @@ class AdversarialBase(NNLabModule):
             raise ConfigError(f"model.d_steps={d_steps!r} must be a positive integer (discriminator steps per generator step).")
         if not 0.0 <= float(label_smoothing) < 0.5:
             raise ConfigError(f"model.label_smoothing={label_smoothing} must be in [0, 0.5): the real target is 1 - label_smoothing.")
+        if not 0.0 <= float(ema) < 1.0:
+            raise ConfigError(f"model.ema={ema} must be in [0, 1): the decay of the generator's moving average (0 = off; 0.999 is usual).")
         if kwargs.get("scheduler"):
             raise ConfigError("model.scheduler is not supported by the GAN models (two optimisers, manual optimisation); set it to null.")
         self.automatic_optimization = False
@@ -82,7 +85,11 @@ class AdversarialBase(NNLabModule):
         self.real_target = 1.0 - float(label_smoothing)
         self.n_classes = int(num_classes) if self.conditional else 0
         self.metrics_cfg = {"classifier_ckpt": None, "n_samples": 10000, "n_val_samples": 1000, **(metrics or {})}
-        self.generator, self.discriminator = build_gan_nets(net, self.latent_dim, g_dims, d_dims, self.input_shape, self.n_classes)
+        self.generator, self.discriminator = build_gan_nets(net, self.latent_dim, g_dims, d_dims, self.input_shape,
+                                                            self.n_classes, projection=bool(projection))
+        # ema > 0: an exponential moving average of G's weights generates every image (Yazici et al. 2019)
+        self.ema_decay = float(ema)
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if self.ema_decay else None
         # the same noise every epoch, so the `samples` images compare across epochs (saved with the model)
         self.register_buffer("fixed_z", torch.randn(int(n_log_images), self.latent_dim, generator=torch.Generator().manual_seed(0)))
         self._classifier_cache: list = []  # [classifier or None], kept out of the module tree and the checkpoint
@@ -106,16 +113,34 @@ class AdversarialBase(NNLabModule):
             raise ConfigError(f"label must be in 0..{self.n_classes - 1}, got {labels.tolist()[:8]}.")
         return labels
 
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The generator that makes the images: the moving average of G when model.ema > 0, else G itself."""
+        return self.generator if self.generator_ema is None else self.generator_ema
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        """generator_ema <- d * generator_ema + (1 - d) * generator, after G's step-th update; batch-norm statistics
+        are copied. d = min(ema, (1 + step) / (10 + step)) warms up, so early averages do not drag the random init along."""
+        if self.generator_ema is None:
+            return
+        decay = min(self.ema_decay, (1.0 + step) / (10.0 + step))
+        ema_params = list(self.generator_ema.parameters())
+        torch._foreach_lerp_(ema_params, list(self.generator.parameters()), 1.0 - decay)
+        for mine, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            mine.copy_(live)
+
     @torch.no_grad()
     def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
         """G(z, y) in [0, 1], with the generator in eval mode (batch norm uses its running statistics)."""
-        was_training = self.generator.training
-        self.generator.eval()
+        net = self.sampler
+        was_training = net.training
+        net.eval()
         try:
-            out = [self.generator(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+            out = [net(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
                    for i in range(0, len(z), batch_size)]
         finally:
-            self.generator.train(was_training)
+            net.train(was_training)
         return torch.cat(out).add(1).div(2).clamp(0, 1)
 
     def sample(self, n: int, labels=None) -> torch.Tensor:
@@ -150,8 +175,8 @@ class AdversarialBase(NNLabModule):
         return viz.grid(self.generate(z.repeat(self.n_classes, 1), labels), nrow=len(z))
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """G(z, y) in [0, 1]."""
-        return self.generator(z, labels).add(1).div(2)
+        """G(z, y) in [0, 1] (the moving average of G when model.ema > 0)."""
+        return self.sampler(z, labels).add(1).div(2)
 
     # -- the game (manual optimisation: D then, every d_steps batches, G) -----------------------------
     def configure_optimizers(self):
@@ -182,6 +207,7 @@ class AdversarialBase(NNLabModule):
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(g_loss)
             opt_g.step()
+            self.update_ema(iteration // self.d_steps)
             self.discriminator.requires_grad_(True)
             losses["g_loss"] = g_loss.detach()
 

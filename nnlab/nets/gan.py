@@ -9,7 +9,9 @@
 Generators map noise z (B, latent_dim) to images in [-1, 1] (tanh); discriminators map images in
 [-1, 1] to one logit per image (B,). With n_classes > 0 every net is conditional (Mirza & Osindero
 2014): the one-hot label is concatenated to z, to the flattened image (MLP), or to the image as
-n_classes constant feature maps (DCGAN). Shapes come from `image_shape` = (C, H, W): 1x28x28
+n_classes constant feature maps (DCGAN). A discriminator built with `projection=True` takes the
+label the way of Miyato & Koyama (2018) instead: logit = fc(h) + <embed(y), h> on its last features
+h, which rewards class-consistent images much more directly than an input concatenation. Shapes come from `image_shape` = (C, H, W): 1x28x28
 (28 -> 14 -> 7) and 3x32x32 (32 -> 16 -> 8) both work with two conv stages.
 """
 
@@ -63,18 +65,20 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """image (+ one-hot y) -> flatten -> [Linear -> LeakyReLU(0.2) -> Dropout] per width -> Linear -> logit."""
 
-    def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], n_classes: int = 0, dropout: float = 0.3):
+    def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], n_classes: int = 0, dropout: float = 0.3,
+                 projection: bool = False):
         super().__init__()
-        self.n_classes = int(n_classes)
-        layers, width = [], math.prod(image_shape) + self.n_classes
+        self.n_classes, self.projection = int(n_classes), bool(projection and n_classes)
+        layers, width = [], math.prod(image_shape) + (0 if self.projection else self.n_classes)
         for h in hidden:
             layers += [nn.Linear(width, h), nn.LeakyReLU(0.2), nn.Dropout(dropout)]
             width = h
-        layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)
+        self.head = ProjectionHead(width, self.n_classes if self.projection else 0)
 
     def forward(self, x, y=None):
-        return self.net(_with_label(x.flatten(1), y, self.n_classes)).squeeze(1)
+        x = x.flatten(1) if self.projection else _with_label(x.flatten(1), y, self.n_classes)
+        return self.head(self.net(x), y)
 
 
 class DCGANGenerator(nn.Module):
@@ -106,29 +110,50 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """image (+ label maps) -> [Conv 4x4/2 -> (BN) -> LeakyReLU(0.2)] per width -> flatten -> Linear -> logit."""
 
-    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], n_classes: int = 0):
+    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], n_classes: int = 0, projection: bool = False):
         super().__init__()
         c, h, w = image_shape
-        self.n_classes = int(n_classes)
-        layers, width_in = [], c + self.n_classes
+        self.n_classes, self.projection = int(n_classes), bool(projection and n_classes)
+        layers, width_in = [], c + (0 if self.projection else self.n_classes)
         for i, width in enumerate(channels):
             layers.append(nn.Conv2d(width_in, width, 4, stride=2, padding=1, bias=i == 0))
             layers += ([] if i == 0 else [nn.BatchNorm2d(width)]) + [nn.LeakyReLU(0.2)]
             width_in = width
         self.net = nn.Sequential(*layers)
-        self.fc = nn.Linear(width_in * _downsampled(h, len(channels)) * _downsampled(w, len(channels)), 1)
+        features = width_in * _downsampled(h, len(channels)) * _downsampled(w, len(channels))
+        self.head = ProjectionHead(features, self.n_classes if self.projection else 0)
         dcgan_init(self)
 
     def forward(self, x, y=None):
-        return self.fc(self.net(_with_label(x, y, self.n_classes)).flatten(1)).squeeze(1)
+        h = self.net(x if self.projection else _with_label(x, y, self.n_classes))
+        return self.head(h.flatten(1), y)
+
+
+class ProjectionHead(nn.Module):
+    """features h (B, F) -> one logit: fc(h), plus <embed(y), h> when n_classes > 0 (the projection discriminator)."""
+
+    def __init__(self, features: int, n_classes: int = 0):
+        super().__init__()
+        self.fc = nn.Linear(features, 1)
+        self.embed = nn.Embedding(n_classes, features) if n_classes else None
+        if self.embed is not None:  # small, so the class term starts as a nudge and not as the whole logit
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
+
+    def forward(self, h, y=None):
+        logit = self.fc(h).squeeze(1)
+        if self.embed is None:
+            return logit
+        if y is None:
+            raise ValueError("this net is conditional: pass the labels y")
+        return logit + (self.embed(y.long()) * h).sum(1)
 
 
 def dcgan_init(module: nn.Module) -> None:
     """Radford et al.: all weights from N(0, 0.02); batch-norm scales from N(1, 0.02), shifts 0."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
@@ -136,12 +161,12 @@ def dcgan_init(module: nn.Module) -> None:
 
 
 def build_gan_nets(net: str, latent_dim: int, g_dims: Sequence[int], d_dims: Sequence[int],
-                   image_shape: Sequence[int], n_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+                   image_shape: Sequence[int], n_classes: int = 0, projection: bool = False) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) by name: `mlp` (widths of the hidden layers) or `dcgan` (conv channel widths)."""
     if net == "mlp":
         return (MLPGenerator(latent_dim, g_dims, image_shape, n_classes),
-                MLPDiscriminator(image_shape, d_dims, n_classes))
+                MLPDiscriminator(image_shape, d_dims, n_classes, projection=projection))
     if net == "dcgan":
         return (DCGANGenerator(latent_dim, g_dims, image_shape, n_classes),
-                DCGANDiscriminator(image_shape, d_dims, n_classes))
+                DCGANDiscriminator(image_shape, d_dims, n_classes, projection=projection))
     raise ValueError(f"unknown GAN net '{net}'; use one of {GAN_NETS}")
