@@ -71,6 +71,15 @@ def test_cd1_update_matches_hand_computation():
     assert torch.allclose(rbm.c.data, torch.tensor([C0[j] + lr * dc[j] for j in range(2)]), atol=1e-6)
 
 
+def test_weight_decay_l2_and_l1_on_weights_only():
+    rbm = tiny_rbm(weight_decay=0.01, l1_weight_decay=0.1)
+    zero = {"W": torch.zeros(3, 2), "b": torch.zeros(3), "c": torch.zeros(2)}
+    rbm.set_gradients(zero)
+    W = torch.tensor(W0)
+    assert torch.allclose(rbm.W.grad, 0.01 * W + 0.1 * W.sign())
+    assert not rbm.b.grad.any() and not rbm.c.grad.any()
+
+
 def test_free_energy_is_minus_log_sum_over_hidden_states():
     rbm = tiny_rbm()
     W, b, c = torch.tensor(W0), torch.tensor(B0), torch.tensor(C0)

@@ -8,7 +8,8 @@
                    or from persistent chains: PCD, Tieleman 2008); db = v0 - vk, dc = p(h|v0) - p(h|vk)
 
 The parameters are updated by an SGD-with-momentum optimiser whose gradient is set to minus the CD
-statistic (plus weight decay on W): Lightning's manual optimisation, no autograd.
+statistic (plus weight decay on W: L2, and optionally L1, which zeroes the weights a hidden unit does not
+need and so localises its receptive field): Lightning's manual optimisation, no autograd.
 
     rbm     Bernoulli visible units: binarised images
     rbm_cf  softmax visible units over K rating levels for the items a user rated (Salakhutdinov,
@@ -34,13 +35,13 @@ class RBMBase(NNLabModule):
 
     family = "rbm"
 
-    def __init__(self, name, n_hidden=256, cd_k=1, weight_decay=2e-4, init_std=0.01, **kwargs):
+    def __init__(self, name, n_hidden=256, cd_k=1, weight_decay=2e-4, l1_weight_decay=0.0, init_std=0.01, **kwargs):
         super().__init__(name, **kwargs)
         if int(cd_k) < 1 or int(n_hidden) < 1:
             raise ConfigError(f"model.cd_k={cd_k} and model.n_hidden={n_hidden} must be positive integers, e.g. cd_k=1.")
         self.automatic_optimization = False  # the CD update is not the gradient of a loss
         self.n_hidden, self.cd_k = int(n_hidden), int(cd_k)
-        self.weight_decay, self.init_std = float(weight_decay), float(init_std)
+        self.weight_decay, self.l1_weight_decay, self.init_std = float(weight_decay), float(l1_weight_decay), float(init_std)
         self.W = self.b = self.c = None  # built by build(n_visible)
 
     def build(self, n_visible: int) -> None:
@@ -109,8 +110,11 @@ class RBMBase(NNLabModule):
         return v0
 
     def set_gradients(self, stats: dict[str, torch.Tensor]) -> None:
-        """Ascend the log-likelihood: .grad = -(CD statistic), plus weight decay on W only."""
-        self.W.grad = -stats["W"] + self.weight_decay * self.W.detach()
+        """Ascend the log-likelihood: .grad = -(CD statistic), plus weight decay (L2 and L1) on W only."""
+        W = self.W.detach()
+        self.W.grad = -stats["W"] + self.weight_decay * W
+        if self.l1_weight_decay:
+            self.W.grad += self.l1_weight_decay * W.sign()
         self.b.grad = -stats["b"]
         self.c.grad = -stats["c"]
 
