@@ -18,8 +18,8 @@ ways of training the same nn.Module with the same optimiser, batch size and loss
               sample into a PIL image and back with ToTensor (as torchvision.datasets.FashionMNIST does),
               DataLoader(batch_size, shuffle=True, num_workers=--workers), and the hand loop above.
 
-On the CPU the slow models time only the first batches of each epoch (lenet 150, lstm 80, dcgan 10: see MODELS; the
-`batches/epoch` column), unless --limit-batches is given; on a GPU every model runs whole epochs.
+ae, lenet and lstm time whole epochs; on the CPU dcgan times only the first 40 batches of each epoch (see MODELS;
+the `batches/epoch` column), unless --limit-batches is given; on a GPU every model runs whole epochs.
 Repetitions are interleaved (nnlab, hand, dataloader, nnlab, ...) so the load of a shared machine hits all
 three alike; the table shows medians (over repetitions of the img/s of all measured epochs of a repetition)
 and the ratios nnlab/hand and nnlab/dataloader. The JSON also has each run's img/s of this process's CPU time
@@ -156,9 +156,9 @@ def single_optimizer_step(entry: Entry):
 
 MODELS: dict[str, Entry] = {
     "ae": Entry("ae", ["model=ae"], ae_loss, note="MLP 784-256-32, mse"),
-    "lenet": Entry("lenet", ["model=lenet"], lenet_loss, note="LeNet-5 modern, channels_last", max_batches=150),
-    "lstm": Entry("lstm", ["model=lstm"], rnn_loss, clipped_step(rnn_loss), note="LSTM 128 over 28 rows, clip 1.0", max_batches=80),
-    "dcgan": Entry("dcgan", ["model=dcgan"], gan_d_loss, gan_step, model_loss=gan_model_d_loss, note="D then G step", max_batches=10),
+    "lenet": Entry("lenet", ["model=lenet"], lenet_loss, note="LeNet-5 modern, channels_last"),
+    "lstm": Entry("lstm", ["model=lstm"], rnn_loss, clipped_step(rnn_loss), note="LSTM 128 over 28 rows, clip 1.0"),
+    "dcgan": Entry("dcgan", ["model=dcgan"], gan_d_loss, gan_step, model_loss=gan_model_d_loss, note="D then G step", max_batches=40),
 }
 
 

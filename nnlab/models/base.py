@@ -9,7 +9,8 @@ Speed: `self.log` of a per-step training scalar (on_step=True, on_epoch=False) i
 Lightning only on the steps its loggers write (every trainer.log_every_n_steps) - the values
 of the other steps are thrown away by Lightning anyway, after costing ~10% of a small model's
 step on the CPU. `compile: true` compiles every child net with torch.compile (nn.Module.compile,
-so checkpoints keep their keys).
+so checkpoints keep their keys). Lightning's per-hook bookkeeping attribute skips nn.Module's
+__setattr__ checks (~0.1 ms a step).
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ class NNLabModule(pl.LightningModule):
         if self.input_shape is not None and len(self.input_shape) != 3:
             raise ConfigError(f"input_shape must be [channels, height, width], got {list(input_shape)}.")
         self.compile_nets, self._nets_compiled = bool(compile), False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets this plain attribute before and after every hook it calls, ~40 times a training step;
+        # nn.Module.__setattr__ first checks for parameters, modules and buffers: 2.7 us against 0.3 us here
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def configure_model(self) -> None:
         """model.compile=true: torch.compile each child net in place (once; state_dict keys unchanged)."""
