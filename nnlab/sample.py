@@ -7,7 +7,6 @@ vae, generator samples (a class or a class grid) for the gans, an errors grid fo
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 from nnlab.errors import ConfigError, run_command
@@ -65,8 +64,7 @@ def sample(argv: list[str]) -> Path:
     attach(model, datamodule)
     pl.seed_everything(seed, verbose=False)
     with torch.no_grad():
-        extra = {"datamodule": datamodule} if "datamodule" in inspect.signature(model.sample_grid).parameters else {}
-        image = model.sample_grid(n=n, label=label, interpolate=interpolate, **extra)
+        image = model.sample_grid(n=n, label=label, interpolate=interpolate)  # attach() gave it model.datamodule
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
         raise ConfigError(f"Model '{name}'.sample_grid returned {type(image).__name__}, not one (3, H, W) image.")
     out.parent.mkdir(parents=True, exist_ok=True)
