@@ -66,3 +66,32 @@ def validate(cfg: DictConfig) -> None:
         if not check(value):
             shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
             raise ConfigError(f"{key}={shown!r} is not valid: it must be {must}. Example: {example}")
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """`model=vea` and the like, before Hydra composes anything: an unknown option of a config group
+    becomes one ConfigError that names the group's options and the closest one. Only plain
+    `group=a` and comma sweeps `group=a,b` are checked; Hydra reports anything fancier itself."""
+    import difflib
+    from importlib.resources import files
+
+    root = files("nnlab.configs")
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or key.startswith("~") or "." in key or "/" in key or not root.joinpath(key).is_dir():
+            continue
+        if any(c in value for c in "()[]{}*$'\" "):
+            continue  # sweep functions, globs, interpolations, quoting: Hydra's own syntax
+        options = sorted(p.name[:-5] for p in root.joinpath(key).iterdir() if p.name.endswith(".yaml"))
+        for choice in value.split(","):
+            if choice in ("null", "none") and choice not in options:
+                raise ConfigError(f"{key}={choice}: to leave the group '{key}' out, write ~{key} (Hydra's delete syntax); "
+                                  f"to pick one of its options, use one of: {', '.join(options)}.")
+            if choice in options:
+                continue
+            close = difflib.get_close_matches(choice, options, n=1)
+            hint = f"Did you mean {key}={close[0]}? " if close else ""
+            raise ConfigError(f"{key}={choice} is not an option of the config group '{key}'. {hint}"
+                              f"The options are: {', '.join(options)} (the YAML files in configs/{key}/; "
+                              "`nnlab train --help` lists every group).")

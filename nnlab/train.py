@@ -72,6 +72,13 @@ def check_device(cfg: DictConfig) -> None:
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... try installing litlogger" line: an advert, not news about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
 def check_ddp_sweep(cfg: DictConfig) -> None:
     """DDP inside a local sweep cannot work: Lightning re-launches `nnlab train` with this process's
     arguments (the whole sweep's) for every extra process. Under SLURM, SLURM starts the processes."""
@@ -140,6 +147,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         validate(cfg)
         check_ddp_sweep(cfg)
         import pytorch_lightning as pl
+
+        lightning_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+        if not any(isinstance(f, _NoAdverts) for f in lightning_log.filters):
+            lightning_log.addFilter(_NoAdverts())
         import torch
         from hydra.utils import instantiate
 
@@ -238,9 +249,11 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> float | None:
     """`nnlab train`: resume=<run dir> becomes Hydra arguments first (nnlab/checkpoints.py)."""
     from nnlab.checkpoints import prepare_argv
+    from nnlab.config_check import check_group_choices
 
     try:
         sys.argv = prepare_argv(sys.argv)
+        check_group_choices(sys.argv[1:])
     except NNLabError as err:
         report_and_exit(err)
     return _hydra_main()

@@ -30,10 +30,22 @@ def _fails(tmp_path, capsys, *overrides, code=2, name="run"):
     return err, (read_metrics(tmp_path / name) if path.exists() else None)
 
 
-@pytest.mark.parametrize("group", ["model", "dataset"])
-def test_unknown_model_or_dataset(tmp_path, capsys, group):
-    err, _ = _fails(tmp_path, capsys, *FAST, f"{group}=nosuch", code=1)
-    assert _flat(f"Could not find '{group}/nosuch'") in err and _flat(f"Available options in '{group}'") in err
+@pytest.mark.parametrize("override, needle", [
+    ("model=vea", "model=vea is not an option of the config group 'model'. Did you mean model=vae? The options are: ae, cae,"),
+    ("dataset=nosuch", "dataset=nosuch is not an option of the config group 'dataset'. The options are: cifar10,"),
+    ("accelerator=gpux", "Did you mean accelerator=gpu?"),
+])
+def test_unknown_group_option(tmp_path, capsys, override, needle):
+    err, record = _fails(tmp_path, capsys, *FAST, override)
+    assert _flat(needle) in err and record is None  # refused before anything ran
+
+
+def test_unknown_option_in_a_sweep_and_null_group(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_train(tmp_path, "-m", "model=ae,vea")
+    assert exc.value.code == 2 and _flat("Did you mean model=vae?") in _flat(capsys.readouterr().err)
+    err, _ = _fails(tmp_path, capsys, "experiment=null")
+    assert _flat("write ~experiment") in err
 
 
 @pytest.mark.parametrize("override, key", [
@@ -171,7 +183,7 @@ def test_the_real_command_prints_one_paragraph_without_traceback(tmp_path):
     """The installed `nnlab` entry point, as a user runs it (config errors import no torch: fast)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for args, code, needle in ((["model.latent_dim=abc"], 2, "model.latent_dim='abc' is not valid"),
-                               (["model=nosuch"], 1, "Could not find 'model/nosuch'")):
+                               (["model=nosuch"], 2, "model=nosuch is not an option of the config group 'model'")):
         proc = subprocess.run([sys.executable, "-m", "nnlab.cli", "train", *args, f"hydra.run.dir={tmp_path / 'r'}"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == code and _flat(needle) in _flat(proc.stderr) and "Traceback" not in proc.stderr
