@@ -132,3 +132,21 @@ def test_cli_errors_exit_nonzero_without_traceback(tmp_path):
                              capture_output=True, text=True, timeout=120)  # an unknown key: Hydra's own message
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
     assert "latnt_dim" in unknown.stderr and "not in struct" in unknown.stderr
+
+
+def test_eval_scalars_are_synchronised_across_ranks(monkeypatch):
+    """Validation/test epoch scalars ask Lightning for sync_dist (a no-op on one device); training ones do not."""
+    import pytorch_lightning as pl
+
+    from nnlab.models.autoencoders import AE
+
+    calls = []
+    monkeypatch.setattr(pl.LightningModule, "log", lambda self, name, value, *a, **kw: calls.append((name, kw)))
+    model = AE("ae", input_shape=(1, 28, 28))
+    for hook in ("validation_step", "on_test_epoch_end"):
+        model._current_fx_name = hook
+        model.log("val/x", 1.0, on_epoch=True)
+        model.log("val/y", 1.0, on_epoch=True, sync_dist=False)  # the caller's choice wins
+    model._current_fx_name = "on_train_epoch_end"
+    model.log("train/z", 1.0, on_epoch=True)
+    assert [kw.get("sync_dist") for _, kw in calls] == [True, False, True, False, None]

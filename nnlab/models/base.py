@@ -26,6 +26,8 @@ from nnlab.errors import ConfigError
 # the hooks of one training step: a scalar logged there with on_step (their default) is written every log_every_n_steps
 PER_STEP_HOOKS = frozenset({"training_step", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
                             "on_before_zero_grad"})
+# the hooks of validation and test: their epoch-level scalars are averaged over the DDP ranks (once per epoch)
+EVAL_HOOKS = frozenset({"validation_step", "test_step", "on_validation_epoch_end", "on_test_epoch_end"})
 
 
 class NNLabModule(pl.LightningModule):
@@ -73,10 +75,14 @@ class NNLabModule(pl.LightningModule):
         return trainer is None or bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
 
     def log(self, name: str, value: Any, *args, **kwargs) -> None:
-        """Lightning's log, minus the per-step training scalars that Lightning would not write anyway."""
+        """Lightning's log, minus the per-step training scalars that Lightning would not write anyway; the
+        epoch-level validation and test scalars are synchronised across DDP ranks unless told otherwise
+        (each rank sees its own shard: without it, rank 0 would report its shard alone)."""
         if (not args and self._current_fx_name in PER_STEP_HOOKS and kwargs.get("on_step") is not False
                 and not kwargs.get("on_epoch") and not self.logging_step):
             return
+        if not args and self._current_fx_name in EVAL_HOOKS and not kwargs.get("on_step"):
+            kwargs.setdefault("sync_dist", True)
         super().log(name, value, *args, **kwargs)
 
     def configure_optimizers(self) -> Any:
