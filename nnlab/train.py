@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.config_check import validate
-from nnlab.errors import ConfigError, DeviceError, NNLabError, report_and_exit
+from nnlab.errors import ConfigError, DataError, DeviceError, NNLabError, report_and_exit
 from nnlab.run_record import RunRecord
 
 log = logging.getLogger("nnlab")
@@ -232,7 +232,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         result = train(cfg, run_dir)
     except NNLabError as err:
-        if not sweeping:
+        # missing data or an absent GPU fail every job of a sweep alike: stop the sweep at once
+        if not sweeping or isinstance(err, (DataError, DeviceError)):
             report_and_exit(err)
         log.error("%s", err.render())  # a sweep goes on: metrics.json says failed, nnlab.sweeps sums up
         return None

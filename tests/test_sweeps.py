@@ -100,6 +100,18 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path, capsys):
     assert listed["4"]["status"] == "finished"
 
 
+def test_missing_data_stops_the_whole_sweep_at_once(tmp_path, capsys):
+    """Missing data would fail every job alike (an Optuna search then had no trial to report and
+    crashed): the first job ends the sweep with nnlab's paragraph and exit code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(tmp_path, "-m", "model.latent_dim=4,8", "dataset=mnist", f"dataset.data_dir={tmp_path / 'none'}",
+                  "dataset.download=false", "debug=fast", "accelerator=cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "nnlab: data error: Dataset 'mnist' not found" in err and "Traceback" not in err
+    assert len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 1  # the second job never started
+
+
 def test_a_single_run_still_fails_with_one_paragraph(tmp_path, capsys):
     """Outside a sweep a user error still ends the command: one paragraph, exit code 2, no traceback."""
     with pytest.raises(SystemExit) as exit_info:
