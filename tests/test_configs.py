@@ -75,3 +75,18 @@ def test_wheel_ships_every_yaml(tmp_path):
     names = set(zipfile.ZipFile(next(tmp_path.glob("nnlab-*.whl"))).namelist())
     wanted = {"nnlab/configs/" + str(p.relative_to(root / "configs")) for p in (root / "configs").rglob("*.yaml")}
     assert wanted and wanted <= names, sorted(wanted - names)
+
+
+def test_adam_is_fused_unless_the_spec_says_otherwise():
+    """Adam/AdamW get torch's fused kernel by default (several times faster on a CPU); an explicit
+    fused/foreach in the spec, or another optimiser, is left as written."""
+    import torch
+
+    from nnlab.models.base import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert build_optimizer({"_target_": "torch.optim.Adam", "lr": 1e-3}, params).defaults["fused"] is True
+    assert build_optimizer({"_target_": "torch.optim.AdamW", "lr": 1e-3}, params).defaults["fused"] is True
+    assert not build_optimizer({"_target_": "torch.optim.Adam", "lr": 1e-3, "foreach": True}, params).defaults["fused"]
+    assert build_optimizer({"_target_": "torch.optim.Adam", "fused": False}, params).defaults["fused"] is False
+    assert not build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.1}, params).defaults.get("fused")

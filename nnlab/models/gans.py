@@ -26,12 +26,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 
 from nnlab import viz
 from nnlab.errors import ConfigError, NNLabError
 from nnlab.metrics.fid import batched, fid_from_features
-from nnlab.models.base import NNLabModule
+from nnlab.models.base import NNLabModule, build_optimizer
 from nnlab.nets.gan import GAN_NETS, build_gan_nets
 
 log = logging.getLogger("nnlab")
@@ -182,8 +181,8 @@ class AdversarialBase(NNLabModule):
     def configure_optimizers(self):
         spec = dict(self.hparams.get("optimizer") or {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.5, 0.999]})
         d_spec = dict(self.hparams.get("d_optimizer") or spec)
-        return [instantiate(spec, params=self.generator.parameters()),
-                instantiate(d_spec, params=self.discriminator.parameters())]
+        return [build_optimizer(spec, self.generator.parameters()),
+                build_optimizer(d_spec, self.discriminator.parameters())]
 
     def training_step(self, batch, batch_idx):
         x, y = batch
