@@ -11,8 +11,9 @@ Generators map noise z (B, latent_dim) to images in [-1, 1] (tanh); discriminato
 2014): the one-hot label is concatenated to z, to the flattened image (MLP), or to the image as
 n_classes constant feature maps (DCGAN). A discriminator built with `projection=True` takes the
 label the way of Miyato & Koyama (2018) instead: logit = fc(h) + <embed(y), h> on its last features
-h, which rewards class-consistent images much more directly than an input concatenation. Shapes come from `image_shape` = (C, H, W): 1x28x28
-(28 -> 14 -> 7) and 3x32x32 (32 -> 16 -> 8) both work with two conv stages.
+h, which rewards class-consistent images much more directly than an input concatenation. Shapes
+come from `image_shape` = (C, H, W): 1x28x28 (28 -> 14 -> 7) and 3x32x32 (32 -> 16 -> 8) both work
+with two conv stages.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """image (+ one-hot y) -> flatten -> [Linear -> LeakyReLU(0.2) -> Dropout] per width -> Linear -> logit."""
+    """image (+ one-hot y) -> flatten -> [Linear -> LeakyReLU(0.2) -> Dropout] per width -> head -> logit
+    (the head: Linear, plus the projection <embed(y), h> with projection=True instead of the one-hot input)."""
 
     def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], n_classes: int = 0, dropout: float = 0.3,
                  projection: bool = False):
@@ -108,7 +110,8 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """image (+ label maps) -> [Conv 4x4/2 -> (BN) -> LeakyReLU(0.2)] per width -> flatten -> Linear -> logit."""
+    """image (+ label maps) -> [Conv 4x4/2 -> (BN) -> LeakyReLU(0.2)] per width -> flatten -> head -> logit
+    (the head: Linear, plus the projection <embed(y), h> with projection=True instead of the label maps)."""
 
     def __init__(self, image_shape: Sequence[int], channels: Sequence[int], n_classes: int = 0, projection: bool = False):
         super().__init__()
