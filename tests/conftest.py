@@ -71,6 +71,20 @@ def run_train(tmp_path: Path, *overrides: str, name: str = "run") -> Path:
     return run_dir
 
 
+def run_fails(tmp_path: Path, capsys, *overrides: str, code: int = 2, name: str = "run") -> tuple[str, dict | None]:
+    """`nnlab train <overrides>` that must end with exit `code` and no traceback: (its stderr, the run's
+    metrics.json or None when the run never started)."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exc:
+        run_train(tmp_path, *overrides, name=name)
+    assert exc.value.code == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    path = Path(tmp_path) / name / "metrics.json"
+    return err, (read_metrics(path.parent) if path.exists() else None)
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
 

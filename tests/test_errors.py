@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, read_metrics, run_train, write_mnist_folder
+from conftest import FAST, read_metrics, run_fails, run_train, write_mnist_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,15 +19,24 @@ def _flat(text: str) -> str:
     return "".join(text.split())
 
 
-def _fails(tmp_path, capsys, *overrides, code=2, name="run"):
-    """Run nnlab train in-process; return (stderr, the run's metrics.json or None)."""
-    with pytest.raises(SystemExit) as exc:
-        run_train(tmp_path, *overrides, name=name)
-    assert exc.value.code == code
-    err = "".join(capsys.readouterr().err.split())  # no whitespace: the paragraph is wrapped at spaces and hyphens
-    assert "Traceback" not in err
-    path = tmp_path / name / "metrics.json"
-    return err, (read_metrics(tmp_path / name) if path.exists() else None)
+def _fails(tmp_path, capsys, *overrides, **kwargs):
+    """run_fails with the stderr whitespace removed: the paragraph is wrapped at spaces and hyphens."""
+    err, record = run_fails(tmp_path, capsys, *overrides, **kwargs)
+    return _flat(err), record
+
+
+def _train_fails(capsys, *argv) -> str:
+    """`nnlab train <argv>` as typed (no run folder added) that must stop; its stderr without whitespace."""
+    from nnlab.train import main
+
+    saved, sys.argv = sys.argv, ["nnlab train", *argv]
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main()
+    finally:
+        sys.argv = saved
+    assert exc.value.code == 2
+    return _flat(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -122,38 +131,17 @@ def test_bad_checkpoints_fail_the_run(tmp_path, capsys, kind, needle):
 
 
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys):
-    from nnlab.train import main
-
     (tmp_path / "plain").mkdir()
     for folder, needle in ((tmp_path / "plain", "not an nnlab run folder"), (tmp_path / "missing", "does not exist")):
-        argv, sys.argv = sys.argv, ["nnlab train", f"resume={folder}"]
-        try:
-            with pytest.raises(SystemExit) as exc:
-                main()
-        finally:
-            sys.argv = argv
-        assert exc.value.code == 2
-        err = _flat(capsys.readouterr().err)
+        err = _train_fails(capsys, f"resume={folder}")
         assert _flat(needle) in err and "resume=" in err
     run = tmp_path / "run"  # a run folder without checkpoints
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "config.yaml").write_text("seed: 1\n")
-    argv, sys.argv = sys.argv, ["nnlab train", f"resume={run}"]
-    try:
-        with pytest.raises(SystemExit):
-            main()
-    finally:
-        sys.argv = argv
-    assert _flat("has no checkpoints/last.ckpt") in _flat(capsys.readouterr().err)
+    assert _flat("has no checkpoints/last.ckpt") in _train_fails(capsys, f"resume={run}")
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
-    argv, sys.argv = sys.argv, ["nnlab train", f"resume={run}", "model=vae"]  # the model cannot change
-    try:
-        with pytest.raises(SystemExit):
-            main()
-    finally:
-        sys.argv = argv
-    assert _flat("model=vae cannot change") in _flat(capsys.readouterr().err)
+    assert _flat("model=vae cannot change") in _train_fails(capsys, f"resume={run}", "model=vae")  # the model cannot change
 
 
 def test_output_folder_that_is_not_writable(tmp_path, capsys):

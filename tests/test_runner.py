@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import FAST, event_tags, read_metrics, run_train, write_mnist_folder
+from conftest import FAST, event_tags, read_metrics, run_fails, run_train, write_mnist_folder
 
 NO_TORCH_CHECK = (
     "import sys; from nnlab.cli import main\n"
@@ -90,14 +90,6 @@ def test_default_run_folders_are_readable_and_unique(tmp_path, monkeypatch):
 
 # -- errors: exit code, one clear paragraph, no traceback -------------------------------------
 
-def _fails(capsys, tmp_path, *overrides):
-    with pytest.raises(SystemExit) as info:
-        run_train(tmp_path, *overrides)
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize("override,needle", [
     ("model.latent_dim=0", "model.latent_dim=0 is not valid: it must be a positive integer"),
     ("model.latent_dim=abc", "model.latent_dim='abc' is not valid"),
@@ -106,13 +98,13 @@ def _fails(capsys, tmp_path, *overrides):
     ("model.optimizer.lr=-0.1", "model.optimizer.lr=-0.1 is not valid"),
 ])
 def test_bad_values_are_clear_errors(capsys, tmp_path, override, needle):
-    err = _fails(capsys, tmp_path, *FAST, override)
+    err, _ = run_fails(tmp_path, capsys, *FAST, override)
     assert needle in err and err.startswith("nnlab: config error:")
     assert read_metrics(tmp_path / "run")["status"] == "failed"
 
 
 def test_missing_dataset_is_a_clear_error(capsys, tmp_path):
-    err = _fails(capsys, tmp_path, "dataset=mnist", f"dataset.data_dir={tmp_path / 'none'}", "dataset.download=false")
+    err, _ = run_fails(tmp_path, capsys, "dataset=mnist", f"dataset.data_dir={tmp_path / 'none'}", "dataset.download=false")
     assert "Dataset 'mnist' not found" in err and "torchvision's download" in err
     assert "failed" == read_metrics(tmp_path / "run")["status"]
 
@@ -120,7 +112,7 @@ def test_missing_dataset_is_a_clear_error(capsys, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 @pytest.mark.parametrize("override", ["trainer.accelerator=gpu", "accelerator=gpu"])
 def test_gpu_without_gpu_is_a_clear_error(capsys, tmp_path, override):
-    err = _fails(capsys, tmp_path, "dataset=synthetic", override)
+    err, _ = run_fails(tmp_path, capsys, "dataset=synthetic", override)
     assert "asks for a GPU" in err and "accelerator=cpu" in err
 
 

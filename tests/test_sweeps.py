@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAST, read_metrics, run_train
+from conftest import FAST, read_metrics, run_fails, run_train
 
 TINY = (*FAST, "threads=1", "callbacks.progress_bar.refresh_rate=0")
 
@@ -114,12 +114,9 @@ def test_missing_data_stops_the_whole_sweep_at_once(tmp_path, capsys):
 
 def test_a_single_run_still_fails_with_one_paragraph(tmp_path, capsys):
     """Outside a sweep a user error still ends the command: one paragraph, exit code 2, no traceback."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_train(tmp_path, "model.latent_dim=-1", *FAST)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "nnlab: config error: model.latent_dim=-1 is not valid" in err and "Traceback" not in err
-    assert read_metrics(tmp_path / "run")["status"] == "failed"
+    err, record = run_fails(tmp_path, capsys, "model.latent_dim=-1", *FAST)
+    assert "nnlab: config error: model.latent_dim=-1 is not valid" in err
+    assert record["status"] == "failed"
 
 
 def test_ddp_cpu_trains_on_two_processes_and_rank_zero_writes(tmp_path):
