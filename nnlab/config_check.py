@@ -22,6 +22,10 @@ def _positive_number(v):
     return isinstance(v, Number) and not isinstance(v, bool) and v > 0
 
 
+def _non_negative_number(v):
+    return isinstance(v, Number) and not isinstance(v, bool) and v >= 0
+
+
 def _int_list(v):
     return isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(_positive_int(x) for x in v)
 
@@ -45,6 +49,9 @@ RULES = {
     "callbacks.checkpoint.every_n_steps": (lambda v: v is None or _positive_int(v), "null or a positive integer",
                                            "callbacks.checkpoint.every_n_steps=500"),
     "threads": (lambda v: v is None or _positive_int(v), "null or a positive integer", "threads=2"),
+    "model.projection": (lambda v: isinstance(v, bool), "true or false", "model.projection=true"),
+    "model.weight_decay": (_non_negative_number, "a number >= 0", "model.weight_decay=2e-4"),
+    "model.l1_weight_decay": (_non_negative_number, "a number >= 0 (0 = off)", "model.l1_weight_decay=2e-3"),
 }
 
 

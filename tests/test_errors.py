@@ -65,10 +65,12 @@ def test_unknown_option_in_a_sweep_and_null_group(tmp_path, capsys):
     ("dataset.batch_size=-4", "dataset.batch_size"),
     ("dataset.val_fraction=1.5", "dataset.val_fraction"),
     ("dataset.val_fraction=0", "dataset.val_fraction"),
+    ("model=cgan model.projection=maybe", "model.projection"),
+    ("model=rbm model.l1_weight_decay=-0.1", "model.l1_weight_decay"),
     ("callbacks.checkpoint.every_n_steps=0", "callbacks.checkpoint.every_n_steps"),
 ])
 def test_bad_values_fail_the_run_with_the_reason(tmp_path, capsys, override, key):
-    err, record = _fails(tmp_path, capsys, *FAST, override)
+    err, record = _fails(tmp_path, capsys, *FAST, *override.split())  # "model=X key=value": two overrides
     assert err.startswith("nnlab:configerror:") and key in err and "Example:" in err
     assert record["status"] == "failed" and key in record["error"]
 
