@@ -169,8 +169,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         callbacks = _instantiate_group(cfg.get("callbacks"))
         if not loggers:  # the learning-rate monitor needs a logger; logger=none drops it
             callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+        from nnlab.lean import QuietProfiler, skip_idle_hooks
+
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                              enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks))
+                              enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+                              profiler=cfg.trainer.get("profiler") or QuietProfiler())
+        skip_idle_hooks(trainer.callbacks)
 
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):

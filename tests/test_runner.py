@@ -142,3 +142,56 @@ def test_eval_scalars_are_synchronised_across_ranks(monkeypatch):
     model._current_fx_name = "on_train_epoch_end"
     model.log("train/z", 1.0, on_epoch=True)
     assert [kw.get("sync_dist") for _, kw in calls] == [True, False, True, False, None]
+
+
+def test_idle_callback_hooks_are_skipped_and_the_others_still_run(tmp_path):
+    """nnlab.lean: Lightning skips a callback's per-batch hooks that are Callback's empty method (set to None on the
+    instance) and still calls the ones the callback overrides; the quiet profiler profiles nothing, at no cost."""
+    import pytorch_lightning as pl
+    from torch import nn
+
+    from nnlab.lean import QuietProfiler, skip_idle_hooks
+
+    class Counter(pl.Callback):
+        def __init__(self):
+            self.calls = {"on_train_batch_end": 0, "on_before_backward": 0}
+
+        def on_train_batch_end(self, *args):
+            self.calls["on_train_batch_end"] += 1
+
+        def on_before_backward(self, *args):
+            self.calls["on_before_backward"] += 1
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    counter = Counter()
+    counter.on_after_backward = counter.calls.setdefault  # an instance attribute is left alone
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[counter],
+                         profiler=QuietProfiler(), default_root_dir=tmp_path)
+    skip_idle_hooks(trainer.callbacks)
+    assert counter.on_train_batch_start is None and counter.on_before_zero_grad is None
+    assert callable(counter.on_train_batch_end) and callable(counter.on_before_backward)
+    assert counter.on_after_backward == counter.calls.setdefault
+    assert counter.on_fit_start is not None  # only the per-batch hooks are touched
+    counter.on_after_backward = None
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 4)), batch_size=4)
+    trainer.fit(Tiny(), train_dataloaders=data)
+    assert counter.calls == {"on_train_batch_end": 3, "on_before_backward": 3}
+    with trainer.profiler.profile("a") as first, trainer.profiler.profile("b") as second:
+        assert first is None and second is None
+
+
+def test_a_configured_profiler_is_used(tmp_path):
+    """debug=profile (trainer.profiler=simple) replaces the quiet default: its report is in train.log."""
+    run = run_train(tmp_path, *FAST, "debug=profile")
+    assert "FIT Profiler Report" in (run / "train.log").read_text()
