@@ -1,7 +1,8 @@
 """`make bench`: how fast nnlab trains, against a hand-written PyTorch loop and the usual DataLoader pipeline.
 
 For each model (ae, and lenet / lstm / dcgan where the branch has them) at its default batch size, three
-ways of training the same nn.Module with the same optimiser, batch size and loss on Fashion-MNIST:
+ways of training the same nn.Module with the same optimiser, batch size and loss on Fashion-MNIST, and the
+first two in turn:
 
   nnlab       the real `nnlab train` path, in this process: the Hydra entry point `nnlab.train.main`
               with the default callbacks (checkpoint, lr monitor, progress bar on), TensorBoard logger
@@ -17,6 +18,10 @@ ways of training the same nn.Module with the same optimiser, batch size and loss
   dataloader  the torchvision way: a FashionMNIST-style Dataset over the same uint8 tensors that turns each
               sample into a PIL image and back with ToTensor (as torchvision.datasets.FashionMNIST does),
               DataLoader(batch_size, shuffle=True, num_workers=--workers), and the hand loop above.
+  interleaved one more nnlab run, in which a callback runs one hand-written step (as above, on a second copy of
+              the model) after each nnlab step: the `step-paired` column is hand-written time / nnlab time over those
+              pairs. Both paths meet the machine at the same moment, so it holds where the machine's speed drifts
+              between runs (this 2-core VM's swings by 20-40%); it runs once, not every repetition.
 
 ae, lenet and lstm time whole epochs; on the CPU dcgan times only the first 40 batches of each epoch (see MODELS;
 the `batches/epoch` column), unless --limit-batches is given; on a GPU every model runs whole epochs.
@@ -345,6 +350,51 @@ def run_nnlab(entry: Entry, overrides: list[str], epochs: int, limit: int | None
     return out
 
 
+class StepPairs(pl.Callback):
+    """The `interleaved` path: one nnlab run with this callback, which after each nnlab training step runs one
+    hand-written step (run_hand's, on a second copy of the model and its optimisers built the same way). Each pair
+    of steps meets the machine at the same moment, so the ratio holds on a machine whose speed drifts by tens of
+    percent between epochs. An nnlab step is timed from the end of the previous hand-written step to the end of
+    its own batch: fetch, transfer, hooks, logging and all. The first batch of each epoch is left out (its gap holds
+    the validation and the epoch's start)."""
+
+    overrides: list[str] = []
+    entry: Entry | None = None
+    pairs: list[tuple[float, float, int]] = []  # (nnlab seconds, hand-written seconds, images)
+
+    def on_train_start(self, trainer, pl_module):
+        cfg, dm, self.model, self.opts = build(StepPairs.overrides)
+        self.device = pl_module.device
+        self.model.to(self.device).train()
+        self.images, self.labels = (t.to(self.device) for t in dm.splits["train"])
+        self.bs, self.step = int(cfg.dataset.batch_size), entry_step(StepPairs.entry)
+        self.order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(0)).to(self.device)
+        self.n_batches, self.i, self.t = max(1, len(self.images) // self.bs), 0, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        _sync(self.device)
+        now = time.perf_counter()
+        nnlab_s = now - self.t if self.t is not None and batch_idx > 0 else None
+        i, self.i = self.i % self.n_batches, self.i + 1
+        idx = self.order[i * self.bs : (i + 1) * self.bs]
+        self.step(self.model, self.opts, self.images[idx].float().div_(255.0), self.labels[idx])
+        _sync(self.device)
+        self.t = time.perf_counter()
+        if nnlab_s is not None:
+            StepPairs.pairs.append((nnlab_s, self.t - now, len(batch[0])))
+
+
+def run_interleaved(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device) -> dict:
+    StepPairs.overrides, StepPairs.entry, StepPairs.pairs = overrides, entry, []
+    run_nnlab(entry, overrides, epochs, limit, device, ["+callbacks.bench_pairs._target_=bench.StepPairs"])
+    pairs = StepPairs.pairs
+    n_img, nnlab_s, hand_s = sum(p[2] for p in pairs), sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    return {"img_s": n_img / nnlab_s if nnlab_s else float("nan"), "hand_img_s": n_img / hand_s if hand_s else float("nan"),
+            "images": n_img, "seconds": nnlab_s, "steps": len(pairs), "ratio": hand_s / nnlab_s if nnlab_s else float("nan"),
+            "nnlab_ms_per_step": 1e3 * statistics.median(p[0] for p in pairs) if pairs else float("nan"),
+            "hand_ms_per_step": 1e3 * statistics.median(p[1] for p in pairs) if pairs else float("nan")}
+
+
 # -- command-line wall times and peak memory -----------------------------------------------------------
 # A child forked from this (large) process would inherit its peak RSS: Linux keeps ru_maxrss across exec.
 # So a small launcher process starts the command and reports the command's own rusage.
@@ -392,7 +442,8 @@ def parse_args(argv=None):
     p.add_argument("--limit-batches", type=int, default=None, help="at most this many training batches per epoch (default: all)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader num_workers (default: min(4, cores))")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every path (default: torch's, passed to nnlab as threads=)")
-    p.add_argument("--paths", default="nnlab,hand,dataloader", help="which of nnlab,hand,dataloader to run")
+    p.add_argument("--paths", default="nnlab,hand,dataloader,interleaved",
+                   help="which of nnlab,hand,dataloader,interleaved to run (interleaved: once, not every repetition)")
     p.add_argument("--compile", action="store_true",
                    help="also time the nnlab path with model.compile=true (with --epochs > 1 the first, compiling, epoch is left out)")
     p.add_argument("--full-train", action="store_true", help="also time the whole default `nnlab train` (minutes)")
@@ -418,6 +469,8 @@ def summarise(row: dict, epochs: int) -> dict:
         row[f"{a}/{b}"] = row[a] / row[b]
         # the same ratio within each repetition (runs next to each other share the machine's load), then the median
         row[f"{a}/{b} paired"] = statistics.median(x["img_s"] / y["img_s"] for x, y in zip(runs[a], runs[b]))
+    if runs.get("interleaved"):  # hand-written / nnlab time over steps run in turn, in one run
+        row["nnlab/hand step-paired"] = statistics.median(r["ratio"] for r in runs["interleaved"])
     if runs.get("nnlab") and runs.get("hand"):  # this process's CPU time: the overhead without waiting for a core
         row["nnlab/hand cpu"] = (statistics.median(r["cpu_img_s"] for r in runs["nnlab"])
                                  / statistics.median(r["cpu_img_s"] for r in runs["hand"]))
@@ -435,6 +488,7 @@ def fmt_table(rows: list[dict]) -> str:
             ("hand img/s", "hand", "{:.0f}"), ("DataLoader img/s", "dataloader", "{:.0f}"),
             ("nnlab/hand", "nnlab/hand", "{:.2f}"), ("paired", "nnlab/hand paired", "{:.2f}"),
             ("CPU time", "nnlab/hand cpu", "{:.2f}"),
+            ("step-paired", "nnlab/hand step-paired", "{:.2f}"),
             ("nnlab/DataLoader", "nnlab/dataloader", "{:.2f}"), ("paired", "nnlab/dataloader paired", "{:.2f}")]
     if any("nnlab+compile" in r for r in rows):
         cols += [("nnlab+compile img/s", "nnlab+compile", "{:.0f}"), ("compile/nnlab", "compile/nnlab", "{:.2f}")]
@@ -477,7 +531,8 @@ def main(argv=None) -> dict:
         limit = args.limit_batches or (entry.max_batches if device.type == "cpu" else None)
         jobs = {"nnlab": lambda: run_nnlab(entry, overrides, args.epochs, limit, device),
                 "hand": lambda: run_hand(entry, overrides, args.epochs, limit, device),
-                "dataloader": lambda: run_dataloader(entry, overrides, args.epochs, limit, device, args.workers)}
+                "dataloader": lambda: run_dataloader(entry, overrides, args.epochs, limit, device, args.workers),
+                "interleaved": lambda: run_interleaved(entry, overrides, args.epochs, limit, device)}
         runs = {p: [] for p in paths}
         if args.compile:
             jobs["nnlab+compile"] = lambda: run_nnlab(entry, overrides, args.epochs, limit, device,
@@ -485,13 +540,18 @@ def main(argv=None) -> dict:
             runs["nnlab+compile"] = []
         for rep in range(args.reps):  # interleaved: A B C A B C ...
             for path in runs:
+                if path == "interleaved" and rep:  # its steps are paired within the run: one run is enough
+                    continue
                 torch.set_num_threads(threads)
                 with cuda_probe_env(lightning=path.startswith("nnlab")):
                     result = jobs[path]()
                 runs[path].append(result)
                 print(f"  {name} rep {rep + 1}/{args.reps} {path:14s} {result['img_s']:8.0f} img/s "
                       f"({result['images']} images in {result['seconds']:.2f} s; "
-                      f"{result.get('cpu_img_s', float('nan')):.0f} img/s of this process's CPU time)", flush=True)
+                      + (f"{result['steps']} steps in turn with hand-written ones: median {result['nnlab_ms_per_step']:.2f} "
+                         f"against {result['hand_ms_per_step']:.2f} ms a step, nnlab/hand {result['ratio']:.2f})"
+                         if "steps" in result else
+                         f"{result.get('cpu_img_s', float('nan')):.0f} img/s of this process's CPU time)"), flush=True)
         cfg = compose(overrides)
         row = {"model": name, "batch": int(cfg.dataset.batch_size), "batches": limit or "all", "note": entry.note, "runs": runs}
         summarise(row, args.epochs)

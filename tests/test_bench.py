@@ -43,6 +43,9 @@ def test_bench_runs_end_to_end_and_writes_json(bench, tmp_path, capsys):
     assert row["nnlab/hand"] == pytest.approx(row["nnlab"] / row["hand"])
     assert row["nnlab/dataloader"] == pytest.approx(row["nnlab"] / row["dataloader"])
     assert row["nnlab/hand paired"] > 0 and row["nnlab/hand cpu"] > 0
+    (paired,) = row["runs"]["interleaved"]  # once, not every repetition; each epoch's first batch left out
+    assert paired["steps"] == 2 and paired["images"] == 2 * 64 and paired["ratio"] > 0
+    assert row["nnlab/hand step-paired"] == paired["ratio"]
     printed = capsys.readouterr().out
     assert "nnlab/hand" in printed and "nnlab/DataLoader" in printed
     bench.main(["--from-json", str(out)])  # the table again, from the file
