@@ -13,8 +13,9 @@ each dispatch inside a profiler context. Two cuts, neither of which changes what
   anyway, six times a training step per callback. Here the instance's attribute is set to None for
   those, so Lightning skips them.
 
-Together they cut about 0.4 ms a step (tiny MLP, batch 8, one thread: 2.37 -> 1.96 ms against the
-hand-written loop's 1.04 ms).
+Together they cut about 0.4 ms a step: an MLP with 16 hidden units at batch 8, one thread, took 2.18 ms a
+step without them and 1.80 ms with them, against 0.98 ms for the hand-written loop of `make bench` (medians of
+3 interleaved runs of 1500 steps). What is left is Lightning's loop itself: a bare Trainer is as slow.
 """
 
 from __future__ import annotations
