@@ -358,16 +358,12 @@ class StepPairs(pl.Callback):
     its own batch: fetch, transfer, hooks, logging and all. The first batch of each epoch is left out (its gap holds
     the validation and the epoch's start)."""
 
-    overrides: list[str] = []
-    entry: Entry | None = None
+    hand: tuple = ()  # (module, optimisers, images, labels, batch size, step function), set by run_interleaved
     pairs: list[tuple[float, float, int]] = []  # (nnlab seconds, hand-written seconds, images)
 
     def on_train_start(self, trainer, pl_module):
-        cfg, dm, self.model, self.opts = build(StepPairs.overrides)
-        self.device = pl_module.device
-        self.model.to(self.device).train()
-        self.images, self.labels = (t.to(self.device) for t in dm.splits["train"])
-        self.bs, self.step = int(cfg.dataset.batch_size), entry_step(StepPairs.entry)
+        self.model, self.opts, self.images, self.labels, self.bs, self.step = StepPairs.hand
+        self.device = self.images.device
         self.order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(0)).to(self.device)
         self.n_batches, self.i, self.t = max(1, len(self.images) // self.bs), 0, None
 
@@ -385,9 +381,12 @@ class StepPairs(pl.Callback):
 
 
 def run_interleaved(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device) -> dict:
-    StepPairs.overrides, StepPairs.entry, StepPairs.pairs = overrides, entry, []
+    cfg, dm, model, opts = build(overrides)  # the hand-written side, built as run_hand builds it
+    images, labels = (t.to(device) for t in dm.splits["train"])
+    StepPairs.hand = (model.to(device).train(), opts, images, labels, int(cfg.dataset.batch_size), entry_step(entry))
+    StepPairs.pairs = []
     run_nnlab(entry, overrides, epochs, limit, device, ["+callbacks.bench_pairs._target_=bench.StepPairs"])
-    pairs = StepPairs.pairs
+    pairs, StepPairs.hand = StepPairs.pairs, ()
     n_img, nnlab_s, hand_s = sum(p[2] for p in pairs), sum(p[0] for p in pairs), sum(p[1] for p in pairs)
     return {"img_s": n_img / nnlab_s if nnlab_s else float("nan"), "hand_img_s": n_img / hand_s if hand_s else float("nan"),
             "images": n_img, "seconds": nnlab_s, "steps": len(pairs), "ratio": hand_s / nnlab_s if nnlab_s else float("nan"),
@@ -543,7 +542,7 @@ def main(argv=None) -> dict:
                 if path == "interleaved" and rep:  # its steps are paired within the run: one run is enough
                     continue
                 torch.set_num_threads(threads)
-                with cuda_probe_env(lightning=path.startswith("nnlab")):
+                with cuda_probe_env(lightning=path not in ("hand", "dataloader")):
                     result = jobs[path]()
                 runs[path].append(result)
                 print(f"  {name} rep {rep + 1}/{args.reps} {path:14s} {result['img_s']:8.0f} img/s "
