@@ -23,6 +23,10 @@ first two in turn:
               pairs. Both paths meet the machine at the same moment, so it holds where the machine's speed drifts
               between runs (this 2-core VM's swings by 20-40%); it runs once, not every repetition.
 
+--compile adds the nnlab path with model.compile=true (`compile/nnlab`: epochs after the first, which compiles)
+and `compile step-paired`: a compiled and a plain copy of the model taking hand-written steps in turn, plain
+time / compiled time, torch.compile's own gain without the framework in it.
+
 ae, lenet and lstm time whole epochs; on the CPU dcgan times only the first 40 batches of each epoch (see MODELS;
 the `batches/epoch` column), unless --limit-batches is given; on a GPU every model runs whole epochs.
 Repetitions are interleaved (nnlab, hand, dataloader, nnlab, ...) so the load of a shared machine hits all
@@ -390,8 +394,42 @@ def run_interleaved(entry: Entry, overrides: list[str], epochs: int, limit: int 
     n_img, nnlab_s, hand_s = sum(p[2] for p in pairs), sum(p[0] for p in pairs), sum(p[1] for p in pairs)
     return {"img_s": n_img / nnlab_s if nnlab_s else float("nan"), "hand_img_s": n_img / hand_s if hand_s else float("nan"),
             "images": n_img, "seconds": nnlab_s, "steps": len(pairs), "ratio": hand_s / nnlab_s if nnlab_s else float("nan"),
-            "nnlab_ms_per_step": 1e3 * statistics.median(p[0] for p in pairs) if pairs else float("nan"),
-            "hand_ms_per_step": 1e3 * statistics.median(p[1] for p in pairs) if pairs else float("nan")}
+            "pair": ("nnlab", "hand-written"),
+            "ms_per_step": tuple(1e3 * statistics.median(p[k] for p in pairs) if pairs else float("nan") for k in (0, 1))}
+
+
+def run_compile_pairs(entry: Entry, overrides: list[str], limit: int | None, device, warmup: int = 20) -> dict:
+    """--compile: torch.compile's own gain, step by step. A plain and a compiled copy of the model (compiled as
+    nnlab's model.compile=true does it: each child net in place) take hand-written steps in turn on the same batches;
+    the first `warmup` pairs (which compile) are left out. The ratio is plain time / compiled time: above 1, compiling
+    pays. The framework is not in it: that is the interleaved path's job."""
+    cfg, dm, plain, plain_opts = build(overrides)
+    _, _, compiled, compiled_opts = build([*overrides, "model.compile=true"])
+    compiled.configure_model()
+    plain, compiled = plain.to(device).train(), compiled.to(device).train()
+    images, labels = (t.to(device) for t in dm.splits["train"])
+    bs, step = int(cfg.dataset.batch_size), entry_step(entry)
+    n = max(1, len(images) // bs)
+    n = min(limit, n) if limit else n
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def timed(model, opts, i):
+        idx = order[i * bs : (i + 1) * bs]
+        _sync(device)
+        t0 = time.perf_counter()
+        step(model, opts, images[idx].float().div_(255.0), labels[idx])
+        _sync(device)
+        return time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        timed(compiled, compiled_opts, i % n), timed(plain, plain_opts, i % n)
+    warmup_s = time.perf_counter() - t0
+    pairs = [(timed(plain, plain_opts, i), timed(compiled, compiled_opts, i)) for i in range(n)]
+    plain_s, compiled_s = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    return {"img_s": n * bs / compiled_s, "images": n * bs, "seconds": compiled_s, "steps": n, "warmup_s": warmup_s,
+            "ratio": plain_s / compiled_s, "pair": ("compiled", "plain"),
+            "ms_per_step": (1e3 * statistics.median(p[1] for p in pairs), 1e3 * statistics.median(p[0] for p in pairs))}
 
 
 # -- command-line wall times and peak memory -----------------------------------------------------------
@@ -444,7 +482,8 @@ def parse_args(argv=None):
     p.add_argument("--paths", default="nnlab,hand,dataloader,interleaved",
                    help="which of nnlab,hand,dataloader,interleaved to run (interleaved: once, not every repetition)")
     p.add_argument("--compile", action="store_true",
-                   help="also time the nnlab path with model.compile=true (with --epochs > 1 the first, compiling, epoch is left out)")
+                   help="also time the nnlab path with model.compile=true (with --epochs > 1 the first, compiling, epoch is "
+                        "left out), and a compiled against a plain copy of the model, step by step (`compile step-paired`)")
     p.add_argument("--full-train", action="store_true", help="also time the whole default `nnlab train` (minutes)")
     p.add_argument("--no-cli", action="store_true", help="skip the --help / --cfg job / peak-memory subprocesses")
     p.add_argument("--quick", action="store_true", help="1 rep, 1 epoch, 50 batches, 1 CLI timing: a smoke run in seconds")
@@ -470,6 +509,8 @@ def summarise(row: dict, epochs: int) -> dict:
         row[f"{a}/{b} paired"] = statistics.median(x["img_s"] / y["img_s"] for x, y in zip(runs[a], runs[b]))
     if runs.get("interleaved"):  # hand-written / nnlab time over steps run in turn, in one run
         row["nnlab/hand step-paired"] = statistics.median(r["ratio"] for r in runs["interleaved"])
+    if runs.get("compile-paired"):  # plain / compiled time over hand-written steps run in turn
+        row["compile step-paired"] = statistics.median(r["ratio"] for r in runs["compile-paired"])
     if runs.get("nnlab") and runs.get("hand"):  # this process's CPU time: the overhead without waiting for a core
         row["nnlab/hand cpu"] = (statistics.median(r["cpu_img_s"] for r in runs["nnlab"])
                                  / statistics.median(r["cpu_img_s"] for r in runs["hand"]))
@@ -490,7 +531,8 @@ def fmt_table(rows: list[dict]) -> str:
             ("step-paired", "nnlab/hand step-paired", "{:.2f}"),
             ("nnlab/DataLoader", "nnlab/dataloader", "{:.2f}"), ("paired", "nnlab/dataloader paired", "{:.2f}")]
     if any("nnlab+compile" in r for r in rows):
-        cols += [("nnlab+compile img/s", "nnlab+compile", "{:.0f}"), ("compile/nnlab", "compile/nnlab", "{:.2f}")]
+        cols += [("nnlab+compile img/s", "nnlab+compile", "{:.0f}"), ("compile/nnlab", "compile/nnlab", "{:.2f}"),
+                 ("compile step-paired", "compile step-paired", "{:.2f}")]
     cells = [[h for h, _, _ in cols]] + [[f.format(r[k]) if r.get(k) is not None else "-" for _, k, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
@@ -536,19 +578,20 @@ def main(argv=None) -> dict:
         if args.compile:
             jobs["nnlab+compile"] = lambda: run_nnlab(entry, overrides, args.epochs, limit, device,
                                                       ["model.compile=true"], warmup_epochs=1)
-            runs["nnlab+compile"] = []
+            jobs["compile-paired"] = lambda: run_compile_pairs(entry, overrides, limit, device)
+            runs["nnlab+compile"], runs["compile-paired"] = [], []
         for rep in range(args.reps):  # interleaved: A B C A B C ...
             for path in runs:
-                if path == "interleaved" and rep:  # its steps are paired within the run: one run is enough
+                if path in ("interleaved", "compile-paired") and rep:  # paired step by step: one run is enough
                     continue
                 torch.set_num_threads(threads)
-                with cuda_probe_env(lightning=path not in ("hand", "dataloader")):
+                with cuda_probe_env(lightning=path in ("nnlab", "nnlab+compile", "interleaved")):
                     result = jobs[path]()
                 runs[path].append(result)
                 print(f"  {name} rep {rep + 1}/{args.reps} {path:14s} {result['img_s']:8.0f} img/s "
                       f"({result['images']} images in {result['seconds']:.2f} s; "
-                      + (f"{result['steps']} steps in turn with hand-written ones: median {result['nnlab_ms_per_step']:.2f} "
-                         f"against {result['hand_ms_per_step']:.2f} ms a step, nnlab/hand {result['ratio']:.2f})"
+                      + (f"{result['steps']} steps in turn, median {result['ms_per_step'][0]:.2f} ms a step {result['pair'][0]} "
+                         f"against {result['ms_per_step'][1]:.2f} {result['pair'][1]}: ratio {result['ratio']:.2f})"
                          if "steps" in result else
                          f"{result.get('cpu_img_s', float('nan')):.0f} img/s of this process's CPU time)"), flush=True)
         cfg = compose(overrides)

@@ -90,3 +90,12 @@ def test_per_step_scalars_still_logged_at_the_logging_cadence(tmp_path):
     run = run_train(tmp_path, *FAST, "trainer.limit_train_batches=6", "trainer.log_every_n_steps=2", "test_after_fit=false")
     steps = [e.step for e in event_tags(run).Scalars("train/loss")]
     assert steps == [1, 3, 5]  # Lightning writes steps 2, 4, 6 (global_step 1, 3, 5): none lost, none extra
+
+
+def test_compile_pairs_time_a_compiled_copy_against_a_plain_one(bench):
+    """--compile's step-paired figure: model.compile=true's nets (compiled in place) against plain ones, in turn."""
+    entry = bench.MODELS["ae"]
+    result = bench.run_compile_pairs(entry, [*entry.overrides, "dataset=synthetic", "accelerator=cpu"], 3,
+                                     torch.device("cpu"), warmup=1)
+    assert result["steps"] == 3 and result["images"] == 3 * 64 and result["pair"] == ("compiled", "plain")
+    assert result["ratio"] > 0 and all(ms > 0 for ms in result["ms_per_step"])

@@ -195,3 +195,13 @@ def test_a_configured_profiler_is_used(tmp_path):
     """debug=profile (trainer.profiler=simple) replaces the quiet default: its report is in train.log."""
     run = run_train(tmp_path, *FAST, "debug=profile")
     assert "FIT Profiler Report" in (run / "train.log").read_text()
+
+
+def test_compiled_run_trains_and_keeps_the_checkpoint_keys(tmp_path):
+    """model.compile=true compiles each net in place (torch.compile through nn.Module.compile): the run trains, and
+    its checkpoint has the keys of a plain run's, so either loads into the other."""
+    plain = run_train(tmp_path, *FAST, "test_after_fit=false", name="plain")
+    compiled = run_train(tmp_path, *FAST, "test_after_fit=false", "model.compile=true", name="compiled")
+    assert read_metrics(compiled)["status"] == "finished"
+    keys = [set(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]) for run in (plain, compiled)]
+    assert keys[0] == keys[1] and keys[0]
