@@ -52,6 +52,9 @@ RULES = {
     "model.projection": (lambda v: isinstance(v, bool), "true or false", "model.projection=true"),
     "model.weight_decay": (_non_negative_number, "a number >= 0", "model.weight_decay=2e-4"),
     "model.l1_weight_decay": (_non_negative_number, "a number >= 0 (0 = off)", "model.l1_weight_decay=2e-3"),
+    # null: nnlab's QuietProfiler (nnlab/lean.py); a name: one of Lightning's profilers; a mapping: a _target_ spec
+    "trainer.profiler": (lambda v: v is None or isinstance(v, DictConfig) or v in ("simple", "advanced", "pytorch", "xla"),
+                         "null or one of simple, advanced, pytorch, xla", "+trainer.profiler=simple (or debug=profile)"),
 }
 
 

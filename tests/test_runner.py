@@ -96,6 +96,7 @@ def test_default_run_folders_are_readable_and_unique(tmp_path, monkeypatch):
     ("dataset.batch_size=-5", "dataset.batch_size=-5 is not valid"),
     ("dataset.val_fraction=1.5", "dataset.val_fraction=1.5 is not valid"),
     ("model.optimizer.lr=-0.1", "model.optimizer.lr=-0.1 is not valid"),
+    ("+trainer.profiler=bogus", "trainer.profiler='bogus' is not valid: it must be null or one of simple"),
 ])
 def test_bad_values_are_clear_errors(capsys, tmp_path, override, needle):
     err, _ = run_fails(tmp_path, capsys, *FAST, override)
