@@ -230,27 +230,50 @@ def _sync(device):
 
 
 # -- the three ways of training ------------------------------------------------------------------------
-def run_hand(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device) -> dict:
+@dataclass
+class HandSide:
+    """What a hand-written path trains: the module built from the config, its optimisers, the train split resident
+    on the device (the datamodule's own uint8 tensors), the batch size, the step function, and the number of full
+    batches of an epoch (drop_last, as nnlab's training batches; at most `limit`)."""
 
+    model: torch.nn.Module
+    opts: list
+    images: torch.Tensor
+    labels: torch.Tensor
+    bs: int
+    step: Callable
+    n_batches: int
+
+    def order(self, seed: int) -> torch.Tensor:
+        return torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed)).to(self.images.device)
+
+    def train_step(self, order: torch.Tensor, i: int):
+        """One step on the i-th batch of `order`: x = images[idx].float() / 255."""
+        idx = order[i * self.bs : (i + 1) * self.bs]
+        return self.step(self.model, self.opts, self.images[idx].float().div_(255.0), self.labels[idx])
+
+
+def hand_side(entry: Entry, overrides: list[str], device, limit: int | None = None) -> HandSide:
     cfg, dm, model, opts = build(overrides)
-    model.to(device).train()
     images, labels = (t.to(device) for t in dm.splits["train"])
-    bs, step = int(cfg.dataset.batch_size), entry_step(entry)
-    n_batches = len(images) // bs if len(images) > bs else 1  # drop_last, as nnlab's training batches
-    if limit:
-        n_batches = min(n_batches, limit)
+    bs = int(cfg.dataset.batch_size)
+    n_batches = max(1, len(images) // bs)
+    return HandSide(model.to(device).train(), opts, images, labels, bs, entry_step(entry),
+                    min(n_batches, limit) if limit else n_batches)
+
+
+def run_hand(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device) -> dict:
+    hand = hand_side(entry, overrides, device, limit)
     n_img, seconds, cpu = 0, 0.0, 0.0
     for epoch in range(epochs):
         _sync(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(epoch)).to(device)
-        for i in range(n_batches):
-            idx = order[i * bs : (i + 1) * bs]
-            x, y = images[idx].float().div_(255.0), labels[idx]
-            step(model, opts, x, y)
+        order = hand.order(epoch)
+        for i in range(hand.n_batches):
+            hand.train_step(order, i)
         _sync(device)
         seconds, cpu = seconds + time.perf_counter() - t0, cpu + time.process_time() - c0
-        n_img += n_batches * bs
+        n_img += hand.n_batches * hand.bs
     return {"img_s": n_img / seconds, "images": n_img, "seconds": seconds, "cpu_img_s": n_img / cpu}
 
 
@@ -362,35 +385,29 @@ class StepPairs(pl.Callback):
     its own batch: fetch, transfer, hooks, logging and all. The first batch of each epoch is left out (its gap holds
     the validation and the epoch's start)."""
 
-    hand: tuple = ()  # (module, optimisers, images, labels, batch size, step function), set by run_interleaved
+    hand: HandSide | None = None  # set by run_interleaved
     pairs: list[tuple[float, float, int]] = []  # (nnlab seconds, hand-written seconds, images)
 
     def on_train_start(self, trainer, pl_module):
-        self.model, self.opts, self.images, self.labels, self.bs, self.step = StepPairs.hand
-        self.device = self.images.device
-        self.order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(0)).to(self.device)
-        self.n_batches, self.i, self.t = max(1, len(self.images) // self.bs), 0, None
+        self.order, self.i, self.t = StepPairs.hand.order(0), 0, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        _sync(self.device)
+        hand = StepPairs.hand
+        _sync(hand.images.device)
         now = time.perf_counter()
         nnlab_s = now - self.t if self.t is not None and batch_idx > 0 else None
-        i, self.i = self.i % self.n_batches, self.i + 1
-        idx = self.order[i * self.bs : (i + 1) * self.bs]
-        self.step(self.model, self.opts, self.images[idx].float().div_(255.0), self.labels[idx])
-        _sync(self.device)
+        hand.train_step(self.order, self.i % hand.n_batches)
+        self.i += 1
+        _sync(hand.images.device)
         self.t = time.perf_counter()
         if nnlab_s is not None:
             StepPairs.pairs.append((nnlab_s, self.t - now, len(batch[0])))
 
 
 def run_interleaved(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device) -> dict:
-    cfg, dm, model, opts = build(overrides)  # the hand-written side, built as run_hand builds it
-    images, labels = (t.to(device) for t in dm.splits["train"])
-    StepPairs.hand = (model.to(device).train(), opts, images, labels, int(cfg.dataset.batch_size), entry_step(entry))
-    StepPairs.pairs = []
+    StepPairs.hand, StepPairs.pairs = hand_side(entry, overrides, device), []  # built as run_hand builds it
     run_nnlab(entry, overrides, epochs, limit, device, ["+callbacks.bench_pairs._target_=bench.StepPairs"])
-    pairs, StepPairs.hand = StepPairs.pairs, ()
+    pairs, StepPairs.hand = StepPairs.pairs, None
     n_img, nnlab_s, hand_s = sum(p[2] for p in pairs), sum(p[0] for p in pairs), sum(p[1] for p in pairs)
     return {"img_s": n_img / nnlab_s if nnlab_s else float("nan"), "hand_img_s": n_img / hand_s if hand_s else float("nan"),
             "images": n_img, "seconds": nnlab_s, "steps": len(pairs), "ratio": hand_s / nnlab_s if nnlab_s else float("nan"),
@@ -403,31 +420,25 @@ def run_compile_pairs(entry: Entry, overrides: list[str], limit: int | None, dev
     nnlab's model.compile=true does it: each child net in place) take hand-written steps in turn on the same batches;
     the first `warmup` pairs (which compile) are left out. The ratio is plain time / compiled time: above 1, compiling
     pays. The framework is not in it: that is the interleaved path's job."""
-    cfg, dm, plain, plain_opts = build(overrides)
-    _, _, compiled, compiled_opts = build([*overrides, "model.compile=true"])
-    compiled.configure_model()
-    plain, compiled = plain.to(device).train(), compiled.to(device).train()
-    images, labels = (t.to(device) for t in dm.splits["train"])
-    bs, step = int(cfg.dataset.batch_size), entry_step(entry)
-    n = max(1, len(images) // bs)
-    n = min(limit, n) if limit else n
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).to(device)
+    plain = hand_side(entry, overrides, device, limit)
+    compiled = hand_side(entry, [*overrides, "model.compile=true"], device, limit)
+    compiled.model.configure_model()
+    n, order = plain.n_batches, plain.order(0)
 
-    def timed(model, opts, i):
-        idx = order[i * bs : (i + 1) * bs]
+    def timed(side: HandSide, i: int) -> float:
         _sync(device)
         t0 = time.perf_counter()
-        step(model, opts, images[idx].float().div_(255.0), labels[idx])
+        side.train_step(order, i)
         _sync(device)
         return time.perf_counter() - t0
 
     t0 = time.perf_counter()
     for i in range(warmup):
-        timed(compiled, compiled_opts, i % n), timed(plain, plain_opts, i % n)
+        timed(compiled, i % n), timed(plain, i % n)
     warmup_s = time.perf_counter() - t0
-    pairs = [(timed(plain, plain_opts, i), timed(compiled, compiled_opts, i)) for i in range(n)]
+    pairs = [(timed(plain, i), timed(compiled, i)) for i in range(n)]
     plain_s, compiled_s = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-    return {"img_s": n * bs / compiled_s, "images": n * bs, "seconds": compiled_s, "steps": n, "warmup_s": warmup_s,
+    return {"img_s": n * plain.bs / compiled_s, "images": n * plain.bs, "seconds": compiled_s, "steps": n, "warmup_s": warmup_s,
             "ratio": plain_s / compiled_s, "pair": ("compiled", "plain"),
             "ms_per_step": (1e3 * statistics.median(p[1] for p in pairs), 1e3 * statistics.median(p[0] for p in pairs))}
 
