@@ -29,7 +29,17 @@ from nnlab.errors import CheckpointError, ConfigError
 LAST = "last.ckpt"
 RUN_CONFIG = Path(".hydra") / "config.yaml"
 # config groups: a resumed run keeps its model, data and presets; only plain keys may change
-GROUPS = ("model", "dataset", "trainer", "accelerator", "logger", "callbacks", "experiment", "hparams_search", "debug")
+GROUPS = (
+    "model",
+    "dataset",
+    "trainer",
+    "accelerator",
+    "logger",
+    "callbacks",
+    "experiment",
+    "hparams_search",
+    "debug",
+)
 
 
 # -- run folders ------------------------------------------------------------------------------
@@ -51,8 +61,16 @@ def interrupted(run_dir: str | Path) -> str | None:
     """Tell the user how to continue an interrupted run; return the resume command (None: nothing to resume)."""
     last = Path(run_dir) / "checkpoints" / LAST
     command = resume_command(run_dir) if last.is_file() else None
-    print("\nnnlab: interrupted. " + (f"Saved {last}. Resume with:\n  {command}" if command else
-          "No checkpoint was written yet; start the run again."), file=sys.stderr, flush=True)
+    print(
+        "\nnnlab: interrupted. "
+        + (
+            f"Saved {last}. Resume with:\n  {command}"
+            if command
+            else "No checkpoint was written yet; start the run again."
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
     return command
 
 
@@ -83,7 +101,9 @@ def prepare_argv(argv: list[str]) -> list[str]:
     reuses the run's saved .hydra/config.yaml as the primary config, its folder as hydra.run.dir
     (same checkpoints, same TensorBoard event folder, same metrics.json) and checkpoints/last.ckpt."""
     args = argv[1:]
-    if any(a in ("--help", "-h", "--hydra-help") or a.startswith("--cfg") or a == "-c" for a in args):
+    if any(
+        a in ("--help", "-h", "--hydra-help") or a.startswith("--cfg") or a == "-c" for a in args
+    ):
         return argv
     for arg in args:
         if arg.startswith("hydra.run.dir="):
@@ -95,12 +115,18 @@ def prepare_argv(argv: list[str]) -> list[str]:
     if folder is None and "ckpt_path=last" in args and is_run_dir(Path.cwd()):
         folder = "."
     if folder is None:
-        if not any(a.startswith("hydra.run.dir=") for a in args) and not any(a in ("-m", "--multirun") for a in args):
+        if not any(a.startswith("hydra.run.dir=") for a in args) and not any(
+            a in ("-m", "--multirun") for a in args
+        ):
             check_writable(Path.cwd() / "outputs", "run folder")
         return argv
     run = Path(folder).expanduser().resolve()
     if not run.is_dir() or not is_run_dir(run):
-        why = "does not exist" if not run.exists() else ("is not a folder" if not run.is_dir() else "has no .hydra/config.yaml")
+        why = (
+            "does not exist"
+            if not run.exists()
+            else ("is not a folder" if not run.is_dir() else "has no .hydra/config.yaml")
+        )
         raise CheckpointError(
             f"resume={folder} is not an nnlab run folder: {run} {why}. Pass the folder of an earlier run, "
             "e.g. resume=outputs/ae/fashion_mnist/2026-01-01_12-00-00-000000 (the one holding .hydra/ and checkpoints/)."
@@ -112,18 +138,34 @@ def prepare_argv(argv: list[str]) -> list[str]:
             "or ran with callbacks=none. Start it again without resume= (callbacks.checkpoint.every_n_steps=N writes "
             f"{LAST} every N steps)."
         )
-    rest = [a for a in args if not a.startswith(("resume=", "hydra.run.dir=")) and a != "ckpt_path=last"]
+    rest = [
+        a for a in args if not a.startswith(("resume=", "hydra.run.dir=")) and a != "ckpt_path=last"
+    ]
     if any(a in ("-m", "--multirun") for a in rest):
-        raise ConfigError("resume= continues one run; it cannot be combined with -m (a sweep). Drop -m.")
-    groups = [a for a in rest if a.lstrip("+~").split("=", 1)[0] in GROUPS and "." not in a.split("=", 1)[0]]
+        raise ConfigError(
+            "resume= continues one run; it cannot be combined with -m (a sweep). Drop -m."
+        )
+    groups = [
+        a
+        for a in rest
+        if a.lstrip("+~").split("=", 1)[0] in GROUPS and "." not in a.split("=", 1)[0]
+    ]
     if groups:
         raise ConfigError(
             f"resume= continues the run with its own config, so {' '.join(groups)} cannot change. Override plain "
             "keys instead (e.g. trainer.max_epochs=30 to train longer), or start a new run without resume=."
         )
     check_writable(run, "run folder")
-    return [argv[0], "--config-path", str(run / ".hydra"), "--config-name", "config", *rest,
-            f"hydra.run.dir={_hydra_quote(str(run))}", f"ckpt_path={_hydra_quote(str(last))}"]
+    return [
+        argv[0],
+        "--config-path",
+        str(run / ".hydra"),
+        "--config-name",
+        "config",
+        *rest,
+        f"hydra.run.dir={_hydra_quote(str(run))}",
+        f"ckpt_path={_hydra_quote(str(last))}",
+    ]
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -144,7 +186,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Unsupported global" in text or "GLOBAL" in text or "not an allowed global" in text:
-            found = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported global" in line), "")
+            found = next(
+                (
+                    line.strip()
+                    for line in text.splitlines()
+                    if "GLOBAL" in line or "Unsupported global" in line
+                ),
+                "",
+            )
             raise CheckpointError(
                 f"Refusing to load {path}: it carries Python objects besides tensors and plain data ({found}). nnlab "
                 "loads checkpoints with torch.load(weights_only=True), so a checkpoint can never run code; this file "
@@ -185,7 +234,9 @@ def check_fits(ckpt: dict[str, Any], model, path: str | Path) -> None:
     if missing or unexpected or wrong:
         detail = (
             f"{wrong[0]} has shape {list(state[wrong[0]].shape)} in the checkpoint but {list(own[wrong[0]].shape)} "
-            "in the model" if wrong else f"{len(missing)} weights missing (e.g. {missing[:1]}), {len(unexpected)} "
+            "in the model"
+            if wrong
+            else f"{len(missing)} weights missing (e.g. {missing[:1]}), {len(unexpected)} "
             f"unexpected (e.g. {unexpected[:1]})"
         )
         raise CheckpointError(
@@ -203,8 +254,13 @@ def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -218,7 +274,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
@@ -234,7 +292,9 @@ def _callback_class():
         RNG states, and a graceful Ctrl-C. The other arguments are ModelCheckpoint's."""
 
         def __init__(self, *args, every_n_steps: int | None = None, **kwargs):
-            kwargs.setdefault("enable_version_counter", False)  # one last.ckpt, overwritten, never last-v1.ckpt
+            kwargs.setdefault(
+                "enable_version_counter", False
+            )  # one last.ckpt, overwritten, never last-v1.ckpt
             super().__init__(*args, **kwargs)
             self.every_n_steps = int(every_n_steps or 0)
             self._last_writes = 0
@@ -269,9 +329,16 @@ def _callback_class():
         def _write_last(self, trainer) -> None:
             from pytorch_lightning.trainer.states import TrainerFn
 
-            if not self.save_last or trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or trainer.fast_dev_run:
+            if (
+                not self.save_last
+                or trainer.state.fn != TrainerFn.FITTING
+                or trainer.sanity_checking
+                or trainer.fast_dev_run
+            ):
                 return
-            keep = self._last_global_step_saved  # a last.ckpt must not stop the best checkpoint of this step
+            keep = (
+                self._last_global_step_saved
+            )  # a last.ckpt must not stop the best checkpoint of this step
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._last_global_step_saved = keep
 
@@ -316,15 +383,22 @@ def _callback_class():
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
-            print("\nnnlab: Ctrl-C - finishing this step and saving checkpoints/last.ckpt "
-                  "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            print(
+                "\nnnlab: Ctrl-C - finishing this step and saving checkpoints/last.ckpt "
+                "(press Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         def on_train_start(self, trainer, pl_module) -> None:
             if trainer.is_global_zero and threading.current_thread() is threading.main_thread():
                 self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
         def _restore_sigint(self) -> None:
-            if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            if (
+                self._previous_sigint is not None
+                and threading.current_thread() is threading.main_thread()
+            ):
                 signal.signal(signal.SIGINT, self._previous_sigint)
                 self._previous_sigint = None
 
@@ -334,17 +408,26 @@ def _callback_class():
 
         def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
             super().on_exception(trainer, pl_module, exception)
-            if isinstance(exception, KeyboardInterrupt) and self._last_written_step != trainer.global_step:
-                self._write_last(trainer)  # a second Ctrl-C mid-validation: the weights are still consistent
+            if (
+                isinstance(exception, KeyboardInterrupt)
+                and self._last_written_step != trainer.global_step
+            ):
+                self._write_last(
+                    trainer
+                )  # a second Ctrl-C mid-validation: the weights are still consistent
             self._restore_sigint()
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
             cls = type(pl_module)
-            checkpoint["nnlab"] = {"target": f"{cls.__module__}.{cls.__qualname__}",
-                                   "model": pl_module.hparams.get("name"),
-                                   "dataset": getattr(trainer.datamodule, "name", None)}
+            checkpoint["nnlab"] = {
+                "target": f"{cls.__module__}.{cls.__qualname__}",
+                "model": pl_module.hparams.get("name"),
+                "dataset": getattr(trainer.datamodule, "name", None),
+            }
 
-    ResumableCheckpoint.__qualname__ = ResumableCheckpoint.__name__  # also names its state in checkpoints
+    ResumableCheckpoint.__qualname__ = (
+        ResumableCheckpoint.__name__
+    )  # also names its state in checkpoints
     ResumableCheckpoint.__module__ = __name__
     return ResumableCheckpoint
 
@@ -371,8 +454,14 @@ def compose_group(group: str, option: str):
     except MissingConfigException:
         from importlib.resources import files
 
-        options = sorted(p.name[:-5] for p in files("nnlab.configs").joinpath(group).iterdir() if p.name.endswith(".yaml"))
-        raise ConfigError(f"{group}={option} is unknown; the options are: {', '.join(options)}.") from None
+        options = sorted(
+            p.name[:-5]
+            for p in files("nnlab.configs").joinpath(group).iterdir()
+            if p.name.endswith(".yaml")
+        )
+        raise ConfigError(
+            f"{group}={option} is unknown; the options are: {', '.join(options)}."
+        ) from None
     finally:
         GlobalHydra.instance().clear()
 
@@ -427,10 +516,17 @@ def load_for_inference(target: str, overrides: dict[str, str] | None = None, whi
     else:
         name = hp.get("name") or meta.get("model")
         if not name:
-            raise CheckpointError(f"{ckpt_path} does not say which model wrote it (no hyper-parameters). Pass its run folder.")
-        cfg = OmegaConf.create({"seed": 0, "trainer": {"accelerator": "cpu", "precision": "32-true"},
-                                "model": compose_group("model", name),
-                                "dataset": compose_group("dataset", meta.get("dataset") or "fashion_mnist")})
+            raise CheckpointError(
+                f"{ckpt_path} does not say which model wrote it (no hyper-parameters). Pass its run folder."
+            )
+        cfg = OmegaConf.create(
+            {
+                "seed": 0,
+                "trainer": {"accelerator": "cpu", "precision": "32-true"},
+                "model": compose_group("model", name),
+                "dataset": compose_group("dataset", meta.get("dataset") or "fashion_mnist"),
+            }
+        )
         cfg.model = OmegaConf.merge(cfg.model, {k: v for k, v in hp.items() if k != "input_shape"})
         cfg.model.input_shape = list(hp.get("input_shape") or cfg.dataset.shape)
         origin = None
@@ -439,7 +535,9 @@ def load_for_inference(target: str, overrides: dict[str, str] | None = None, whi
     if "dataset" in overrides:
         cfg.dataset = compose_group("dataset", overrides.pop("dataset"))
     for key, value in overrides.items():
-        OmegaConf.update(cfg, key, yaml.safe_load(value) if isinstance(value, str) else value, force_add=True)
+        OmegaConf.update(
+            cfg, key, yaml.safe_load(value) if isinstance(value, str) else value, force_add=True
+        )
     if list(cfg.dataset.shape) != model_shape:
         raise ConfigError(
             f"The model was trained on images of shape {model_shape}, but dataset '{cfg.dataset.name}' has shape "
@@ -466,8 +564,14 @@ def attach(model, datamodule, accelerator: str = "cpu"):
     """A bare Trainer that gives the model its datamodule (model.datamodule, model.device) outside fit/test."""
     import pytorch_lightning as pl
 
-    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer._data_connector.attach_datamodule(model, datamodule=datamodule)
     model.trainer = trainer
     datamodule.prepare_data()

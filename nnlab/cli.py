@@ -1,8 +1,8 @@
 """The `nnlab` command: dispatches sub-commands and imports nothing heavy itself.
 
-    nnlab train [overrides]      train (or sweep with -m); Hydra's --help, --cfg job work
-    nnlab eval RUN_OR_CKPT       test a trained model again
-    nnlab sample RUN_OR_CKPT     write a PNG grid of samples
+nnlab train [overrides]      train (or sweep with -m); Hydra's --help, --cfg job work
+nnlab eval RUN_OR_CKPT       test a trained model again
+nnlab sample RUN_OR_CKPT     write a PNG grid of samples
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ def _non_negative_number(v):
 
 
 def _int_list(v):
-    return isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(_positive_int(x) for x in v)
+    return (
+        isinstance(v, (list, tuple, ListConfig)) and len(v) > 0 and all(_positive_int(x) for x in v)
+    )
 
 
 def _epochs(v):
@@ -38,23 +40,55 @@ def _epochs(v):
 RULES = {
     "model.latent_dim": (_positive_int, "a positive integer", "model.latent_dim=32"),
     # [] is allowed: a one-layer encoder (the sparse and contractive autoencoders' textbook form)
-    "model.hidden_dims": (lambda v: v == [] or _int_list(v), "a list of positive integers", "model.hidden_dims=[512,256]"),
+    "model.hidden_dims": (
+        lambda v: v == [] or _int_list(v),
+        "a list of positive integers",
+        "model.hidden_dims=[512,256]",
+    ),
     "model.optimizer.lr": (_positive_number, "a positive number", "model.optimizer.lr=1e-3"),
     "dataset.batch_size": (_positive_int, "a positive integer", "dataset.batch_size=128"),
-    "dataset.eval_batch_size": (_positive_int, "a positive integer", "dataset.eval_batch_size=1024"),
-    "dataset.val_fraction": (_fraction, "a number strictly between 0 and 1", "dataset.val_fraction=0.1"),
-    "dataset.shape": (lambda v: _int_list(v) and len(v) == 3, "[channels, height, width]", "dataset.shape=[1,28,28]"),
-    "trainer.max_epochs": (_epochs, "a positive integer (or -1 for no limit)", "trainer.max_epochs=10"),
+    "dataset.eval_batch_size": (
+        _positive_int,
+        "a positive integer",
+        "dataset.eval_batch_size=1024",
+    ),
+    "dataset.val_fraction": (
+        _fraction,
+        "a number strictly between 0 and 1",
+        "dataset.val_fraction=0.1",
+    ),
+    "dataset.shape": (
+        lambda v: _int_list(v) and len(v) == 3,
+        "[channels, height, width]",
+        "dataset.shape=[1,28,28]",
+    ),
+    "trainer.max_epochs": (
+        _epochs,
+        "a positive integer (or -1 for no limit)",
+        "trainer.max_epochs=10",
+    ),
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", "seed=42"),
-    "callbacks.checkpoint.every_n_steps": (lambda v: v is None or _positive_int(v), "null or a positive integer",
-                                           "callbacks.checkpoint.every_n_steps=500"),
+    "callbacks.checkpoint.every_n_steps": (
+        lambda v: v is None or _positive_int(v),
+        "null or a positive integer",
+        "callbacks.checkpoint.every_n_steps=500",
+    ),
     "threads": (lambda v: v is None or _positive_int(v), "null or a positive integer", "threads=2"),
     "model.projection": (lambda v: isinstance(v, bool), "true or false", "model.projection=true"),
     "model.weight_decay": (_non_negative_number, "a number >= 0", "model.weight_decay=2e-4"),
-    "model.l1_weight_decay": (_non_negative_number, "a number >= 0 (0 = off)", "model.l1_weight_decay=2e-3"),
+    "model.l1_weight_decay": (
+        _non_negative_number,
+        "a number >= 0 (0 = off)",
+        "model.l1_weight_decay=2e-3",
+    ),
     # null: nnlab's QuietProfiler (nnlab/lean.py); a name: one of Lightning's profilers; a mapping: a _target_ spec
-    "trainer.profiler": (lambda v: v is None or isinstance(v, DictConfig) or v in ("simple", "advanced", "pytorch", "xla"),
-                         "null or one of simple, advanced, pytorch, xla", "+trainer.profiler=simple (or debug=profile)"),
+    "trainer.profiler": (
+        lambda v: (
+            v is None or isinstance(v, DictConfig) or v in ("simple", "advanced", "pytorch", "xla")
+        ),
+        "null or one of simple, advanced, pytorch, xla",
+        "+trainer.profiler=simple (or debug=profile)",
+    ),
 }
 
 
@@ -74,8 +108,14 @@ def validate(cfg: DictConfig) -> None:
         if value is None and key == "trainer.max_epochs":
             continue
         if not check(value):
-            shown = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
-            raise ConfigError(f"{key}={shown!r} is not valid: it must be {must}. Example: {example}")
+            shown = (
+                OmegaConf.to_container(value)
+                if isinstance(value, (DictConfig, ListConfig))
+                else value
+            )
+            raise ConfigError(
+                f"{key}={shown!r} is not valid: it must be {must}. Example: {example}"
+            )
 
 
 def check_group_choices(overrides: list[str]) -> None:
@@ -89,19 +129,31 @@ def check_group_choices(overrides: list[str]) -> None:
     for arg in overrides:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+")
-        if not sep or key.startswith("~") or "." in key or "/" in key or not root.joinpath(key).is_dir():
+        if (
+            not sep
+            or key.startswith("~")
+            or "." in key
+            or "/" in key
+            or not root.joinpath(key).is_dir()
+        ):
             continue
         if any(c in value for c in "()[]{}*$'\" "):
             continue  # sweep functions, globs, interpolations, quoting: Hydra's own syntax
-        options = sorted(p.name[:-5] for p in root.joinpath(key).iterdir() if p.name.endswith(".yaml"))
+        options = sorted(
+            p.name[:-5] for p in root.joinpath(key).iterdir() if p.name.endswith(".yaml")
+        )
         for choice in value.split(","):
             if choice in ("null", "none") and choice not in options:
-                raise ConfigError(f"{key}={choice}: to leave the group '{key}' out, write ~{key} (Hydra's delete syntax); "
-                                  f"to pick one of its options, use one of: {', '.join(options)}.")
+                raise ConfigError(
+                    f"{key}={choice}: to leave the group '{key}' out, write ~{key} (Hydra's delete syntax); "
+                    f"to pick one of its options, use one of: {', '.join(options)}."
+                )
             if choice in options:
                 continue
             close = difflib.get_close_matches(choice, options, n=1)
             hint = f"Did you mean {key}={close[0]}? " if close else ""
-            raise ConfigError(f"{key}={choice} is not an option of the config group '{key}'. {hint}"
-                              f"The options are: {', '.join(options)} (the YAML files in configs/{key}/; "
-                              "`nnlab train --help` lists every group).")
+            raise ConfigError(
+                f"{key}={choice} is not an option of the config group '{key}'. {hint}"
+                f"The options are: {', '.join(options)} (the YAML files in configs/{key}/; "
+                "`nnlab train --help` lists every group)."
+            )

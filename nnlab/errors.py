@@ -21,7 +21,12 @@ class NNLabError(Exception):
     def render(self) -> str:
         paragraphs = str(self).strip().split("\n\n")
         body = "\n\n".join(
-            textwrap.fill(p, width=100, subsequent_indent="  ", break_on_hyphens=False, break_long_words=False) if "\n" not in p else p for p in paragraphs
+            textwrap.fill(
+                p, width=100, subsequent_indent="  ", break_on_hyphens=False, break_long_words=False
+            )
+            if "\n" not in p
+            else p
+            for p in paragraphs
         )
         return f"nnlab: {self.kind}: {body}"
 
@@ -55,9 +60,11 @@ def report_and_exit(err: NNLabError) -> None:
 
 
 def run_command(command, argv: list[str] | None = None) -> int:
-    """Run a sub-command's function on its arguments: a user error ends as its paragraph and exit code."""
+    """Run a sub-command's function on its arguments: a user error ends as its paragraph and exit
+    code."""
     try:
         command(list(sys.argv[1:] if argv is None else argv))
     except NNLabError as err:
         report_and_exit(err)
     return 0
+

@@ -28,7 +28,9 @@ Test a trained model again: RUN_OR_CKPT is a run folder (outputs/ae/fashion_mnis
 """
 
 
-def parse_args(argv: list[str], usage: str, options: dict[str, str]) -> tuple[str, dict[str, str], dict[str, str]]:
+def parse_args(
+    argv: list[str], usage: str, options: dict[str, str]
+) -> tuple[str, dict[str, str], dict[str, str]]:
     """RUN_OR_CKPT, the command's own options (with defaults) and config overrides (key=value)."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage, end="")
@@ -36,16 +38,20 @@ def parse_args(argv: list[str], usage: str, options: dict[str, str]) -> tuple[st
     target, own, overrides = argv[0], dict(options), {}
     for arg in argv[1:]:
         if "=" not in arg:
-            raise ConfigError(f"'{arg}' is not an option: options are key=value ({', '.join(options) or 'none'}, "
-                              "dataset=NAME or dataset.KEY=VALUE). Run with --help for usage.")
+            raise ConfigError(
+                f"'{arg}' is not an option: options are key=value ({', '.join(options) or 'none'}, "
+                "dataset=NAME or dataset.KEY=VALUE). Run with --help for usage."
+            )
         key, value = arg.split("=", 1)
         if key in own:
             own[key] = value
         elif key == "dataset" or key.startswith("dataset."):
             overrides[key] = value
         else:
-            raise ConfigError(f"Unknown option '{key}'. The options are: {', '.join(list(options) + ['dataset'])}, "
-                              "dataset.KEY=VALUE. Run with --help for usage.")
+            raise ConfigError(
+                f"Unknown option '{key}'. The options are: {', '.join(list(options) + ['dataset'])}, "
+                "dataset.KEY=VALUE. Run with --help for usage."
+            )
     return target, own, overrides
 
 
@@ -68,14 +74,20 @@ def _int_option(value: str, key: str, minimum: int = 1) -> int:
     except ValueError:
         number = minimum - 1
     if number < minimum:
-        raise ConfigError(f"{key}={value!r} is not valid: it must be an integer >= {minimum}. Example: {key}={max(minimum, 8)}")
+        raise ConfigError(
+            f"{key}={value!r} is not valid: it must be an integer >= {minimum}. Example: {key}={max(minimum, 8)}"
+        )
     return number
 
 
 def evaluate(argv: list[str]) -> dict[str, float]:
-    target, opts, overrides = parse_args(argv, USAGE, {"checkpoint": "best", "accelerator": "cpu", "threads": ""})
+    target, opts, overrides = parse_args(
+        argv, USAGE, {"checkpoint": "best", "accelerator": "cpu", "threads": ""}
+    )
     if opts["checkpoint"] not in ("best", "last"):
-        raise ConfigError(f"checkpoint={opts['checkpoint']!r} is not valid: use checkpoint=best or checkpoint=last.")
+        raise ConfigError(
+            f"checkpoint={opts['checkpoint']!r} is not valid: use checkpoint=best or checkpoint=last."
+        )
     import pytorch_lightning as pl
     import torch
 
@@ -84,14 +96,22 @@ def evaluate(argv: list[str]) -> dict[str, float]:
 
     if opts["threads"]:
         torch.set_num_threads(_int_option(opts["threads"], "threads"))
-    cfg, model, datamodule, ckpt_path, run_dir = load_for_inference(target, overrides, which=opts["checkpoint"])
+    cfg, model, datamodule, ckpt_path, run_dir = load_for_inference(
+        target, overrides, which=opts["checkpoint"]
+    )
     from omegaconf import OmegaConf
 
     check_device(OmegaConf.create({"trainer": {"accelerator": opts["accelerator"]}}))
     limit = OmegaConf.select(cfg, "trainer.limit_test_batches")  # as the run's own test stage
-    trainer = pl.Trainer(accelerator=opts["accelerator"], devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         limit_test_batches=limit if limit is not None else 1.0)
+    trainer = pl.Trainer(
+        accelerator=opts["accelerator"],
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_test_batches=limit if limit is not None else 1.0,
+    )
     datamodule.prepare_data()
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -104,8 +124,15 @@ def evaluate(argv: list[str]) -> dict[str, float]:
     for key, value in metrics.items():
         print(f"  {key:<{width}}  {value:.6g}")
     if run_dir is not None:
-        write_eval(run_dir, datamodule.name, {"checkpoint": str(ckpt_path), "metrics": metrics,
-                                              "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_eval(
+            run_dir,
+            datamodule.name,
+            {
+                "checkpoint": str(ckpt_path),
+                "metrics": metrics,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
         print(f"written to {run_dir / 'metrics.json'} (eval.{datamodule.name})")
     return metrics
 

@@ -26,10 +26,20 @@ from pytorch_lightning import Callback
 from pytorch_lightning.profilers import PassThroughProfiler
 
 # the hooks Lightning calls on every callback once or more per batch
-PER_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_backward", "on_after_backward",
-                   "on_before_optimizer_step", "on_before_zero_grad", "on_validation_batch_start",
-                   "on_validation_batch_end", "on_test_batch_start", "on_test_batch_end",
-                   "on_predict_batch_start", "on_predict_batch_end")
+PER_BATCH_HOOKS = (
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+    "on_validation_batch_start",
+    "on_validation_batch_end",
+    "on_test_batch_start",
+    "on_test_batch_end",
+    "on_predict_batch_start",
+    "on_predict_batch_end",
+)
 
 _NULL = contextlib.nullcontext()
 
@@ -45,5 +55,7 @@ def skip_idle_hooks(callbacks) -> None:
     """Let Lightning skip the per-batch hooks a callback leaves as Callback's empty method."""
     for callback in callbacks:
         for hook in PER_BATCH_HOOKS:
-            if hook not in vars(callback) and getattr(type(callback), hook, None) is getattr(Callback, hook):
+            if hook not in vars(callback) and getattr(type(callback), hook, None) is getattr(
+                Callback, hook
+            ):
                 setattr(callback, hook, None)

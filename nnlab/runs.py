@@ -23,8 +23,9 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # the final metrics that say most about each family, shown first when a run has them
 # (test/loss, the same number as one of these, is shown only for runs that have none of them)
@@ -37,9 +38,13 @@ STATUS_STYLE = {"finished": "green", "failed": "red", "interrupted": "yellow", "
 
 # ---------------------------------------------------------------- finding and reading runs
 
+
 def _is_run(folder: Path, names: set[str]) -> bool:
-    return "metrics.json" in names or (folder / ".hydra" / "config.yaml").is_file() or any(
-        n.startswith("events.out.tfevents.") for n in names)
+    return (
+        "metrics.json" in names
+        or (folder / ".hydra" / "config.yaml").is_file()
+        or any(n.startswith("events.out.tfevents.") for n in names)
+    )
 
 
 def find_runs(root: Path) -> Iterator[Path]:
@@ -74,8 +79,11 @@ def _process_start(pid: int) -> float | None:
     """When process pid started (seconds since the epoch), from /proc; None where there is no /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
         return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError, StopIteration):
         return None
@@ -193,6 +201,7 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- comparing runs
 
+
 def _split(override: str) -> tuple[str, str]:
     key, _, value = override.partition("=")
     return key.lstrip("+~"), value
@@ -202,7 +211,14 @@ def differing_overrides(runs: list[dict]) -> None:
     """Set run['differs'] to the overrides whose value is not the same in every listed run (a run
     without that override shows its config's value where it has one). One run: all its overrides."""
     parsed = [dict(_split(o) for o in run["overrides"]) for run in runs]
-    keys = sorted({k for p in parsed for k in p if not k.startswith(NOISE_KEYS) and k not in ("model", "dataset")})
+    keys = sorted(
+        {
+            k
+            for p in parsed
+            for k in p
+            if not k.startswith(NOISE_KEYS) and k not in ("model", "dataset")
+        }
+    )
     for run in runs:
         run["differs"] = {}
     for key in keys:
@@ -243,8 +259,11 @@ def metric_columns(runs: list[dict], wanted: str | None) -> list[str]:
         return [m.strip() for m in wanted.split(",") if m.strip()]
     present = {k for run in runs for k in run["metrics"]}
     known = [m for m in KEY_METRICS if m in present]
-    others = sorted(k for k in present if k.startswith("test/") and k.count("/") == 1
-                    and k not in known and k != "test/loss")
+    others = sorted(
+        k
+        for k in present
+        if k.startswith("test/") and k.count("/") == 1 and k not in known and k != "test/loss"
+    )
     return (known + others or ["test/loss"])[:MAX_METRIC_COLUMNS]
 
 
@@ -259,10 +278,12 @@ def _sort_key(key: str):
             return (0, float(value), "")
         except (TypeError, ValueError):
             return (1, 0.0, str(value))
+
     return sort_key
 
 
 # ---------------------------------------------------------------- output
+
 
 def _wall(seconds: float | None) -> str:
     if seconds is None:
@@ -286,31 +307,59 @@ def print_table(runs: list[dict], metrics: list[str], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", show_lines=False)
-    for column, justify in (("name", "left"), ("model", "left"), ("dataset", "left"), ("overrides", "left"),
-                            ("status", "left"), ("epochs", "right"), ("wall", "right")):
+    for column, justify in (
+        ("name", "left"),
+        ("model", "left"),
+        ("dataset", "left"),
+        ("overrides", "left"),
+        ("status", "left"),
+        ("epochs", "right"),
+        ("wall", "right"),
+    ):
         table.add_column(column, justify=justify, overflow="fold")
     for metric in metrics:
         table.add_column(metric, justify="right")
     for run in runs:
         status = run["status"] or "?"
         shown = f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
-        table.add_row(run["name"], run["model"] or "?", run["dataset"] or "?", _overrides_text(run), shown,
-                      _number(run["epochs"]), _wall(run["wall_time_s"]),
-                      *(_number(run["metrics"].get(m)) for m in metrics))
+        table.add_row(
+            run["name"],
+            run["model"] or "?",
+            run["dataset"] or "?",
+            _overrides_text(run),
+            shown,
+            _number(run["epochs"]),
+            _wall(run["wall_time_s"]),
+            *(_number(run["metrics"].get(m)) for m in metrics),
+        )
     # piped into a file or a pager: wide enough for the sweep folders' names
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
     Console(width=width).print(table)
     failed = [run for run in runs if run["status"] == "failed" and run.get("error")]
     for run in failed:
-        Console(stderr=True, width=width).print(f"[red]failed[/] {run['name']}: {run['error']}", highlight=False)
+        Console(stderr=True, width=width).print(
+            f"[red]failed[/] {run['name']}: {run['error']}", highlight=False
+        )
 
 
 def print_csv(runs: list[dict], metrics: list[str]) -> None:
     writer = csv.writer(sys.stdout)
-    writer.writerow(["name", "model", "dataset", "overrides", "status", "epochs", "wall_time_s", *metrics])
+    writer.writerow(
+        ["name", "model", "dataset", "overrides", "status", "epochs", "wall_time_s", *metrics]
+    )
     for run in runs:
-        writer.writerow([run["name"], run["model"], run["dataset"], _overrides_text(run), run["status"],
-                         run["epochs"], run["wall_time_s"], *(run["metrics"].get(m, "") for m in metrics)])
+        writer.writerow(
+            [
+                run["name"],
+                run["model"],
+                run["dataset"],
+                _overrides_text(run),
+                run["status"],
+                run["epochs"],
+                run["wall_time_s"],
+                *(run["metrics"].get(m, "") for m in metrics),
+            ]
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -318,17 +367,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="nnlab runs",
         description="Compare runs: one row per run folder under DIR (metrics.json, .hydra/, TensorBoard events).",
         epilog="examples:\n  nnlab runs\n  nnlab runs outputs/multirun --sort test/mse\n"
-               "  nnlab runs --filter model=vae --filter status=finished --json",
+        "  nnlab runs --filter model=vae --filter status=finished --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("dirs", nargs="*", metavar="DIR", help="folders to search for runs (default: outputs)")
-    parser.add_argument("--sort", metavar="KEY", help="sort by a metric (test/mse), a column (wall_time_s, "
-                        "status) or a config key (model.latent_dim); runs without it go last")
+    parser.add_argument(
+        "dirs", nargs="*", metavar="DIR", help="folders to search for runs (default: outputs)"
+    )
+    parser.add_argument(
+        "--sort",
+        metavar="KEY",
+        help="sort by a metric (test/mse), a column (wall_time_s, "
+        "status) or a config key (model.latent_dim); runs without it go last",
+    )
     parser.add_argument("-r", "--reverse", action="store_true", help="sort in descending order")
-    parser.add_argument("--filter", metavar="KEY=PATTERN", action="append", default=[],
-                        help="keep runs whose KEY matches (model=vae, status=fail*, model.latent_dim=8); "
-                             "repeat to combine")
-    parser.add_argument("--metrics", metavar="A,B", help="the metric columns (default: the key test metrics)")
+    parser.add_argument(
+        "--filter",
+        metavar="KEY=PATTERN",
+        action="append",
+        default=[],
+        help="keep runs whose KEY matches (model=vae, status=fail*, model.latent_dim=8); "
+        "repeat to combine",
+    )
+    parser.add_argument(
+        "--metrics", metavar="A,B", help="the metric columns (default: the key test metrics)"
+    )
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the runs as JSON (every metric)")
     out.add_argument("--csv", action="store_true", help="print the table as CSV")
@@ -348,12 +410,18 @@ def _main(argv: list[str]) -> int:
     roots = [Path(d) for d in (args.dirs or ["outputs"])]
     for root in roots:
         if not root.is_dir():
-            print(f"nnlab: error: {root} is not a folder. Give the folder your runs are in "
-                  "(nnlab train writes them under outputs/), e.g. `nnlab runs outputs`.", file=sys.stderr)
+            print(
+                f"nnlab: error: {root} is not a folder. Give the folder your runs are in "
+                "(nnlab train writes them under outputs/), e.g. `nnlab runs outputs`.",
+                file=sys.stderr,
+            )
             return 2
     for item in args.filter:
         if "=" not in item:
-            print(f"nnlab: error: --filter {item} must be KEY=PATTERN, e.g. --filter model=vae.", file=sys.stderr)
+            print(
+                f"nnlab: error: --filter {item} must be KEY=PATTERN, e.g. --filter model=vae.",
+                file=sys.stderr,
+            )
             return 2
     runs = []
     for root in roots:
@@ -363,22 +431,35 @@ def _main(argv: list[str]) -> int:
                 run["name"] = str(Path(root.name) / run["name"])
             runs.append(run)
     runs = [run for run in runs if matches(run, args.filter)]
-    runs.sort(key=_sort_key(args.sort) if args.sort else (lambda run: run["name"]), reverse=args.reverse)
+    runs.sort(
+        key=_sort_key(args.sort) if args.sort else (lambda run: run["name"]), reverse=args.reverse
+    )
     if args.sort and args.reverse:  # runs without the key stay last
         runs.sort(key=lambda run: _field(run, args.sort) is None)
     differing_overrides(runs)
     metrics = metric_columns(runs, args.metrics)
     if args.json:
-        print(json.dumps([{k: v for k, v in run.items() if k != "config"} for run in runs], indent=2, default=str))
+        print(
+            json.dumps(
+                [{k: v for k, v in run.items() if k != "config"} for run in runs],
+                indent=2,
+                default=str,
+            )
+        )
     elif args.csv:
         print_csv(runs, metrics)
     elif not runs:
         where = " ".join(str(r) for r in roots)
-        print(f"No runs under {where}{' match the filters' if args.filter else ''}. "
-              "Train one with `nnlab train`.", file=sys.stderr)
+        print(
+            f"No runs under {where}{' match the filters' if args.filter else ''}. "
+            "Train one with `nnlab train`.",
+            file=sys.stderr,
+        )
     else:
         runs_word = "run" if len(runs) == 1 else "runs"
-        print_table(runs, metrics, f"{len(runs)} {runs_word} under {' '.join(str(r) for r in roots)}")
+        print_table(
+            runs, metrics, f"{len(runs)} {runs_word} under {' '.join(str(r) for r in roots)}"
+        )
     return 0
 
 

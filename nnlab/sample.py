@@ -26,7 +26,14 @@ Write a PNG grid from a trained model: RUN_OR_CKPT is a run folder or a .ckpt fi
   dataset=NAME       the dataset to draw test images from (same image shape)
 """
 
-OPTIONS = {"n": "64", "out": "samples.png", "label": "", "interpolate": "false", "seed": "0", "checkpoint": "best"}
+OPTIONS = {
+    "n": "64",
+    "out": "samples.png",
+    "label": "",
+    "interpolate": "false",
+    "seed": "0",
+    "checkpoint": "best",
+}
 
 
 def sample(argv: list[str]) -> Path:
@@ -34,11 +41,15 @@ def sample(argv: list[str]) -> Path:
     n = _int_option(opts["n"], "n")
     seed = _int_option(opts["seed"], "seed", minimum=0)
     if opts["interpolate"].lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"interpolate={opts['interpolate']!r} is not valid: use interpolate=true or interpolate=false.")
+        raise ConfigError(
+            f"interpolate={opts['interpolate']!r} is not valid: use interpolate=true or interpolate=false."
+        )
     interpolate = opts["interpolate"].lower() in ("true", "1", "yes")
     out = Path(opts["out"]).expanduser()
     if opts["checkpoint"] not in ("best", "last"):
-        raise ConfigError(f"checkpoint={opts['checkpoint']!r} is not valid: use checkpoint=best or checkpoint=last.")
+        raise ConfigError(
+            f"checkpoint={opts['checkpoint']!r} is not valid: use checkpoint=best or checkpoint=last."
+        )
     from nnlab.checkpoints import check_writable
 
     check_writable(out.parent if str(out.parent) else Path.cwd(), "folder for the PNG")
@@ -49,7 +60,9 @@ def sample(argv: list[str]) -> Path:
 
     from nnlab.checkpoints import attach, load_for_inference
 
-    cfg, model, datamodule, ckpt_path, _ = load_for_inference(target, overrides, which=opts["checkpoint"])
+    cfg, model, datamodule, ckpt_path, _ = load_for_inference(
+        target, overrides, which=opts["checkpoint"]
+    )
     name = getattr(model, "hparams", {}).get("name", type(model).__name__)
     if not callable(getattr(model, "sample_grid", None)):
         raise ConfigError(
@@ -60,13 +73,19 @@ def sample(argv: list[str]) -> Path:
     if opts["label"] != "":
         label = _int_option(opts["label"], "label", minimum=0)
         if label >= datamodule.num_classes:
-            raise ConfigError(f"label={label} is out of range: {datamodule.name} has classes 0..{datamodule.num_classes - 1}.")
+            raise ConfigError(
+                f"label={label} is out of range: {datamodule.name} has classes 0..{datamodule.num_classes - 1}."
+            )
     attach(model, datamodule)
     pl.seed_everything(seed, verbose=False)
     with torch.no_grad():
-        image = model.sample_grid(n=n, label=label, interpolate=interpolate)  # attach() gave it model.datamodule
+        image = model.sample_grid(
+            n=n, label=label, interpolate=interpolate
+        )  # attach() gave it model.datamodule
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
-        raise ConfigError(f"Model '{name}'.sample_grid returned {type(image).__name__}, not one (3, H, W) image.")
+        raise ConfigError(
+            f"Model '{name}'.sample_grid returned {type(image).__name__}, not one (3, H, W) image."
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(image.detach().float().clamp(0, 1).cpu(), str(out))
     print(f"nnlab sample: {out} ({image.shape[2]}x{image.shape[1]} px) from {ckpt_path}")

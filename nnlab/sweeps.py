@@ -41,20 +41,32 @@ class SweepSummary(Callback):
         self.started = time.time() - 1.0  # file times may be coarser than time.time()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from nnlab.runs import live_status  # a job killed outright (timeout, memory) still says 'running'
+        from nnlab.runs import (
+            live_status,
+        )  # a job killed outright (timeout, memory) still says 'running'
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        jobs = [(d, {**r, "status": live_status(r)}) for d, r in sweep_jobs(sweep_dir, self.started)]
+        jobs = [
+            (d, {**r, "status": live_status(r)}) for d, r in sweep_jobs(sweep_dir, self.started)
+        ]
         failed = [(d, r) for d, r in jobs if r.get("status") != "finished"]
         jobs_word = "job" if len(jobs) == 1 else "jobs"
         if not failed:
-            print(f"nnlab: sweep finished: {len(jobs)} {jobs_word} in {sweep_dir}. "
-                  f"Compare them with `nnlab runs {sweep_dir}`.")
+            print(
+                f"nnlab: sweep finished: {len(jobs)} {jobs_word} in {sweep_dir}. "
+                f"Compare them with `nnlab runs {sweep_dir}`."
+            )
             return
-        lines = [f"nnlab: sweep finished with {len(failed)} of {len(jobs)} {jobs_word} not finished "
-                 f"(see each job's train.log; compare with `nnlab runs {sweep_dir}`):"]
+        lines = [
+            f"nnlab: sweep finished with {len(failed)} of {len(jobs)} {jobs_word} not finished "
+            f"(see each job's train.log; compare with `nnlab runs {sweep_dir}`):"
+        ]
         for job_dir, record in failed:
             name = job_dir.relative_to(sweep_dir) if job_dir != sweep_dir else job_dir.name
-            lines.append(f"  {name}: {record.get('status')}: {record.get('error', '')}".rstrip(": "))
+            lines.append(
+                f"  {name}: {record.get('status')}: {record.get('error', '')}".rstrip(": ")
+            )
         print("\n".join(lines), file=sys.stderr)
-        raise SystemExit(1)  # Hydra's callbacks turn an Exception into a warning; SystemExit ends the sweep
+        raise SystemExit(
+            1
+        )  # Hydra's callbacks turn an Exception into a warning; SystemExit ends the sweep

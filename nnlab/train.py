@@ -26,8 +26,15 @@ from nnlab.run_record import RunRecord
 log = logging.getLogger("nnlab")
 
 # the config keys shown in TensorBoard's HParams tab (besides everything under model.)
-HPARAM_KEYS = ("dataset.name", "dataset.batch_size", "dataset.val_fraction", "trainer.max_epochs",
-               "trainer.precision", "trainer.accelerator", "seed")
+HPARAM_KEYS = (
+    "dataset.name",
+    "dataset.batch_size",
+    "dataset.val_fraction",
+    "trainer.max_epochs",
+    "trainer.precision",
+    "trainer.accelerator",
+    "seed",
+)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -64,7 +71,9 @@ def check_device(cfg: DictConfig) -> None:
             "and that the NVIDIA driver matches this torch build."
         )
     if accel == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError("trainer.accelerator=mps asks for Apple's GPU, but it is not available. Use accelerator=cpu.")
+        raise DeviceError(
+            "trainer.accelerator=mps asks for Apple's GPU, but it is not available. Use accelerator=cpu."
+        )
     if not torch.cuda.is_available():
         # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (fork-safe CUDA probe). With no usable GPU the probe
         # never caches, and every Adam/AdamW step re-probes NVML (~0.1-0.4 ms a step); without CUDA there is
@@ -118,7 +127,9 @@ def _write_hparams(trainer, params: dict, metrics: dict) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
             writer = logger.experiment._get_file_writer()
-            for summary in hparams(params, {k: v for k, v in metrics.items() if isinstance(v, float)}):
+            for summary in hparams(
+                params, {k: v for k, v in metrics.items() if isinstance(v, float)}
+            ):
                 writer.add_summary(summary)
             logger.experiment.flush()
 
@@ -137,12 +148,15 @@ def _rank_zero() -> bool:
 
 def train(cfg: DictConfig, run_dir: Path) -> float | None:
     """Train and test one configuration; return the monitored validation metric."""
-    record = (RunRecord if _rank_zero() else _SilentRecord)(run_dir, {
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "run_dir": str(run_dir),
-        "overrides": list(_overrides()),
-    })
+    record = (RunRecord if _rank_zero() else _SilentRecord)(
+        run_dir,
+        {
+            "model": cfg.model.name,
+            "dataset": cfg.dataset.name,
+            "run_dir": str(run_dir),
+            "overrides": list(_overrides()),
+        },
+    )
     try:
         validate(cfg)
         check_ddp_sweep(cfg)
@@ -168,19 +182,29 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         loggers = _instantiate_group(cfg.get("logger"))
         callbacks = _instantiate_group(cfg.get("callbacks"))
         if not loggers:  # the learning-rate monitor needs a logger; logger=none drops it
-            callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+            callbacks = [
+                c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)
+            ]
         from nnlab.lean import QuietProfiler, skip_idle_hooks
 
-        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                              enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
-                              profiler=cfg.trainer.get("profiler") or QuietProfiler())
+        trainer = instantiate(
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=callbacks,
+            enable_checkpointing=any(
+                isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks
+            ),
+            profiler=cfg.trainer.get("profiler") or QuietProfiler(),
+        )
         skip_idle_hooks(trainer.callbacks)
 
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
             from nnlab.checkpoints import check_fits, load_checkpoint
 
-            check_fits(load_checkpoint(ckpt_path), model, ckpt_path)  # a clear error before Lightning's
+            check_fits(
+                load_checkpoint(ckpt_path), model, ckpt_path
+            )  # a clear error before Lightning's
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise KeyboardInterrupt
@@ -188,12 +212,25 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         monitored = metrics.get(cfg.model.monitor)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.get("test_after_fit", True):
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True, weights_only=True)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+            trainer.test(
+                model,
+                datamodule=datamodule,
+                ckpt_path=best or None,
+                verbose=True,
+                weights_only=True,
+            )
+            metrics.update(
+                {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            )
         metrics.update(getattr(model, "extra_metrics", {}) or {})
         _write_hparams(trainer, hparams_of(cfg), metrics)
-        record.finish("finished", metrics=dict(sorted(metrics.items())), epochs=trainer.current_epoch,
-                      global_step=trainer.global_step, best_checkpoint=best or None)
+        record.finish(
+            "finished",
+            metrics=dict(sorted(metrics.items())),
+            epochs=trainer.current_epoch,
+            global_step=trainer.global_step,
+            best_checkpoint=best or None,
+        )
         log.info("Run folder: %s  (tensorboard --logdir %s)", run_dir, run_dir.parent)
         return monitored
     except KeyboardInterrupt:
@@ -213,7 +250,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float | None:
         record.finish("failed", error=str(err).splitlines()[0])
         raise
     except Exception as err:
-        record.finish("failed", error=f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
+        record.finish(
+            "failed",
+            error=f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}",
+        )
         raise
 
 
@@ -239,7 +279,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         # missing data or an absent GPU fail every job of a sweep alike: stop the sweep at once
         if not sweeping or isinstance(err, (DataError, DeviceError)):
             report_and_exit(err)
-        log.error("%s", err.render())  # a sweep goes on: metrics.json says failed, nnlab.sweeps sums up
+        log.error(
+            "%s", err.render()
+        )  # a sweep goes on: metrics.json says failed, nnlab.sweeps sums up
         return None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -55,9 +55,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # a hand-written script does not import Lightning, which sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (see nnlab/train.py):
 # the hand-written paths run with the environment as it was before that import
@@ -80,10 +80,16 @@ class Entry:
     name: str
     overrides: list[str]
     loss: Callable  # loss(module, x, y) -> the training loss, written out by hand from the module's nets
-    step: Callable | None = None  # step(module, optimizers, x, y); default: one optimiser, zero_grad/backward/step
+    step: Callable | None = (
+        None  # step(module, optimizers, x, y); default: one optimiser, zero_grad/backward/step
+    )
     note: str = ""
-    model_loss: Callable | None = None  # the model's own loss on a batch (tests); default: its training_step
-    max_batches: int | None = None  # training batches per epoch when --limit-batches is not given (slow models)
+    model_loss: Callable | None = (
+        None  # the model's own loss on a batch (tests); default: its training_step
+    )
+    max_batches: int | None = (
+        None  # training batches per epoch when --limit-batches is not given (slow models)
+    )
 
 
 def ae_loss(m, x, y):
@@ -93,7 +99,9 @@ def ae_loss(m, x, y):
 
 def lenet_loss(m, x, y):
     """LeNet-5: cross-entropy of the net's logits (in the memory format the model asks for)."""
-    return F.cross_entropy(m.net(x.contiguous(memory_format=torch.channels_last) if m.channels_last else x), y)
+    return F.cross_entropy(
+        m.net(x.contiguous(memory_format=torch.channels_last) if m.channels_last else x), y
+    )
 
 
 def rnn_loss(m, x, y):
@@ -120,10 +128,15 @@ def clipped_step(entry_loss):
 def gan_d_loss(m, x, y, fake=None):
     """DCGAN discriminator loss -[log D(x) + log(1 - D(G(z)))], written out as two BCEs on logits."""
     real = x * 2 - 1
-    fake = m.generator(torch.randn(len(real), m.latent_dim, device=x.device), None) if fake is None else fake
+    fake = (
+        m.generator(torch.randn(len(real), m.latent_dim, device=x.device), None)
+        if fake is None
+        else fake
+    )
     real_logits, fake_logits = m.discriminator(real, None), m.discriminator(fake.detach(), None)
-    return (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, m.real_target))
-            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    return F.binary_cross_entropy_with_logits(
+        real_logits, torch.full_like(real_logits, m.real_target)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
 
 def gan_model_d_loss(m, x, y):
@@ -131,7 +144,9 @@ def gan_model_d_loss(m, x, y):
     from nnlab.models.gans import discriminator_loss
 
     real, fake = x * 2 - 1, m.generator(m.noise(len(x)), None)
-    return discriminator_loss(m.discriminator(real, None), m.discriminator(fake.detach(), None), m.real_target)
+    return discriminator_loss(
+        m.discriminator(real, None), m.discriminator(fake.detach(), None), m.real_target
+    )
 
 
 def gan_step(m, opts, x, y):
@@ -166,8 +181,22 @@ def single_optimizer_step(entry: Entry):
 MODELS: dict[str, Entry] = {
     "ae": Entry("ae", ["model=ae"], ae_loss, note="MLP 784-256-32, mse"),
     "lenet": Entry("lenet", ["model=lenet"], lenet_loss, note="LeNet-5 modern, channels_last"),
-    "lstm": Entry("lstm", ["model=lstm"], rnn_loss, clipped_step(rnn_loss), note="LSTM 128 over 28 rows, clip 1.0"),
-    "dcgan": Entry("dcgan", ["model=dcgan"], gan_d_loss, gan_step, model_loss=gan_model_d_loss, note="D then G step", max_batches=40),
+    "lstm": Entry(
+        "lstm",
+        ["model=lstm"],
+        rnn_loss,
+        clipped_step(rnn_loss),
+        note="LSTM 128 over 28 rows, clip 1.0",
+    ),
+    "dcgan": Entry(
+        "dcgan",
+        ["model=dcgan"],
+        gan_d_loss,
+        gan_step,
+        model_loss=gan_model_d_loss,
+        note="D then G step",
+        max_batches=40,
+    ),
 }
 
 
@@ -177,7 +206,8 @@ def entry_step(entry: Entry):
 
 # -- building the same things nnlab builds ---------------------------------------------------------------
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
@@ -209,7 +239,10 @@ def build(overrides: list[str]):
 def cuda_probe_env(lightning: bool):
     """The CUDA-probe setting of a fresh process that did (nnlab) or did not (hand-written) import Lightning."""
     saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
-    _set_env("PYTORCH_NVML_BASED_CUDA_CHECK", _ENV_AFTER_LIGHTNING if lightning else _ENV_BEFORE_LIGHTNING)
+    _set_env(
+        "PYTORCH_NVML_BASED_CUDA_CHECK",
+        _ENV_AFTER_LIGHTNING if lightning else _ENV_BEFORE_LIGHTNING,
+    )
     try:
         yield
     finally:
@@ -245,12 +278,16 @@ class HandSide:
     n_batches: int
 
     def order(self, seed: int) -> torch.Tensor:
-        return torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed)).to(self.images.device)
+        return torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed)).to(
+            self.images.device
+        )
 
     def train_step(self, order: torch.Tensor, i: int):
         """One step on the i-th batch of `order`: x = images[idx].float() / 255."""
         idx = order[i * self.bs : (i + 1) * self.bs]
-        return self.step(self.model, self.opts, self.images[idx].float().div_(255.0), self.labels[idx])
+        return self.step(
+            self.model, self.opts, self.images[idx].float().div_(255.0), self.labels[idx]
+        )
 
 
 def hand_side(entry: Entry, overrides: list[str], device, limit: int | None = None) -> HandSide:
@@ -258,8 +295,15 @@ def hand_side(entry: Entry, overrides: list[str], device, limit: int | None = No
     images, labels = (t.to(device) for t in dm.splits["train"])
     bs = int(cfg.dataset.batch_size)
     n_batches = max(1, len(images) // bs)
-    return HandSide(model.to(device).train(), opts, images, labels, bs, entry_step(entry),
-                    min(n_batches, limit) if limit else n_batches)
+    return HandSide(
+        model.to(device).train(),
+        opts,
+        images,
+        labels,
+        bs,
+        entry_step(entry),
+        min(n_batches, limit) if limit else n_batches,
+    )
 
 
 def run_hand(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device) -> dict:
@@ -293,20 +337,32 @@ class FashionMNISTStyle:
         from PIL import Image
 
         img = self.images[i]
-        img = Image.fromarray(img[0].numpy(), mode="L") if img.shape[0] == 1 else Image.fromarray(img.permute(1, 2, 0).numpy())
+        img = (
+            Image.fromarray(img[0].numpy(), mode="L")
+            if img.shape[0] == 1
+            else Image.fromarray(img.permute(1, 2, 0).numpy())
+        )
         return self.transform(img), int(self.labels[i])
 
 
-def run_dataloader(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device, workers: int) -> dict:
+def run_dataloader(
+    entry: Entry, overrides: list[str], epochs: int, limit: int | None, device, workers: int
+) -> dict:
     from torch.utils.data import DataLoader
 
     cfg, dm, model, opts = build(overrides)
     model.to(device).train()
     images, labels = dm.splits["train"]
     bs, step = int(cfg.dataset.batch_size), entry_step(entry)
-    loader = DataLoader(FashionMNISTStyle(images, labels), batch_size=bs, shuffle=True, drop_last=len(images) > bs,
-                        num_workers=workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        FashionMNISTStyle(images, labels),
+        batch_size=bs,
+        shuffle=True,
+        drop_last=len(images) > bs,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
+    )
     n_img, seconds = 0, 0.0
     for _ in range(epochs):
         _sync(device)
@@ -335,24 +391,49 @@ class EpochTimer(pl.Callback):
         self.images += len(batch[0])
         if batch_idx + 1 == trainer.num_training_batches:  # one sync per epoch, at its last batch
             _sync(pl_module.device)
-            EpochTimer.results.append({"images": self.images, "seconds": time.perf_counter() - self.t0,
-                                       "cpu_seconds": time.process_time() - self.c0})
+            EpochTimer.results.append(
+                {
+                    "images": self.images,
+                    "seconds": time.perf_counter() - self.t0,
+                    "cpu_seconds": time.process_time() - self.c0,
+                }
+            )
 
     def on_fit_end(self, trainer, pl_module):
         if pl_module.device.type == "cuda":
-            EpochTimer.results.append({"cuda_max_memory_allocated": torch.cuda.max_memory_allocated(pl_module.device)})
+            EpochTimer.results.append(
+                {"cuda_max_memory_allocated": torch.cuda.max_memory_allocated(pl_module.device)}
+            )
 
 
-def run_nnlab(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device, extra=(), warmup_epochs: int = 0) -> dict:
+def run_nnlab(
+    entry: Entry,
+    overrides: list[str],
+    epochs: int,
+    limit: int | None,
+    device,
+    extra=(),
+    warmup_epochs: int = 0,
+) -> dict:
     from nnlab.train import main
 
     EpochTimer.results = []
     with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
         argv = sys.argv
-        sys.argv = ["nnlab train", *overrides, f"trainer.max_epochs={epochs}", "test_after_fit=false",
-                    "+callbacks.bench_timer._target_=bench.EpochTimer", f"hydra.run.dir={tmp}/run", *extra]
+        sys.argv = [
+            "nnlab train",
+            *overrides,
+            f"trainer.max_epochs={epochs}",
+            "test_after_fit=false",
+            "+callbacks.bench_timer._target_=bench.EpochTimer",
+            f"hydra.run.dir={tmp}/run",
+            *extra,
+        ]
         if limit:
-            sys.argv += [f"trainer.limit_train_batches={limit}", f"trainer.limit_val_batches={max(1, limit // 10)}"]
+            sys.argv += [
+                f"trainer.limit_train_batches={limit}",
+                f"trainer.limit_val_batches={max(1, limit // 10)}",
+            ]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         sink = io.StringIO()
@@ -360,7 +441,9 @@ def run_nnlab(entry: Entry, overrides: list[str], epochs: int, limit: int | None
             with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
                 main()
         except SystemExit as err:  # a config error: show what nnlab said
-            raise RuntimeError(f"nnlab train {' '.join(sys.argv[1:])} failed ({err}):\n{sink.getvalue()[-2000:]}")
+            raise RuntimeError(
+                f"nnlab train {' '.join(sys.argv[1:])} failed ({err}):\n{sink.getvalue()[-2000:]}"
+            )
         finally:
             sys.argv = argv
     epochs_run = [r for r in EpochTimer.results if "seconds" in r]
@@ -368,10 +451,18 @@ def run_nnlab(entry: Entry, overrides: list[str], epochs: int, limit: int | None
         epochs_run = epochs_run[warmup_epochs:]  # torch.compile: leave the compiling epoch out
     n_img, seconds = sum(r["images"] for r in epochs_run), sum(r["seconds"] for r in epochs_run)
     cpu = sum(r["cpu_seconds"] for r in epochs_run)
-    out = {"img_s": n_img / seconds if seconds else float("nan"), "images": n_img, "seconds": seconds,
-           "epoch_img_s": [r["images"] / r["seconds"] for r in EpochTimer.results if "seconds" in r],
-           "cpu_img_s": n_img / cpu if cpu else float("nan")}
-    mem = [r["cuda_max_memory_allocated"] for r in EpochTimer.results if "cuda_max_memory_allocated" in r]
+    out = {
+        "img_s": n_img / seconds if seconds else float("nan"),
+        "images": n_img,
+        "seconds": seconds,
+        "epoch_img_s": [r["images"] / r["seconds"] for r in EpochTimer.results if "seconds" in r],
+        "cpu_img_s": n_img / cpu if cpu else float("nan"),
+    }
+    mem = [
+        r["cuda_max_memory_allocated"]
+        for r in EpochTimer.results
+        if "cuda_max_memory_allocated" in r
+    ]
     if mem:
         out["cuda_max_memory_allocated_mb"] = max(mem) / 2**20
     return out
@@ -404,18 +495,39 @@ class StepPairs(pl.Callback):
             StepPairs.pairs.append((nnlab_s, self.t - now, len(batch[0])))
 
 
-def run_interleaved(entry: Entry, overrides: list[str], epochs: int, limit: int | None, device) -> dict:
-    StepPairs.hand, StepPairs.pairs = hand_side(entry, overrides, device), []  # built as run_hand builds it
-    run_nnlab(entry, overrides, epochs, limit, device, ["+callbacks.bench_pairs._target_=bench.StepPairs"])
+def run_interleaved(
+    entry: Entry, overrides: list[str], epochs: int, limit: int | None, device
+) -> dict:
+    StepPairs.hand, StepPairs.pairs = (
+        hand_side(entry, overrides, device),
+        [],
+    )  # built as run_hand builds it
+    run_nnlab(
+        entry, overrides, epochs, limit, device, ["+callbacks.bench_pairs._target_=bench.StepPairs"]
+    )
     pairs, StepPairs.hand = StepPairs.pairs, None
-    n_img, nnlab_s, hand_s = sum(p[2] for p in pairs), sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-    return {"img_s": n_img / nnlab_s if nnlab_s else float("nan"), "hand_img_s": n_img / hand_s if hand_s else float("nan"),
-            "images": n_img, "seconds": nnlab_s, "steps": len(pairs), "ratio": hand_s / nnlab_s if nnlab_s else float("nan"),
-            "pair": ("nnlab", "hand-written"),
-            "ms_per_step": tuple(1e3 * statistics.median(p[k] for p in pairs) if pairs else float("nan") for k in (0, 1))}
+    n_img, nnlab_s, hand_s = (
+        sum(p[2] for p in pairs),
+        sum(p[0] for p in pairs),
+        sum(p[1] for p in pairs),
+    )
+    return {
+        "img_s": n_img / nnlab_s if nnlab_s else float("nan"),
+        "hand_img_s": n_img / hand_s if hand_s else float("nan"),
+        "images": n_img,
+        "seconds": nnlab_s,
+        "steps": len(pairs),
+        "ratio": hand_s / nnlab_s if nnlab_s else float("nan"),
+        "pair": ("nnlab", "hand-written"),
+        "ms_per_step": tuple(
+            1e3 * statistics.median(p[k] for p in pairs) if pairs else float("nan") for k in (0, 1)
+        ),
+    }
 
 
-def run_compile_pairs(entry: Entry, overrides: list[str], limit: int | None, device, warmup: int = 20) -> dict:
+def run_compile_pairs(
+    entry: Entry, overrides: list[str], limit: int | None, device, warmup: int = 20
+) -> dict:
     """--compile: torch.compile's own gain, step by step. A plain and a compiled copy of the model (compiled as
     nnlab's model.compile=true does it: each child net in place) take hand-written steps in turn on the same batches;
     the first `warmup` pairs (which compile) are left out. The ratio is plain time / compiled time: above 1, compiling
@@ -438,9 +550,19 @@ def run_compile_pairs(entry: Entry, overrides: list[str], limit: int | None, dev
     warmup_s = time.perf_counter() - t0
     pairs = [(timed(plain, i), timed(compiled, i)) for i in range(n)]
     plain_s, compiled_s = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
-    return {"img_s": n * plain.bs / compiled_s, "images": n * plain.bs, "seconds": compiled_s, "steps": n, "warmup_s": warmup_s,
-            "ratio": plain_s / compiled_s, "pair": ("compiled", "plain"),
-            "ms_per_step": (1e3 * statistics.median(p[1] for p in pairs), 1e3 * statistics.median(p[0] for p in pairs))}
+    return {
+        "img_s": n * plain.bs / compiled_s,
+        "images": n * plain.bs,
+        "seconds": compiled_s,
+        "steps": n,
+        "warmup_s": warmup_s,
+        "ratio": plain_s / compiled_s,
+        "pair": ("compiled", "plain"),
+        "ms_per_step": (
+            1e3 * statistics.median(p[1] for p in pairs),
+            1e3 * statistics.median(p[0] for p in pairs),
+        ),
+    }
 
 
 # -- command-line wall times and peak memory -----------------------------------------------------------
@@ -459,7 +581,9 @@ print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + 
 
 def _run_child(cmd: list[str], env=None) -> dict:
     """Run cmd (through the launcher): its wall time, CPU time (user + system) and peak RSS."""
-    out = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], cwd=ROOT, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *cmd], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     if out.returncode:
         raise RuntimeError(f"the launcher of {' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -472,8 +596,12 @@ def _run_child(cmd: list[str], env=None) -> dict:
 def wall(cmd: list[str], reps: int, env=None) -> dict:
     """Median wall time of a command (and its CPU time: on a loaded machine the wall time waits for a core)."""
     runs = [_run_child(cmd, env) for _ in range(reps)]
-    return {"cmd": " ".join(cmd), "median_s": statistics.median(r["wall_s"] for r in runs),
-            "median_cpu_s": statistics.median(r["cpu_s"] for r in runs), "runs_s": [r["wall_s"] for r in runs]}
+    return {
+        "cmd": " ".join(cmd),
+        "median_s": statistics.median(r["wall_s"] for r in runs),
+        "median_cpu_s": statistics.median(r["cpu_s"] for r in runs),
+        "runs_s": [r["wall_s"] for r in runs],
+    }
 
 
 def peak_memory(cmd: list[str], env=None) -> dict:
@@ -483,24 +611,83 @@ def peak_memory(cmd: list[str], env=None) -> dict:
 
 # -- the run -------------------------------------------------------------------------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of: {', '.join(MODELS)} (default: all)")
-    p.add_argument("--epochs", type=int, default=1, help="training epochs per repetition (default 1)")
-    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each path; medians are reported (default 3)")
-    p.add_argument("--limit-batches", type=int, default=None, help="at most this many training batches per epoch (default: all)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader num_workers (default: min(4, cores))")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for every path (default: torch's, passed to nnlab as threads=)")
-    p.add_argument("--paths", default="nnlab,hand,dataloader,interleaved",
-                   help="which of nnlab,hand,dataloader,interleaved to run (interleaved: once, not every repetition)")
-    p.add_argument("--compile", action="store_true",
-                   help="also time the nnlab path with model.compile=true (with --epochs > 1 the first, compiling, epoch is "
-                        "left out), and a compiled against a plain copy of the model, step by step (`compile step-paired`)")
-    p.add_argument("--full-train", action="store_true", help="also time the whole default `nnlab train` (minutes)")
-    p.add_argument("--no-cli", action="store_true", help="skip the --help / --cfg job / peak-memory subprocesses")
-    p.add_argument("--quick", action="store_true", help="1 rep, 1 epoch, 50 batches, 1 CLI timing: a smoke run in seconds")
-    p.add_argument("--set", action="append", default=[], metavar="OVERRIDE", help="extra Hydra override for every model (repeatable), e.g. dataset=synthetic")
-    p.add_argument("--json", default=None, help="write the table and the settings to this JSON file")
-    p.add_argument("--from-json", default=None, metavar="PATH", help="print the table of an earlier --json file and exit")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help=f"comma-separated, of: {', '.join(MODELS)} (default: all)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=1, help="training epochs per repetition (default 1)"
+    )
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=3,
+        help="interleaved repetitions of each path; medians are reported (default 3)",
+    )
+    p.add_argument(
+        "--limit-batches",
+        type=int,
+        default=None,
+        help="at most this many training batches per epoch (default: all)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="DataLoader num_workers (default: min(4, cores))",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for every path (default: torch's, passed to nnlab as threads=)",
+    )
+    p.add_argument(
+        "--paths",
+        default="nnlab,hand,dataloader,interleaved",
+        help="which of nnlab,hand,dataloader,interleaved to run (interleaved: once, not every repetition)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the nnlab path with model.compile=true (with --epochs > 1 the first, compiling, epoch is "
+        "left out), and a compiled against a plain copy of the model, step by step (`compile step-paired`)",
+    )
+    p.add_argument(
+        "--full-train",
+        action="store_true",
+        help="also time the whole default `nnlab train` (minutes)",
+    )
+    p.add_argument(
+        "--no-cli",
+        action="store_true",
+        help="skip the --help / --cfg job / peak-memory subprocesses",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 rep, 1 epoch, 50 batches, 1 CLI timing: a smoke run in seconds",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="OVERRIDE",
+        help="extra Hydra override for every model (repeatable), e.g. dataset=synthetic",
+    )
+    p.add_argument(
+        "--json", default=None, help="write the table and the settings to this JSON file"
+    )
+    p.add_argument(
+        "--from-json",
+        default=None,
+        metavar="PATH",
+        help="print the table of an earlier --json file and exit",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.epochs, args.limit_batches = 1, 1, args.limit_batches or 50
@@ -517,34 +704,60 @@ def summarise(row: dict, epochs: int) -> dict:
             continue
         row[f"{a}/{b}"] = row[a] / row[b]
         # the same ratio within each repetition (runs next to each other share the machine's load), then the median
-        row[f"{a}/{b} paired"] = statistics.median(x["img_s"] / y["img_s"] for x, y in zip(runs[a], runs[b]))
+        row[f"{a}/{b} paired"] = statistics.median(
+            x["img_s"] / y["img_s"] for x, y in zip(runs[a], runs[b])
+        )
     if runs.get("interleaved"):  # hand-written / nnlab time over steps run in turn, in one run
         row["nnlab/hand step-paired"] = statistics.median(r["ratio"] for r in runs["interleaved"])
     if runs.get("compile-paired"):  # plain / compiled time over hand-written steps run in turn
         row["compile step-paired"] = statistics.median(r["ratio"] for r in runs["compile-paired"])
-    if runs.get("nnlab") and runs.get("hand"):  # this process's CPU time: the overhead without waiting for a core
-        row["nnlab/hand cpu"] = (statistics.median(r["cpu_img_s"] for r in runs["nnlab"])
-                                 / statistics.median(r["cpu_img_s"] for r in runs["hand"]))
+    if runs.get("nnlab") and runs.get(
+        "hand"
+    ):  # this process's CPU time: the overhead without waiting for a core
+        row["nnlab/hand cpu"] = statistics.median(
+            r["cpu_img_s"] for r in runs["nnlab"]
+        ) / statistics.median(r["cpu_img_s"] for r in runs["hand"])
     if runs.get("nnlab+compile") and runs.get("nnlab") and epochs > 1:
         # epochs after the first of both (the first compiles): like for like
-        after = {p: statistics.median(x for r in runs[p] for x in r["epoch_img_s"][1:]) for p in ("nnlab", "nnlab+compile")}
-        row["nnlab+compile"], row["compile/nnlab"] = after["nnlab+compile"], after["nnlab+compile"] / after["nnlab"]
+        after = {
+            p: statistics.median(x for r in runs[p] for x in r["epoch_img_s"][1:])
+            for p in ("nnlab", "nnlab+compile")
+        }
+        row["nnlab+compile"], row["compile/nnlab"] = (
+            after["nnlab+compile"],
+            after["nnlab+compile"] / after["nnlab"],
+        )
     elif row.get("nnlab+compile") and row.get("nnlab"):
-        row["compile/nnlab"] = row["nnlab+compile"] / row["nnlab"]  # one epoch: the compile time included
+        row["compile/nnlab"] = (
+            row["nnlab+compile"] / row["nnlab"]
+        )  # one epoch: the compile time included
     return row
 
 
 def fmt_table(rows: list[dict]) -> str:
-    cols = [("model", "model", "{}"), ("batch", "batch", "{}"), ("batches/epoch", "batches", "{}"), ("nnlab img/s", "nnlab", "{:.0f}"),
-            ("hand img/s", "hand", "{:.0f}"), ("DataLoader img/s", "dataloader", "{:.0f}"),
-            ("nnlab/hand", "nnlab/hand", "{:.2f}"), ("paired", "nnlab/hand paired", "{:.2f}"),
-            ("CPU time", "nnlab/hand cpu", "{:.2f}"),
-            ("step-paired", "nnlab/hand step-paired", "{:.2f}"),
-            ("nnlab/DataLoader", "nnlab/dataloader", "{:.2f}"), ("paired", "nnlab/dataloader paired", "{:.2f}")]
+    cols = [
+        ("model", "model", "{}"),
+        ("batch", "batch", "{}"),
+        ("batches/epoch", "batches", "{}"),
+        ("nnlab img/s", "nnlab", "{:.0f}"),
+        ("hand img/s", "hand", "{:.0f}"),
+        ("DataLoader img/s", "dataloader", "{:.0f}"),
+        ("nnlab/hand", "nnlab/hand", "{:.2f}"),
+        ("paired", "nnlab/hand paired", "{:.2f}"),
+        ("CPU time", "nnlab/hand cpu", "{:.2f}"),
+        ("step-paired", "nnlab/hand step-paired", "{:.2f}"),
+        ("nnlab/DataLoader", "nnlab/dataloader", "{:.2f}"),
+        ("paired", "nnlab/dataloader paired", "{:.2f}"),
+    ]
     if any("nnlab+compile" in r for r in rows):
-        cols += [("nnlab+compile img/s", "nnlab+compile", "{:.0f}"), ("compile/nnlab", "compile/nnlab", "{:.2f}"),
-                 ("compile step-paired", "compile step-paired", "{:.2f}")]
-    cells = [[h for h, _, _ in cols]] + [[f.format(r[k]) if r.get(k) is not None else "-" for _, k, f in cols] for r in rows]
+        cols += [
+            ("nnlab+compile img/s", "nnlab+compile", "{:.0f}"),
+            ("compile/nnlab", "compile/nnlab", "{:.2f}"),
+            ("compile step-paired", "compile step-paired", "{:.2f}"),
+        ]
+    cells = [[h for h, _, _ in cols]] + [
+        [f.format(r[k]) if r.get(k) is not None else "-" for _, k, f in cols] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -568,9 +781,12 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     accel = "accelerator=gpu" if device.type == "cuda" else "accelerator=cpu"
     load0 = os.getloadavg()
-    print(f"bench: {platform.node()} torch {torch.__version__} device={device} threads={threads} "
-          f"cores={os.cpu_count()} load={load0[0]:.1f} reps={args.reps} epochs={args.epochs} "
-          f"limit_batches={args.limit_batches}", flush=True)
+    print(
+        f"bench: {platform.node()} torch {torch.__version__} device={device} threads={threads} "
+        f"cores={os.cpu_count()} load={load0[0]:.1f} reps={args.reps} epochs={args.epochs} "
+        f"limit_batches={args.limit_batches}",
+        flush=True,
+    )
 
     # one-time costs that any training process pays once (torch._dynamo is imported by the first optimiser
     # step or self.log), paid here so that the first timed path does not carry them alone
@@ -581,34 +797,62 @@ def main(argv=None) -> dict:
         entry = MODELS[name]
         overrides = [*entry.overrides, accel, f"threads={threads}", *args.set]
         limit = args.limit_batches or (entry.max_batches if device.type == "cpu" else None)
-        jobs = {"nnlab": lambda: run_nnlab(entry, overrides, args.epochs, limit, device),
-                "hand": lambda: run_hand(entry, overrides, args.epochs, limit, device),
-                "dataloader": lambda: run_dataloader(entry, overrides, args.epochs, limit, device, args.workers),
-                "interleaved": lambda: run_interleaved(entry, overrides, args.epochs, limit, device)}
+        jobs = {
+            "nnlab": lambda: run_nnlab(entry, overrides, args.epochs, limit, device),
+            "hand": lambda: run_hand(entry, overrides, args.epochs, limit, device),
+            "dataloader": lambda: run_dataloader(
+                entry, overrides, args.epochs, limit, device, args.workers
+            ),
+            "interleaved": lambda: run_interleaved(entry, overrides, args.epochs, limit, device),
+        }
         runs = {p: [] for p in paths}
         if args.compile:
-            jobs["nnlab+compile"] = lambda: run_nnlab(entry, overrides, args.epochs, limit, device,
-                                                      ["model.compile=true"], warmup_epochs=1)
+            jobs["nnlab+compile"] = lambda: run_nnlab(
+                entry,
+                overrides,
+                args.epochs,
+                limit,
+                device,
+                ["model.compile=true"],
+                warmup_epochs=1,
+            )
             jobs["compile-paired"] = lambda: run_compile_pairs(entry, overrides, limit, device)
             runs["nnlab+compile"], runs["compile-paired"] = [], []
         for rep in range(args.reps):  # interleaved: A B C A B C ...
             for path in runs:
-                if path in ("interleaved", "compile-paired") and rep:  # paired step by step: one run is enough
+                if (
+                    path in ("interleaved", "compile-paired") and rep
+                ):  # paired step by step: one run is enough
                     continue
                 torch.set_num_threads(threads)
                 with cuda_probe_env(lightning=path in ("nnlab", "nnlab+compile", "interleaved")):
                     result = jobs[path]()
                 runs[path].append(result)
-                print(f"  {name} rep {rep + 1}/{args.reps} {path:14s} {result['img_s']:8.0f} img/s "
-                      f"({result['images']} images in {result['seconds']:.2f} s; "
-                      + (f"{result['steps']} steps in turn, median {result['ms_per_step'][0]:.2f} ms a step {result['pair'][0]} "
-                         f"against {result['ms_per_step'][1]:.2f} {result['pair'][1]}: ratio {result['ratio']:.2f})"
-                         if "steps" in result else
-                         f"{result.get('cpu_img_s', float('nan')):.0f} img/s of this process's CPU time)"), flush=True)
+                print(
+                    f"  {name} rep {rep + 1}/{args.reps} {path:14s} {result['img_s']:8.0f} img/s "
+                    f"({result['images']} images in {result['seconds']:.2f} s; "
+                    + (
+                        f"{result['steps']} steps in turn, median {result['ms_per_step'][0]:.2f} ms a step {result['pair'][0]} "
+                        f"against {result['ms_per_step'][1]:.2f} {result['pair'][1]}: ratio {result['ratio']:.2f})"
+                        if "steps" in result
+                        else f"{result.get('cpu_img_s', float('nan')):.0f} img/s of this process's CPU time)"
+                    ),
+                    flush=True,
+                )
         cfg = compose(overrides)
-        row = {"model": name, "batch": int(cfg.dataset.batch_size), "batches": limit or "all", "note": entry.note, "runs": runs}
+        row = {
+            "model": name,
+            "batch": int(cfg.dataset.batch_size),
+            "batches": limit or "all",
+            "note": entry.note,
+            "runs": runs,
+        }
         summarise(row, args.epochs)
-        mem = [r.get("cuda_max_memory_allocated_mb") for r in runs.get("nnlab", []) if r.get("cuda_max_memory_allocated_mb")]
+        mem = [
+            r.get("cuda_max_memory_allocated_mb")
+            for r in runs.get("nnlab", [])
+            if r.get("cuda_max_memory_allocated_mb")
+        ]
         if mem:
             row["cuda_max_memory_allocated_mb"] = max(mem)
         rows.append(row)
@@ -620,34 +864,62 @@ def main(argv=None) -> dict:
         cli["nnlab --help"] = wall([nnlab, "--help"], cli_reps, env)
         cli["nnlab train --cfg job"] = wall([nnlab, "train", "--cfg", "job"], cli_reps, env)
         with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
-            mem_cmd = [nnlab, "train", accel, f"threads={threads}", "trainer.max_epochs=1", "test_after_fit=false",
-                       f"hydra.run.dir={tmp}/mem", *args.set]
+            mem_cmd = [
+                nnlab,
+                "train",
+                accel,
+                f"threads={threads}",
+                "trainer.max_epochs=1",
+                "test_after_fit=false",
+                f"hydra.run.dir={tmp}/mem",
+                *args.set,
+            ]
             if args.limit_batches:
-                mem_cmd += [f"trainer.limit_train_batches={args.limit_batches}", "trainer.limit_val_batches=2"]
+                mem_cmd += [
+                    f"trainer.limit_train_batches={args.limit_batches}",
+                    "trainer.limit_val_batches=2",
+                ]
             cli["peak memory: nnlab train, 1 epoch"] = peak_memory(mem_cmd, env)
             if args.full_train:
-                cli["nnlab train (default, whole run)"] = wall([nnlab, "train", f"threads={threads}", f"hydra.run.dir={tmp}/full"], 1, env)
+                cli["nnlab train (default, whole run)"] = wall(
+                    [nnlab, "train", f"threads={threads}", f"hydra.run.dir={tmp}/full"], 1, env
+                )
     load1 = os.getloadavg()
 
     print()
     print(fmt_table(rows))
     print()
     for key, value in cli.items():
-        figure = (f"{value['median_s']:.2f} s wall, {value['median_cpu_s']:.2f} s CPU" if "median_s" in value
-                  else f"{value['max_rss_mb']:.0f} MB max RSS ({value['wall_s']:.1f} s wall)")
+        figure = (
+            f"{value['median_s']:.2f} s wall, {value['median_cpu_s']:.2f} s CPU"
+            if "median_s" in value
+            else f"{value['max_rss_mb']:.0f} MB max RSS ({value['wall_s']:.1f} s wall)"
+        )
         print(f"{key:40s} {figure}")
     for row in rows:
         if "cuda_max_memory_allocated_mb" in row:
-            print(f"{row['model']}: torch.cuda.max_memory_allocated {row['cuda_max_memory_allocated_mb']:.0f} MB")
+            print(
+                f"{row['model']}: torch.cuda.max_memory_allocated {row['cuda_max_memory_allocated_mb']:.0f} MB"
+            )
     if device.type != "cuda":
         print("GPU: none here (torch.cuda.is_available() is False): no GPU figures")
-    print(f"load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f}, on {os.cpu_count()} cores")
+    print(
+        f"load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f}, on {os.cpu_count()} cores"
+    )
 
     report = {
-        "settings": {k: v for k, v in vars(args).items()}, "device": str(device), "threads": threads,
-        "torch": torch.__version__, "host": platform.node(), "cores": os.cpu_count(),
-        "load_avg_start": load0, "load_avg_end": load1, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": _commit(), "table": rows, "cli": cli,
+        "settings": {k: v for k, v in vars(args).items()},
+        "device": str(device),
+        "threads": threads,
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "cores": os.cpu_count(),
+        "load_avg_start": load0,
+        "load_avg_end": load1,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _commit(),
+        "table": rows,
+        "cli": cli,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -657,7 +929,12 @@ def main(argv=None) -> dict:
 
 def _commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         return None
 

@@ -21,7 +21,9 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
     """An IDX file exactly as LeCun's format defines it: magic (0, 0, type, ndim), big-endian dims, data."""
     array = np.ascontiguousarray(array)
     codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
-    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     payload = header + array.tobytes()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +31,14 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
     return path
 
 
-def write_mnist_folder(folder: Path, n_train: int = 200, n_test: int = 60, size: int = 28, compress: bool = True, seed: int = 0) -> Path:
+def write_mnist_folder(
+    folder: Path,
+    n_train: int = 200,
+    n_test: int = 60,
+    size: int = 28,
+    compress: bool = True,
+    seed: int = 0,
+) -> Path:
     """A tiny MNIST-format dataset (the four IDX files) with class-dependent images."""
     rng = np.random.default_rng(seed)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -49,9 +58,11 @@ def write_cifar_folder(root: Path, n_per_batch: int = 20, seed: int = 0) -> Path
     folder = Path(root) / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(x) for x in rng.integers(0, 10, n_per_batch)],
-                 b"batch_label": name.encode()}
+        batch = {
+            b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            b"labels": [int(x) for x in rng.integers(0, 10, n_per_batch)],
+            b"batch_label": name.encode(),
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     return Path(root)
 
@@ -62,7 +73,11 @@ def run_train(tmp_path: Path, *overrides: str, name: str = "run") -> Path:
 
     run_dir = Path(tmp_path) / name
     argv = sys.argv
-    extra = [] if any(o.startswith("callbacks=") for o in overrides) else ["callbacks.progress_bar.refresh_rate=0"]
+    extra = (
+        []
+        if any(o.startswith("callbacks=") for o in overrides)
+        else ["callbacks.progress_bar.refresh_rate=0"]
+    )
     sys.argv = ["nnlab train", *overrides, f"hydra.run.dir={run_dir}", *extra]
     try:
         main()
@@ -71,7 +86,9 @@ def run_train(tmp_path: Path, *overrides: str, name: str = "run") -> Path:
     return run_dir
 
 
-def run_fails(tmp_path: Path, capsys, *overrides: str, code: int = 2, name: str = "run") -> tuple[str, dict | None]:
+def run_fails(
+    tmp_path: Path, capsys, *overrides: str, code: int = 2, name: str = "run"
+) -> tuple[str, dict | None]:
     """`nnlab train <overrides>` that must end with exit `code` and no traceback: (its stderr, the run's
     metrics.json or None when the run never started)."""
     import pytest

@@ -7,23 +7,36 @@ import math
 
 import pytest
 import torch
-
 from conftest import FAST, event_tags, read_metrics, run_train
+
 from nnlab.metrics.pca import PCA
 from nnlab.models import autoencoders as ae
-from nnlab.models.autoencoders import (CAE, DAE, AE, StackedAE, contractive_penalty_sigmoid, corrupt,
-                                       jacobian_frobenius_sq, kl_sparsity, l1_sparsity, psnr)
+from nnlab.models.autoencoders import (
+    AE,
+    CAE,
+    DAE,
+    StackedAE,
+    contractive_penalty_sigmoid,
+    corrupt,
+    jacobian_frobenius_sq,
+    kl_sparsity,
+    l1_sparsity,
+    psnr,
+)
 
 TINY = ("model.latent_dim=4", "model.n_embed=32")
 
 
 # -- every model, end to end ------------------------------------------------------------------------
 # (ae mlp with a 2-d code, dae and stacked_ae run in the tests further down)
-@pytest.mark.parametrize("model, shape, extra", [
-    ("ae", "[3,32,32]", ("model.net=conv", "model.channels=[8,16]")),
-    ("sparse_ae", "[3,32,32]", ("model.latent_dim=64",)),
-    ("cae", "[1,28,28]", ()),
-])
+@pytest.mark.parametrize(
+    "model, shape, extra",
+    [
+        ("ae", "[3,32,32]", ("model.net=conv", "model.channels=[8,16]")),
+        ("sparse_ae", "[3,32,32]", ("model.latent_dim=64",)),
+        ("cae", "[1,28,28]", ()),
+    ],
+)
 def test_fast_run(tmp_path, model, shape, extra):
     run = run_train(tmp_path, *FAST, f"model={model}", f"dataset.shape={shape}", *TINY, *extra)
     metrics = read_metrics(run)
@@ -34,11 +47,18 @@ def test_fast_run(tmp_path, model, shape, extra):
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-@pytest.mark.parametrize("cls, kwargs", [
-    (AE, {"net": "mlp"}), (AE, {"net": "conv", "channels": [4, 8]}), (ae.SparseAE, {"hidden_dims": []}),
-    (DAE, {"net": "conv", "channels": [4], "corruption": "salt_pepper", "noise_level": 0.2}),
-    (CAE, {"hidden_dims": []}), (CAE, {"net": "conv", "channels": [4]}), (StackedAE, {"hidden_dims": [12]}),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (AE, {"net": "mlp"}),
+        (AE, {"net": "conv", "channels": [4, 8]}),
+        (ae.SparseAE, {"hidden_dims": []}),
+        (DAE, {"net": "conv", "channels": [4], "corruption": "salt_pepper", "noise_level": 0.2}),
+        (CAE, {"hidden_dims": []}),
+        (CAE, {"net": "conv", "channels": [4]}),
+        (StackedAE, {"hidden_dims": [12]}),
+    ],
+)
 def test_shapes(cls, kwargs, shape):
     model = cls(cls.__name__.lower(), latent_dim=5, input_shape=shape, **kwargs)
     x = torch.rand(3, *shape)
@@ -71,7 +91,9 @@ def test_kl_sparsity_by_hand():
     h = torch.tensor([[0.1, 0.5], [0.3, 0.7]])  # rho_hat = [0.2, 0.6]
     rho = 0.25
     penalty, rho_hat = kl_sparsity(h, rho)
-    by_hand = sum(rho * math.log(rho / r) + (1 - rho) * math.log((1 - rho) / (1 - r)) for r in (0.2, 0.6))
+    by_hand = sum(
+        rho * math.log(rho / r) + (1 - rho) * math.log((1 - rho) / (1 - r)) for r in (0.2, 0.6)
+    )
     assert torch.allclose(rho_hat, torch.tensor([0.2, 0.6]))
     assert penalty.item() == pytest.approx(by_hand, rel=1e-5)
     assert kl_sparsity(torch.full((3, 4), 0.25), rho)[0].item() == pytest.approx(0.0, abs=1e-6)
@@ -80,12 +102,23 @@ def test_kl_sparsity_by_hand():
 def test_l1_sparsity_by_hand():
     h = torch.tensor([[0.1, -0.5, 0.2], [0.3, 0.7, 0.0]])
     assert l1_sparsity(h).item() == pytest.approx(((0.1 + 0.5 + 0.2) + (0.3 + 0.7)) / 2)
-    model = ae.SparseAE("sparse_ae", sparsity="l1", l1_weight=0.1, hidden_dims=[], latent_dim=6, input_shape=(1, 3, 3))
+    model = ae.SparseAE(
+        "sparse_ae",
+        sparsity="l1",
+        l1_weight=0.1,
+        hidden_dims=[],
+        latent_dim=6,
+        input_shape=(1, 3, 3),
+    )
     x = torch.rand(5, 1, 3, 3)
     terms = model.loss_terms(x)
     h = model.encode(x)
-    assert terms["sparsity"].item() == pytest.approx(h.sum(1).mean().item(), rel=1e-6)  # sigmoid codes are >= 0
-    assert terms["loss"].item() == pytest.approx((terms["recon"] + 0.1 * terms["sparsity"]).item(), rel=1e-6)
+    assert terms["sparsity"].item() == pytest.approx(
+        h.sum(1).mean().item(), rel=1e-6
+    )  # sigmoid codes are >= 0
+    assert terms["loss"].item() == pytest.approx(
+        (terms["recon"] + 0.1 * terms["sparsity"]).item(), rel=1e-6
+    )
 
 
 def test_contractive_penalty_closed_form_and_autograd():
@@ -100,9 +133,13 @@ def test_contractive_penalty_closed_form_and_autograd():
     layer = torch.nn.Linear(5, 3)
     x = torch.randn(4, 5)
     closed = contractive_penalty_sigmoid(torch.sigmoid(layer(x)), layer.weight)
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda v: torch.sigmoid(layer(v)), xi) for xi in x])
+    jac = torch.stack(
+        [torch.autograd.functional.jacobian(lambda v: torch.sigmoid(layer(v)), xi) for xi in x]
+    )
     assert closed.item() == pytest.approx(jac.pow(2).sum((1, 2)).mean().item(), rel=1e-5)
-    assert jacobian_frobenius_sq(lambda v: torch.sigmoid(layer(v)), x).item() == pytest.approx(closed.item(), rel=1e-5)
+    assert jacobian_frobenius_sq(lambda v: torch.sigmoid(layer(v)), x).item() == pytest.approx(
+        closed.item(), rel=1e-5
+    )
 
 
 def test_cae_picks_the_closed_form_only_for_one_layer():
@@ -110,9 +147,13 @@ def test_cae_picks_the_closed_form_only_for_one_layer():
     deep = CAE("cae", hidden_dims=[8], latent_dim=3, input_shape=(1, 4, 4))
     assert one.closed_form and not deep.closed_form
     x = torch.rand(5, 1, 4, 4)
-    assert one.contraction(x, one.encode(x)).item() == pytest.approx(jacobian_frobenius_sq(one.encode, x).item(), rel=1e-5)
+    assert one.contraction(x, one.encode(x)).item() == pytest.approx(
+        jacobian_frobenius_sq(one.encode, x).item(), rel=1e-5
+    )
     terms = deep.loss_terms(x)
-    assert terms["loss"].item() == pytest.approx((terms["recon"] + deep.lam * terms["contraction"]).item(), rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(
+        (terms["recon"] + deep.lam * terms["contraction"]).item(), rel=1e-6
+    )
 
 
 # -- the corruptions have the requested noise level ---------------------------------------------------------
@@ -139,7 +180,14 @@ def test_psnr():
 
 
 def test_dae_rows_are_clean_corrupted_reconstructed():
-    model = DAE("dae", latent_dim=3, hidden_dims=[8], input_shape=(1, 8, 8), corruption="masking", noise_level=0.5)
+    model = DAE(
+        "dae",
+        latent_dim=3,
+        hidden_dims=[8],
+        input_shape=(1, 8, 8),
+        corruption="masking",
+        noise_level=0.5,
+    )
     x = torch.rand(4, 1, 8, 8) + 0.1
     clean, noisy, recon = model.reconstruction_rows(x)
     assert torch.equal(clean, x) and (noisy == 0).any() and recon.shape == x.shape
@@ -158,20 +206,31 @@ def test_pca_equals_svd_reconstruction():
     assert torch.allclose(pca.reconstruct(x), direct, atol=1e-4)
     assert pca.mse(x).item() == pytest.approx(torch.mean((direct - x) ** 2).item(), rel=1e-4)
     # the three methods agree: SVD of the data (N <= d), covariance eigh, randomised pca_lowrank
-    tall = torch.randn(400, 6) @ torch.diag(torch.tensor([5.0, 3, 2, 1, 0.5, 0.2])) @ torch.randn(6, 20) + 0.01 * torch.randn(400, 20)
+    tall = torch.randn(400, 6) @ torch.diag(torch.tensor([5.0, 3, 2, 1, 0.5, 0.2])) @ torch.randn(
+        6, 20
+    ) + 0.01 * torch.randn(400, 20)
     exact = PCA(3).fit(tall).mse(tall).item()
     assert PCA(3).fit(tall, exact_max_dim=0).mse(tall).item() == pytest.approx(exact, rel=1e-3)
     assert PCA(3).fit(tall[:15]).mse(tall[:15]).item() < PCA(3).fit(tall).mse(tall[:15]).item()
     images = (torch.rand(30, 1, 2, 3) * 255).to(torch.uint8)  # uint8 images are taken as /255
     as_float = images.float() / 255
-    assert PCA(2).fit(images).mse(images).item() == pytest.approx(PCA(2).fit(as_float).mse(as_float).item(), rel=1e-5)
+    assert PCA(2).fit(images).mse(images).item() == pytest.approx(
+        PCA(2).fit(as_float).mse(as_float).item(), rel=1e-5
+    )
 
 
 # -- the stacked autoencoder's greedy pre-training -----------------------------------------------------------
 def test_greedy_pretraining_trains_each_layer_on_the_codes_below():
     torch.manual_seed(0)
-    model = StackedAE("stacked_ae", hidden_dims=[24], latent_dim=8, input_shape=(1, 6, 6), pretrain_epochs=3,
-                      pretrain_lr=1e-2, num_classes=3)
+    model = StackedAE(
+        "stacked_ae",
+        hidden_dims=[24],
+        latent_dim=8,
+        input_shape=(1, 6, 6),
+        pretrain_epochs=3,
+        pretrain_lr=1e-2,
+        num_classes=3,
+    )
     images = (torch.rand(256, 1, 6, 6) * 255).to(torch.uint8)
     first = [p.clone() for p in model.encoder[0].parameters()]
     calls = []
@@ -185,10 +244,26 @@ def test_greedy_pretraining_trains_each_layer_on_the_codes_below():
 
 
 def test_stacked_ae_pretrain_flag(tmp_path):
-    off = run_train(tmp_path, *FAST, "model=stacked_ae", "model.pretrain=false", "model.hidden_dims=[16]", *TINY, name="off")
+    off = run_train(
+        tmp_path,
+        *FAST,
+        "model=stacked_ae",
+        "model.pretrain=false",
+        "model.hidden_dims=[16]",
+        *TINY,
+        name="off",
+    )
     assert not any("pretrain" in t for t in event_tags(off).Tags()["scalars"])
     assert 0 <= read_metrics(off)["metrics"]["test/acc"] <= 1
-    on = run_train(tmp_path, *FAST, "model=stacked_ae", "dataset.shape=[3,32,32]", "model.hidden_dims=[16]", *TINY, name="on")
+    on = run_train(
+        tmp_path,
+        *FAST,
+        "model=stacked_ae",
+        "dataset.shape=[3,32,32]",
+        "model.hidden_dims=[16]",
+        *TINY,
+        name="on",
+    )
     tags = event_tags(on).Tags()
     assert {"pretrain/layer1_loss", "pretrain/layer2_loss"} <= set(tags["scalars"])
     assert "pretrain_reconstructions" in tags["images"]
@@ -198,14 +273,30 @@ def test_stacked_ae_pretrain_flag(tmp_path):
 
 # -- sampling from a trained model (`nnlab sample`) ----------------------------------------------------------
 def test_dae_run_and_sample_grid_from_checkpoint(tmp_path):
-    run = run_train(tmp_path, *FAST, "model=dae", "dataset.shape=[3,32,32]", "model.corruption=masking",
-                    "model.noise_level=0.3", "model.latent_dim=4", "model.n_embed=0")
+    run = run_train(
+        tmp_path,
+        *FAST,
+        "model=dae",
+        "dataset.shape=[3,32,32]",
+        "model.corruption=masking",
+        "model.noise_level=0.3",
+        "model.latent_dim=4",
+        "model.n_embed=0",
+    )
     m = read_metrics(run)["metrics"]
     assert m["test/psnr"] > 0 and m["test/psnr_noisy"] > 0 and math.isfinite(m["test/pca_mse"])
-    assert (event_tags(run).Images("reconstructions")[-1].height) == 3 * 34 + 2  # clean | corrupted | output
-    model = DAE.load_from_checkpoint(next((run / "checkpoints").glob("best*.ckpt")), weights_only=True)
+    assert (
+        event_tags(run).Images("reconstructions")[-1].height
+    ) == 3 * 34 + 2  # clean | corrupted | output
+    model = DAE.load_from_checkpoint(
+        next((run / "checkpoints").glob("best*.ckpt")), weights_only=True
+    )
     img = model.sample_grid(n=16)  # from the test images kept in the checkpoint
-    assert img.shape == (3, 2 * 3 * 34 + 2, 8 * 34 + 2)  # 2 blocks x (clean | corrupted | recon) rows of 8
+    assert img.shape == (
+        3,
+        2 * 3 * 34 + 2,
+        8 * 34 + 2,
+    )  # 2 blocks x (clean | corrupted | recon) rows of 8
     assert 0 <= img.min() and img.max() <= 1
     walk = model.sample_grid(n=16, interpolate=True)
     assert walk.shape == (3, 2 * 34 + 2, 8 * 34 + 2)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, event_tags, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,19 +30,42 @@ def bench():
 
 def test_bench_runs_end_to_end_and_writes_json(bench, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    bench.main(["--models", "ae", "--reps", "2", "--epochs", "1", "--limit-batches", "3", "--workers", "0",
-                "--threads", "1", "--no-cli", "--set", "dataset=synthetic", "--json", str(out)])
+    bench.main(
+        [
+            "--models",
+            "ae",
+            "--reps",
+            "2",
+            "--epochs",
+            "1",
+            "--limit-batches",
+            "3",
+            "--workers",
+            "0",
+            "--threads",
+            "1",
+            "--no-cli",
+            "--set",
+            "dataset=synthetic",
+            "--json",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     (row,) = report["table"]
     assert row["model"] == "ae" and row["batch"] == 64
     for path in ("nnlab", "hand", "dataloader"):
         runs = row["runs"][path]
-        assert len(runs) == 2 and all(r["images"] == 3 * 64 for r in runs)  # 3 batches of 64, every repetition
+        assert len(runs) == 2 and all(
+            r["images"] == 3 * 64 for r in runs
+        )  # 3 batches of 64, every repetition
         assert row[path] > 0 and math.isfinite(row[path])
     assert row["nnlab/hand"] == pytest.approx(row["nnlab"] / row["hand"])
     assert row["nnlab/dataloader"] == pytest.approx(row["nnlab"] / row["dataloader"])
     assert row["nnlab/hand paired"] > 0 and row["nnlab/hand cpu"] > 0
-    (paired,) = row["runs"]["interleaved"]  # once, not every repetition; each epoch's first batch left out
+    (paired,) = row["runs"][
+        "interleaved"
+    ]  # once, not every repetition; each epoch's first batch left out
     assert paired["steps"] == 2 and paired["images"] == 2 * 64 and paired["ratio"] > 0
     assert row["nnlab/hand step-paired"] == paired["ratio"]
     printed = capsys.readouterr().out
@@ -58,7 +80,9 @@ def test_cli_timers_measure_a_child(bench):
     mem = bench.peak_memory([sys.executable, "-c", "x = bytearray(200 * 2**20)"])
     assert mem["max_rss_mb"] >= 200  # the child's own peak...
     small = bench.peak_memory([sys.executable, "-c", "pass"])
-    assert small["max_rss_mb"] < 150  # ...not this (torch-sized) process's, which a forked child inherits
+    assert (
+        small["max_rss_mb"] < 150
+    )  # ...not this (torch-sized) process's, which a forked child inherits
     with pytest.raises(RuntimeError):
         bench.wall([sys.executable, "-c", "raise SystemExit(3)"], reps=1)
 
@@ -74,7 +98,9 @@ def test_hand_written_loss_is_the_models_loss(bench, name):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a trainer
-        model_loss = entry.model_loss(model, x, y) if entry.model_loss else model.training_step((x, y), 0)
+        model_loss = (
+            entry.model_loss(model, x, y) if entry.model_loss else model.training_step((x, y), 0)
+        )
     if isinstance(model_loss, dict):
         model_loss = model_loss["loss"]
     torch.manual_seed(0)
@@ -83,19 +109,40 @@ def test_hand_written_loss_is_the_models_loss(bench, name):
     # and one hand-written step with the module's own optimiser changes the weights and lowers nothing to NaN
     before = [p.detach().clone() for p in model.parameters()]
     loss = bench.entry_step(entry)(model, opts, x, y)
-    assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert torch.isfinite(loss) and any(
+        not torch.equal(a, b) for a, b in zip(before, model.parameters())
+    )
 
 
 def test_per_step_scalars_still_logged_at_the_logging_cadence(tmp_path):
-    run = run_train(tmp_path, *FAST, "trainer.limit_train_batches=6", "trainer.log_every_n_steps=2", "test_after_fit=false")
+    run = run_train(
+        tmp_path,
+        *FAST,
+        "trainer.limit_train_batches=6",
+        "trainer.log_every_n_steps=2",
+        "test_after_fit=false",
+    )
     steps = [e.step for e in event_tags(run).Scalars("train/loss")]
-    assert steps == [1, 3, 5]  # Lightning writes steps 2, 4, 6 (global_step 1, 3, 5): none lost, none extra
+    assert steps == [
+        1,
+        3,
+        5,
+    ]  # Lightning writes steps 2, 4, 6 (global_step 1, 3, 5): none lost, none extra
 
 
 def test_compile_pairs_time_a_compiled_copy_against_a_plain_one(bench):
     """--compile's step-paired figure: model.compile=true's nets (compiled in place) against plain ones, in turn."""
     entry = bench.MODELS["ae"]
-    result = bench.run_compile_pairs(entry, [*entry.overrides, "dataset=synthetic", "accelerator=cpu"], 3,
-                                     torch.device("cpu"), warmup=1)
-    assert result["steps"] == 3 and result["images"] == 3 * 64 and result["pair"] == ("compiled", "plain")
+    result = bench.run_compile_pairs(
+        entry,
+        [*entry.overrides, "dataset=synthetic", "accelerator=cpu"],
+        3,
+        torch.device("cpu"),
+        warmup=1,
+    )
+    assert (
+        result["steps"] == 3
+        and result["images"] == 3 * 64
+        and result["pair"] == ("compiled", "plain")
+    )
     assert result["ratio"] > 0 and all(ms > 0 for ms in result["ms_per_step"])

@@ -12,21 +12,37 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, read_metrics, run_train
+
 from nnlab.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 # a run long enough to be killed mid-epoch: 2 epochs of 57 steps, last.ckpt every 5 steps
-RESUMABLE = ("dataset=synthetic", "accelerator=cpu", "threads=1", "trainer.max_epochs=2", "dataset.n_train=2048",
-             "dataset.batch_size=32", "model.hidden_dims=[512,512]", "callbacks.checkpoint.every_n_steps=5",
-             "trainer.enable_model_summary=false", "callbacks.progress_bar.refresh_rate=0", "seed=7")
+RESUMABLE = (
+    "dataset=synthetic",
+    "accelerator=cpu",
+    "threads=1",
+    "trainer.max_epochs=2",
+    "dataset.n_train=2048",
+    "dataset.batch_size=32",
+    "model.hidden_dims=[512,512]",
+    "callbacks.checkpoint.every_n_steps=5",
+    "trainer.enable_model_summary=false",
+    "callbacks.progress_bar.refresh_rate=0",
+    "seed=7",
+)
 
 
 def _nnlab(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "nnlab.cli", *args], cwd=kw.get("cwd", ROOT), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nnlab.cli", *args],
+        cwd=kw.get("cwd", ROOT),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -71,7 +87,11 @@ def test_rng_state_roundtrip_survives_weights_only(tmp_path):
     expected = (torch.rand(3), np.random.rand(3), random.random())
     _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
     again = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+    assert (
+        torch.equal(expected[0], again[0])
+        and np.array_equal(expected[1], again[1])
+        and expected[2] == again[2]
+    )
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
@@ -87,8 +107,13 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         Path(path).write_bytes(b"half")
         raise KeyboardInterrupt  # killed mid-write
 
-    trainer = SimpleNamespace(save_checkpoint=save_checkpoint, is_global_zero=True, global_step=1, loggers=[],
-                              strategy=SimpleNamespace(barrier=lambda *a: None))
+    trainer = SimpleNamespace(
+        save_checkpoint=save_checkpoint,
+        is_global_zero=True,
+        global_step=1,
+        loggers=[],
+        strategy=SimpleNamespace(barrier=lambda *a: None),
+    )
     with pytest.raises(KeyboardInterrupt):
         ResumableCheckpoint(dirpath=tmp_path)._save_checkpoint(trainer, str(target))
     assert target.read_bytes() == b"previous"
@@ -131,7 +156,9 @@ def test_not_a_checkpoint_truncated_and_another_model(tmp_path, ae_run):
 
     text = tmp_path / "notes.ckpt"
     text.write_text("hello, I am not a checkpoint\n")
-    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint|truncated or not a checkpoint"):
+    with pytest.raises(
+        CheckpointError, match="not a PyTorch checkpoint|truncated or not a checkpoint"
+    ):
         load_checkpoint(text)
     good = (ae_run / "checkpoints" / "last.ckpt").read_bytes()
     cut = tmp_path / "cut.ckpt"
@@ -164,7 +191,9 @@ def test_eval_and_sample_on_a_finished_run(family, tmp_path, monkeypatch, capsys
     test_keys = [k for k in record["metrics"] if k.startswith("test/")]
     assert test_keys and all(k in out for k in test_keys)
     evaluated = record["eval"][record["dataset"]]["metrics"]
-    for key in test_keys:  # the best checkpoint on the same test batches: the run's own test metrics
+    for (
+        key
+    ) in test_keys:  # the best checkpoint on the same test batches: the run's own test metrics
         assert evaluated[key] == pytest.approx(record["metrics"][key], rel=1e-5)
     assert record["status"] == "finished"
 
@@ -221,10 +250,17 @@ def test_ctrl_c_saves_last_marks_interrupted_and_prints_the_resume_command(tmp_p
     from nnlab.checkpoints import load_checkpoint
 
     run = tmp_path / "run"
-    proc = _nnlab("train", *RESUMABLE, "trainer.max_epochs=50", "callbacks.checkpoint.every_n_steps=1000",
-                  f"hydra.run.dir={run}")
+    proc = _nnlab(
+        "train",
+        *RESUMABLE,
+        "trainer.max_epochs=50",
+        "callbacks.checkpoint.every_n_steps=1000",
+        f"hydra.run.dir={run}",
+    )
     try:
-        _wait_for(run / "checkpoints" / "last.ckpt", proc)  # the first epoch is done: training is under way
+        _wait_for(
+            run / "checkpoints" / "last.ckpt", proc
+        )  # the first epoch is done: training is under way
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import FAST, event_tags, read_metrics, run_train
+
 from nnlab.errors import CheckpointError, ConfigError
-from nnlab.models.classifiers import (LeNet, SequenceClassifier, error_labels, errors_grid, load_classifier,
-                                      pick_errors)
+from nnlab.models.classifiers import (
+    LeNet,
+    SequenceClassifier,
+    error_labels,
+    errors_grid,
+    load_classifier,
+    pick_errors,
+)
 from nnlab.nets.lenet import LeNet5
 from nnlab.nets.sequence import SequenceNet
 
@@ -31,13 +37,24 @@ def lstm_run(tmp_path_factory):
 # -- LeNet-5 -------------------------------------------------------------------------------------
 def test_lenet5_layer_shapes_and_parameter_count():
     net = LeNet5((1, 28, 28), 10, "modern")
-    assert sum(p.numel() for p in net.parameters()) == 61_706  # LeCun et al.'s layer sizes, 10 classes
+    assert (
+        sum(p.numel() for p in net.parameters()) == 61_706
+    )  # LeCun et al.'s layer sizes, 10 classes
     shapes = {}
     for name in ("c1", "s2", "c3", "s4", "f5", "f6", "out"):
-        getattr(net, name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape)))
+        getattr(net, name).register_forward_hook(
+            lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape))
+        )
     assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    assert shapes == {"c1": (2, 6, 28, 28), "s2": (2, 6, 14, 14), "c3": (2, 16, 10, 10), "s4": (2, 16, 5, 5),
-                      "f5": (2, 120), "f6": (2, 84), "out": (2, 10)}
+    assert shapes == {
+        "c1": (2, 6, 28, 28),
+        "s2": (2, 6, 14, 14),
+        "c3": (2, 16, 10, 10),
+        "s4": (2, 16, 5, 5),
+        "f5": (2, 120),
+        "f6": (2, 84),
+        "out": (2, 10),
+    }
     assert net.features(torch.rand(3, 1, 28, 28)).shape == (3, 84)
     # colour 32x32 needs no padding; only C1 grows (2 more input channels of 6 5x5 kernels)
     colour = LeNet5((3, 32, 32), 10, "classic")
@@ -46,15 +63,23 @@ def test_lenet5_layer_shapes_and_parameter_count():
     assert isinstance(net.s2, torch.nn.MaxPool2d) and isinstance(net.act, torch.nn.ReLU)
 
 
-@pytest.mark.parametrize("cell,shape", [("lstm", (3, 32, 32)), ("gru", (1, 28, 28)), ("rnn", (3, 32, 32))])
+@pytest.mark.parametrize(
+    "cell,shape", [("lstm", (3, 32, 32)), ("gru", (1, 28, 28)), ("rnn", (3, 32, 32))]
+)
 def test_sequence_net_reads_rows(cell, shape):
-    net = SequenceNet(shape, 10, cell=cell, hidden_size=16, num_layers=2, bidirectional=True, dropout=0.1)
+    net = SequenceNet(
+        shape, 10, cell=cell, hidden_size=16, num_layers=2, bidirectional=True, dropout=0.1
+    )
     c, h, w = shape
     assert net.rnn.input_size == c * w  # one step = one row with all its channels
     x = torch.rand(4, *shape)
     rows = SequenceNet.rows(x)
     assert rows.shape == (4, h, c * w)
-    assert torch.equal(rows[1, 5, w: 2 * w], x[1, 1, 5]) if c > 1 else torch.equal(rows[1, 5], x[1, 0, 5])
+    assert (
+        torch.equal(rows[1, 5, w : 2 * w], x[1, 1, 5])
+        if c > 1
+        else torch.equal(rows[1, 5], x[1, 0, 5])
+    )
     logits = net(x)
     assert logits.shape == (4, 10)
     logits.sum().backward()
@@ -76,14 +101,31 @@ def test_lenet_run_metrics_images_and_scalars(lenet_run):
 
 
 # (no TensorBoard here, so no lr monitor: the images and scalars are checked on the two runs above)
-@pytest.mark.parametrize("overrides", [
-    ("experiment=lenet_fashion", "model.variant=classic", *COLOUR),  # also the one-cycle schedule (total_steps: auto)
-    ("model=lstm", "model.cell=gru", "model.bidirectional=true", "model.num_layers=2", "model.dropout=0.1",
-     "model.hidden_size=16", *COLOUR),
-    ("model=lstm", "model.cell=rnn", "model.hidden_size=16"),
-], ids=["lenet-classic-onecycle-3x32", "gru-bidirectional-3x32", "rnn-1x28"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (
+            "experiment=lenet_fashion",
+            "model.variant=classic",
+            *COLOUR,
+        ),  # also the one-cycle schedule (total_steps: auto)
+        (
+            "model=lstm",
+            "model.cell=gru",
+            "model.bidirectional=true",
+            "model.num_layers=2",
+            "model.dropout=0.1",
+            "model.hidden_size=16",
+            *COLOUR,
+        ),
+        ("model=lstm", "model.cell=rnn", "model.hidden_size=16"),
+    ],
+    ids=["lenet-classic-onecycle-3x32", "gru-bidirectional-3x32", "rnn-1x28"],
+)
 def test_fast_runs(tmp_path, overrides):
-    record = read_metrics(run_train(tmp_path, *overrides, *FAST, "logger=none", "~callbacks.lr_monitor"))
+    record = read_metrics(
+        run_train(tmp_path, *overrides, *FAST, "logger=none", "~callbacks.lr_monitor")
+    )
     assert record["status"] == "finished", record.get("error")
     assert 0 <= record["metrics"]["test/acc"] <= 1
 
@@ -116,14 +158,21 @@ def test_errors_grid_labels_match_predictions():
     assert error_labels(t, p, classes) == ["Shirt->Bag", "Sandal->Shirt"]
     grid = errors_grid(x, error_labels(t, p, classes))
     assert grid.shape[0] == 3 and grid.min() >= 0 and grid.max() <= 1
-    assert pick_errors(images, targets, targets, n=5)[0].shape[0] == 0  # nothing wrong, nothing picked
+    assert (
+        pick_errors(images, targets, targets, n=5)[0].shape[0] == 0
+    )  # nothing wrong, nothing picked
     assert errors_grid(images[:0], []).shape[0] == 3
 
 
 def test_sample_grid_is_the_errors_grid_on_test_images(lenet_run):
     class Data:  # the datamodule's interface that sample_grid uses
         classes = [str(i) for i in range(10)]
-        splits = {"test": (torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8), torch.arange(40) % 10)}
+        splits = {
+            "test": (
+                torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8),
+                torch.arange(40) % 10,
+            )
+        }
 
         def setup(self, stage=None):
             pass

@@ -4,19 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nnlab.configs
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import nnlab.configs
 from nnlab.config_check import validate
 
 CONFIG_DIR = Path(nnlab.configs.__file__).parent
-GROUPS = ["model", "dataset", "accelerator", "trainer", "logger", "callbacks", "debug", "experiment", "hparams_search"]
+GROUPS = [
+    "model",
+    "dataset",
+    "accelerator",
+    "trainer",
+    "logger",
+    "callbacks",
+    "debug",
+    "experiment",
+    "hparams_search",
+]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONFIG_DIR / g).glob("*.yaml"))]
 RESOLVABLE = ("model", "dataset", "trainer.max_epochs", "trainer.accelerator", "seed")
 # options that compose only with a matching choice in another group (ratings are not images)
-COMPANIONS = {("dataset", "movielens"): ["model=rbm_cf"], ("dataset", "synthetic_ratings"): ["model=rbm_cf"]}
+COMPANIONS = {
+    ("dataset", "movielens"): ["model=rbm_cf"],
+    ("dataset", "synthetic_ratings"): ["model=rbm_cf"],
+}
 
 
 def _compose(*overrides):
@@ -38,7 +51,12 @@ def test_groups_exist_and_defaults():
     cfg = _compose()
     assert cfg.model.name == "ae" and cfg.dataset.name == "fashion_mnist"
     assert cfg.trainer.accelerator == "auto"
-    assert {o for g, o in OPTIONS if g == "dataset"} >= {"fashion_mnist", "mnist", "cifar10", "synthetic"}
+    assert {o for g, o in OPTIONS if g == "dataset"} >= {
+        "fashion_mnist",
+        "mnist",
+        "cifar10",
+        "synthetic",
+    }
     assert {o for g, o in OPTIONS if g == "accelerator"} >= {"auto", "cpu", "gpu"}
     assert {o for g, o in OPTIONS if g == "logger"} >= {"tensorboard", "csv", "none"}
     assert {o for g, o in OPTIONS if g == "debug"} >= {"fast", "overfit", "profile"}
@@ -46,9 +64,15 @@ def test_groups_exist_and_defaults():
 
 def test_accelerator_presets_write_into_trainer():
     gpu = _compose("accelerator=gpu")
-    assert (gpu.trainer.accelerator, gpu.trainer.devices, gpu.trainer.precision) == ("gpu", 1, "bf16-mixed")
+    assert (gpu.trainer.accelerator, gpu.trainer.devices, gpu.trainer.precision) == (
+        "gpu",
+        1,
+        "bf16-mixed",
+    )
     assert _compose("accelerator=cpu").trainer.accelerator == "cpu"
-    assert _compose("trainer.accelerator=gpu").trainer.accelerator == "gpu"  # the plain override works too
+    assert (
+        _compose("trainer.accelerator=gpu").trainer.accelerator == "gpu"
+    )  # the plain override works too
 
 
 def test_model_shape_follows_dataset():
@@ -70,10 +94,28 @@ def test_wheel_ships_every_yaml(tmp_path):
     import zipfile
 
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(root)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     names = set(zipfile.ZipFile(next(tmp_path.glob("nnlab-*.whl"))).namelist())
-    wanted = {"nnlab/configs/" + str(p.relative_to(root / "configs")) for p in (root / "configs").rglob("*.yaml")}
+    wanted = {
+        "nnlab/configs/" + str(p.relative_to(root / "configs"))
+        for p in (root / "configs").rglob("*.yaml")
+    }
     assert wanted and wanted <= names, sorted(wanted - names)
 
 
@@ -85,8 +127,21 @@ def test_adam_is_fused_unless_the_spec_says_otherwise():
     from nnlab.models.base import build_optimizer
 
     params = [torch.nn.Parameter(torch.zeros(3))]
-    assert build_optimizer({"_target_": "torch.optim.Adam", "lr": 1e-3}, params).defaults["fused"] is True
-    assert build_optimizer({"_target_": "torch.optim.AdamW", "lr": 1e-3}, params).defaults["fused"] is True
-    assert not build_optimizer({"_target_": "torch.optim.Adam", "lr": 1e-3, "foreach": True}, params).defaults["fused"]
-    assert build_optimizer({"_target_": "torch.optim.Adam", "fused": False}, params).defaults["fused"] is False
-    assert not build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.1}, params).defaults.get("fused")
+    assert (
+        build_optimizer({"_target_": "torch.optim.Adam", "lr": 1e-3}, params).defaults["fused"]
+        is True
+    )
+    assert (
+        build_optimizer({"_target_": "torch.optim.AdamW", "lr": 1e-3}, params).defaults["fused"]
+        is True
+    )
+    assert not build_optimizer(
+        {"_target_": "torch.optim.Adam", "lr": 1e-3, "foreach": True}, params
+    ).defaults["fused"]
+    assert (
+        build_optimizer({"_target_": "torch.optim.Adam", "fused": False}, params).defaults["fused"]
+        is False
+    )
+    assert not build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.1}, params).defaults.get(
+        "fused"
+    )

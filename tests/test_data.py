@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_cifar_folder, write_idx, write_mnist_folder
+
 from nnlab.data import ImageDataModule, TensorBatches
 from nnlab.data.readers import read_cifar_batch, read_idx
 from nnlab.data.sources import load_splits, locate
@@ -68,7 +68,10 @@ def test_source_order_data_dir_first(tmp_path):
     debian = write_mnist_folder(tmp_path / "debian", n_train=20, n_test=5)
     assert locate("fashion_mnist", "idx", mine, False, {"fashion_mnist": debian}) == mine
     # data_dir empty: the Debian folder is next
-    assert locate("fashion_mnist", "idx", tmp_path / "empty", False, {"fashion_mnist": debian}) == debian
+    assert (
+        locate("fashion_mnist", "idx", tmp_path / "empty", False, {"fashion_mnist": debian})
+        == debian
+    )
 
 
 def test_source_download_is_last(tmp_path, monitor=None):
@@ -84,7 +87,9 @@ def test_source_download_is_last(tmp_path, monitor=None):
     original = sources._download
     sources._download = fake_download
     try:
-        found = locate("fashion_mnist", "idx", tmp_path / "d", True, {"fashion_mnist": tmp_path / "nope"})
+        found = locate(
+            "fashion_mnist", "idx", tmp_path / "d", True, {"fashion_mnist": tmp_path / "nope"}
+        )
     finally:
         sources._download = original
     assert calls == [("fashion_mnist", tmp_path / "d")]
@@ -93,9 +98,19 @@ def test_source_download_is_last(tmp_path, monitor=None):
 
 def test_missing_data_error_names_all_three_sources(tmp_path):
     with pytest.raises(DataError) as info:
-        locate("fashion_mnist", "idx", tmp_path / "nothing", False, {"fashion_mnist": tmp_path / "no-debian"})
+        locate(
+            "fashion_mnist",
+            "idx",
+            tmp_path / "nothing",
+            False,
+            {"fashion_mnist": tmp_path / "no-debian"},
+        )
     msg = str(info.value)
-    assert "dataset.data_dir=" in msg and "no-debian" in msg and "apt-get install dataset-fashion-mnist" in msg
+    assert (
+        "dataset.data_dir=" in msg
+        and "no-debian" in msg
+        and "apt-get install dataset-fashion-mnist" in msg
+    )
     assert "torchvision's download" in msg and "dataset.download=false" in msg
 
 
@@ -105,8 +120,12 @@ def test_tensor_batches_cover_the_split_and_depend_on_seed_and_epoch():
     loader = TensorBatches(x, y, batch_size=32, shuffle=True, seed=1, epoch_fn=lambda: 0)
     seen = torch.cat([b[1] for b in loader])
     assert len(loader) == 4 and sorted(seen.tolist()) == list(range(100))
-    again = torch.cat([b[1] for b in TensorBatches(x, y, 32, shuffle=True, seed=1, epoch_fn=lambda: 0)])
-    other_epoch = torch.cat([b[1] for b in TensorBatches(x, y, 32, shuffle=True, seed=1, epoch_fn=lambda: 1)])
+    again = torch.cat(
+        [b[1] for b in TensorBatches(x, y, 32, shuffle=True, seed=1, epoch_fn=lambda: 0)]
+    )
+    other_epoch = torch.cat(
+        [b[1] for b in TensorBatches(x, y, 32, shuffle=True, seed=1, epoch_fn=lambda: 1)]
+    )
     assert torch.equal(seen, again) and not torch.equal(seen, other_epoch)
     assert len(TensorBatches(x, y, 32, shuffle=True, drop_last=True)) == 3
 
@@ -114,22 +133,42 @@ def test_tensor_batches_cover_the_split_and_depend_on_seed_and_epoch():
 def test_tensor_batches_shard_per_rank_without_overlap():
     x = torch.zeros(103, 1, 1, 1, dtype=torch.uint8)
     y = torch.arange(103)
-    shards = [torch.cat([b[1] for b in TensorBatches(x, y, 10, shuffle=True, seed=3, rank=r, world_size=2, epoch_fn=lambda: 5)])
-              for r in range(2)]
+    shards = [
+        torch.cat(
+            [
+                b[1]
+                for b in TensorBatches(
+                    x, y, 10, shuffle=True, seed=3, rank=r, world_size=2, epoch_fn=lambda: 5
+                )
+            ]
+        )
+        for r in range(2)
+    ]
     assert len(shards[0]) == len(shards[1]) == 51
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
 
 
 def test_datamodule_split_is_seeded_and_normalises_per_batch(tmp_path):
     folder = write_mnist_folder(tmp_path / "m", n_train=100, n_test=20)
-    dm = ImageDataModule("mnist", data_dir=str(folder), download=False, val_fraction=0.2, split_seed=7, batch_size=16)
+    dm = ImageDataModule(
+        "mnist", data_dir=str(folder), download=False, val_fraction=0.2, split_seed=7, batch_size=16
+    )
     dm.setup()
-    assert dm.split_size("train") == 80 and dm.split_size("val") == 20 and dm.split_size("test") == 20
-    dm2 = ImageDataModule("mnist", data_dir=str(folder), download=False, val_fraction=0.2, split_seed=7)
+    assert (
+        dm.split_size("train") == 80 and dm.split_size("val") == 20 and dm.split_size("test") == 20
+    )
+    dm2 = ImageDataModule(
+        "mnist", data_dir=str(folder), download=False, val_fraction=0.2, split_seed=7
+    )
     dm2.setup()
     assert torch.equal(dm.splits["val"][1], dm2.splits["val"][1])
     images, labels = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())))
-    assert images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1 and images.shape == (16, 1, 28, 28)
+    assert (
+        images.dtype == torch.float32
+        and 0 <= images.min()
+        and images.max() <= 1
+        and images.shape == (16, 1, 28, 28)
+    )
 
 
 def test_shape_mismatch_is_a_clear_error(tmp_path):

@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import FAST, read_metrics, run_train
+
 from nnlab.metrics.fid import fid_from_features, frechet_distance, gaussian_fit, sqrtm_psd
 from nnlab.models import gans
 from nnlab.models.gans import CGAN, DCGAN, discriminator_loss, generator_loss
@@ -28,13 +28,28 @@ def lenet_checkpoint(path, shape=(1, 28, 28)):
 
 
 # -- end to end --------------------------------------------------------------------------------
-@pytest.mark.parametrize("model,shape", [("gan", "[1,28,28]"), ("dcgan", "[1,28,28]"), ("cgan", "[3,32,32]"),
-                                         ("gan", "[3,32,32]"), ("dcgan", "[3,32,32]")])
+@pytest.mark.parametrize(
+    "model,shape",
+    [
+        ("gan", "[1,28,28]"),
+        ("dcgan", "[1,28,28]"),
+        ("cgan", "[3,32,32]"),
+        ("gan", "[3,32,32]"),
+        ("dcgan", "[3,32,32]"),
+    ],
+)
 def test_fast_run_without_classifier(tmp_path, model, shape):
     run = run_train(tmp_path, *FAST, f"model={model}", f"dataset.shape={shape}", *QUIET)
     record = read_metrics(run)
     assert record["status"] == "finished"
-    for key in ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "val/d_real", "test/d_real"):
+    for key in (
+        "train/d_loss",
+        "train/g_loss",
+        "train/d_real",
+        "train/d_fake",
+        "val/d_real",
+        "test/d_real",
+    ):
         assert math.isfinite(record["metrics"][key]), key
     assert 0 < record["metrics"]["train/d_real"] < 1
     assert not any("fid" in k for k in record["metrics"])  # no classifier: skipped ...
@@ -47,10 +62,21 @@ def test_cgan_dcgan_net_with_classifier_metrics(tmp_path):
     from conftest import event_tags
 
     ckpt = lenet_checkpoint(tmp_path / "lenet.ckpt")
-    run = run_train(tmp_path, *FAST, "model=cgan", "model.net=dcgan", "model.g_dims=[16,8]", "model.d_dims=[8,16]",
-                    "model.generator_loss=minimax", "model.label_smoothing=0.1", "model.d_steps=2",
-                    "model.projection=true", "model.ema=0.9",
-                    f"model.metrics.classifier_ckpt={ckpt}", *QUIET)
+    run = run_train(
+        tmp_path,
+        *FAST,
+        "model=cgan",
+        "model.net=dcgan",
+        "model.g_dims=[16,8]",
+        "model.d_dims=[8,16]",
+        "model.generator_loss=minimax",
+        "model.label_smoothing=0.1",
+        "model.d_steps=2",
+        "model.projection=true",
+        "model.ema=0.9",
+        f"model.metrics.classifier_ckpt={ckpt}",
+        *QUIET,
+    )
     m = read_metrics(run)["metrics"]
     for key in ("val/fid", "test/fid", "test/fid_floor"):
         assert math.isfinite(m[key]) and m[key] >= 0, key
@@ -66,23 +92,31 @@ def test_generator_losses_sign_and_value():
     logits = torch.log(d_fake / (1 - d_fake))
     minimax = generator_loss(logits, "minimax")
     non_sat = generator_loss(logits, "non_saturating")
-    assert minimax.item() == pytest.approx(torch.log(1 - d_fake).mean().item(), abs=1e-6)  # log(1 - D) < 0
+    assert minimax.item() == pytest.approx(
+        torch.log(1 - d_fake).mean().item(), abs=1e-6
+    )  # log(1 - D) < 0
     assert minimax.item() < 0
-    assert non_sat.item() == pytest.approx((-torch.log(d_fake)).mean().item(), abs=1e-6)  # -log D > 0
+    assert non_sat.item() == pytest.approx(
+        (-torch.log(d_fake)).mean().item(), abs=1e-6
+    )  # -log D > 0
     assert non_sat.item() > 0
     # the point of non-saturating: when D rejects the fakes (D ~ 0), its gradient does not vanish
     confident = torch.tensor([-8.0], requires_grad=True)
-    g_mm, = torch.autograd.grad(generator_loss(confident, "minimax"), confident)
-    g_ns, = torch.autograd.grad(generator_loss(confident, "non_saturating"), confident)
+    (g_mm,) = torch.autograd.grad(generator_loss(confident, "minimax"), confident)
+    (g_ns,) = torch.autograd.grad(generator_loss(confident, "non_saturating"), confident)
     assert abs(g_mm.item()) < 1e-3 < 0.99 < abs(g_ns.item())
     assert g_mm.item() < 0 and g_ns.item() < 0  # both push D(G(z)) up
 
 
 def test_discriminator_loss_and_smoothing():
     real, fake = torch.logit(torch.tensor([0.8])), torch.logit(torch.tensor([0.3]))
-    assert discriminator_loss(real, fake).item() == pytest.approx(-(math.log(0.8) + math.log(0.7)), abs=1e-6)
+    assert discriminator_loss(real, fake).item() == pytest.approx(
+        -(math.log(0.8) + math.log(0.7)), abs=1e-6
+    )
     smoothed = discriminator_loss(real, fake, real_target=0.9).item()
-    assert smoothed == pytest.approx(-(0.9 * math.log(0.8) + 0.1 * math.log(0.2) + math.log(0.7)), abs=1e-6)
+    assert smoothed == pytest.approx(
+        -(0.9 * math.log(0.8) + 0.1 * math.log(0.2) + math.log(0.7)), abs=1e-6
+    )
 
 
 # -- the Frechet distance --------------------------------------------------------------------------
@@ -97,7 +131,9 @@ def test_frechet_distance_closed_forms():
     v1, v2 = torch.tensor([1.0, 4.0, 9.0]), torch.tensor([4.0, 1.0, 0.25])
     m1, m2 = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
     expected = (m1 - m2).square().sum() + (v1.sqrt() - v2.sqrt()).square().sum()
-    assert frechet_distance(m1, torch.diag(v1), m2, torch.diag(v2)) == pytest.approx(expected.item(), rel=1e-10)
+    assert frechet_distance(m1, torch.diag(v1), m2, torch.diag(v2)) == pytest.approx(
+        expected.item(), rel=1e-10
+    )
     # non-commuting full covariances: against scipy's general matrix square root
     linalg = pytest.importorskip("scipy.linalg")
     b = torch.randn(8, 8, generator=g, dtype=torch.float64)
@@ -121,15 +157,26 @@ def test_fid_of_samples():
 @pytest.mark.parametrize("net,shape", [("mlp", (1, 28, 28)), ("dcgan", (3, 32, 32))])
 def test_cgan_generator_depends_on_label(net, shape):
     torch.manual_seed(0)
-    model = CGAN("cgan", net=net, g_dims=[16, 8] if net == "dcgan" else [32], d_dims=[8, 16] if net == "dcgan" else [32],
-                 input_shape=shape, n_log_images=8)
+    model = CGAN(
+        "cgan",
+        net=net,
+        g_dims=[16, 8] if net == "dcgan" else [32],
+        d_dims=[8, 16] if net == "dcgan" else [32],
+        input_shape=shape,
+        n_log_images=8,
+    )
     z = torch.randn(4, model.latent_dim).repeat(2, 1)
     labels = torch.tensor([0] * 4 + [7] * 4)
     images = model.generate(z, labels)
     assert images.shape == (8, *shape) and 0 <= images.min() and images.max() <= 1
     other_noise = model.generate(torch.randn(4, model.latent_dim), labels[:4])
-    label_effect, noise_effect = (images[:4] - images[4:]).abs().mean(), (images[:4] - other_noise).abs().mean()
-    assert label_effect > 0.05 * noise_effect > 0  # same noise, other label: another image (at init, as much as ~1/10 of new noise)
+    label_effect, noise_effect = (
+        (images[:4] - images[4:]).abs().mean(),
+        (images[:4] - other_noise).abs().mean(),
+    )
+    assert (
+        label_effect > 0.05 * noise_effect > 0
+    )  # same noise, other label: another image (at init, as much as ~1/10 of new noise)
     assert model.sample(5, labels=3).shape == (5, *shape)
     grid = model.sample_grid(20)  # the class grid: 10 rows of 2
     assert grid.shape[0] == 3 and grid.shape[1] > grid.shape[2]
@@ -139,11 +186,19 @@ def test_cgan_generator_depends_on_label(net, shape):
 @pytest.mark.parametrize("net,shape", [("mlp", (1, 28, 28)), ("dcgan", (3, 32, 32))])
 def test_projection_discriminator_takes_the_label_at_its_features(net, shape):
     torch.manual_seed(0)
-    dims = dict(g_dims=[16, 8], d_dims=[8, 16]) if net == "dcgan" else dict(g_dims=[32], d_dims=[32])
+    dims = (
+        dict(g_dims=[16, 8], d_dims=[8, 16]) if net == "dcgan" else dict(g_dims=[32], d_dims=[32])
+    )
     concat = CGAN("cgan", net=net, input_shape=shape, **dims).discriminator
-    proj = CGAN("cgan", net=net, input_shape=shape, projection=True, **dims).discriminator.eval()  # (no dropout)
-    first = lambda d: next(m for m in d.net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
-    assert first(concat).weight.shape[1] == first(proj).weight.shape[1] + 10  # no label at the input
+    proj = CGAN(
+        "cgan", net=net, input_shape=shape, projection=True, **dims
+    ).discriminator.eval()  # (no dropout)
+    first = lambda d: next(
+        m for m in d.net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    )
+    assert (
+        first(concat).weight.shape[1] == first(proj).weight.shape[1] + 10
+    )  # no label at the input
     x, y = torch.randn(6, *shape), torch.tensor([0, 1, 2, 3, 4, 5])
     with torch.no_grad():
         h = proj.net(x if net == "dcgan" else x.flatten(1)).flatten(1)
@@ -158,20 +213,29 @@ def test_projection_discriminator_takes_the_label_at_its_features(net, shape):
 def test_generator_moving_average():
     torch.manual_seed(0)
     model = DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28), ema=0.99)
-    assert model.sampler is model.generator_ema and not any(p.requires_grad for p in model.generator_ema.parameters())
+    assert model.sampler is model.generator_ema and not any(
+        p.requires_grad for p in model.generator_ema.parameters()
+    )
     before = [p.clone() for p in model.generator_ema.parameters()]
     with torch.no_grad():
         for p in model.generator.parameters():
             p.add_(1.0)
     model.update_ema(step=1000)  # past the warm-up: decay 0.99
-    for old, new, live in zip(before, model.generator_ema.parameters(), model.generator.parameters()):
+    for old, new, live in zip(
+        before, model.generator_ema.parameters(), model.generator.parameters()
+    ):
         assert torch.allclose(new, 0.99 * old + 0.01 * live, atol=1e-6)
     model.update_ema(step=0)  # warm-up: decay min(0.99, 1/10) = 0.1, mostly the live weights
     for new, live in zip(model.generator_ema.parameters(), model.generator.parameters()):
         assert (new - live).abs().max() < 0.1 + 1e-6
     z = torch.randn(3, model.latent_dim)
-    assert torch.allclose(model.generate(z), model.generator_ema.eval()(z).add(1).div(2).clamp(0, 1))
-    assert DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28)).generator_ema is None
+    assert torch.allclose(
+        model.generate(z), model.generator_ema.eval()(z).add(1).div(2).clamp(0, 1)
+    )
+    assert (
+        DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28)).generator_ema
+        is None
+    )
     with pytest.raises(gans.ConfigError, match="model.ema"):
         DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28), ema=1.0)
 
@@ -196,7 +260,15 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch)
 
     monkeypatch.setattr(gans, "generator_loss", poisoned)
     with pytest.raises(SystemExit):
-        run_train(tmp_path, *FAST, "model=gan", "model.g_dims=[32]", "model.d_dims=[32]", "trainer.max_epochs=3", *QUIET)
+        run_train(
+            tmp_path,
+            *FAST,
+            "model=gan",
+            "model.g_dims=[32]",
+            "model.d_dims=[32]",
+            "trainer.max_epochs=3",
+            *QUIET,
+        )
     record = read_metrics(tmp_path / "run")
     assert record["status"] == "failed"
     assert "training step 5" in record["error"] and "train/g_loss=nan" in record["error"]
@@ -204,4 +276,6 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch)
     assert str(last) in record["error"]
     state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["epoch"] == 0  # saved at the end of epoch 0, before the NaN
-    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+    )

@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import event_tags, read_metrics, run_train
+
 from nnlab.data.ratings import RatingsDataModule, read_ratings_file
 from nnlab.errors import ConfigError, DataError
 from nnlab.models.rbm import RBM, RBMCF
@@ -67,8 +67,12 @@ def test_cd1_update_matches_hand_computation():
     opt.step()
     want_W = [[W0[i][j] + lr * (dW[i][j] - wd * W0[i][j]) for j in range(2)] for i in range(3)]
     assert torch.allclose(rbm.W.data, torch.tensor(want_W), atol=1e-6)
-    assert torch.allclose(rbm.b.data, torch.tensor([B0[i] + lr * db[i] for i in range(3)]), atol=1e-6)
-    assert torch.allclose(rbm.c.data, torch.tensor([C0[j] + lr * dc[j] for j in range(2)]), atol=1e-6)
+    assert torch.allclose(
+        rbm.b.data, torch.tensor([B0[i] + lr * db[i] for i in range(3)]), atol=1e-6
+    )
+    assert torch.allclose(
+        rbm.c.data, torch.tensor([C0[j] + lr * dc[j] for j in range(2)]), atol=1e-6
+    )
 
 
 def test_weight_decay_l2_and_l1_on_weights_only():
@@ -85,7 +89,10 @@ def test_free_energy_is_minus_log_sum_over_hidden_states():
     W, b, c = torch.tensor(W0), torch.tensor(B0), torch.tensor(C0)
     for v in itertools.product([0.0, 1.0], repeat=3):
         v = torch.tensor(v)
-        energies = [-(v @ b) - (torch.tensor(h) @ c) - v @ W @ torch.tensor(h) for h in itertools.product([0.0, 1.0], repeat=2)]
+        energies = [
+            -(v @ b) - (torch.tensor(h) @ c) - v @ W @ torch.tensor(h)
+            for h in itertools.product([0.0, 1.0], repeat=2)
+        ]
         log_z_v = torch.logsumexp(torch.stack(energies).neg(), 0)
         assert torch.allclose(rbm.free_energy(v[None])[0], -log_z_v, atol=1e-5)
 
@@ -96,11 +103,15 @@ def test_softmax_units_and_expected_rating():
     v, mask = model.visible_data((ratings,))
     assert v.shape == (1, 20) and v.sum() == 2 and v[0, 5 + 4] == 1 and v[0, 10 + 0] == 1
     p = model.visible_probs(model.hidden_probs(v), mask).view(1, 4, 5)
-    assert torch.allclose(p.sum(-1), mask)  # a distribution over K levels for rated items, nothing elsewhere
+    assert torch.allclose(
+        p.sum(-1), mask
+    )  # a distribution over K levels for rated items, nothing elsewhere
     sample = model.sample_visible(p.flatten(1)).view(1, 4, 5)
     assert torch.equal(sample.sum(-1), mask)
     logits = (model.hidden_probs(v) @ model.W.T + model.b).view(1, 4, 5)
-    assert torch.allclose(model.predict(ratings), (logits.softmax(-1) * torch.arange(1.0, 6.0)).sum(-1))
+    assert torch.allclose(
+        model.predict(ratings), (logits.softmax(-1) * torch.arange(1.0, 6.0)).sum(-1)
+    )
 
 
 def test_sample_grid_any_shape():
@@ -113,20 +124,39 @@ def test_sample_grid_any_shape():
             rbm.sample_grid(n=4, label=1)
 
 
-RATINGS = [(1, 10, 5), (1, 20, 3), (1, 30, 4), (1, 40, 1), (1, 50, 2), (2, 10, 4), (2, 30, 2),
-           (7, 20, 5), (7, 40, 4), (7, 50, 1), (7, 60, 3), (9, 60, 2)] + [(3, i, 1 + (i // 10) % 5) for i in range(10, 70, 10)]
+RATINGS = [
+    (1, 10, 5),
+    (1, 20, 3),
+    (1, 30, 4),
+    (1, 40, 1),
+    (1, 50, 2),
+    (2, 10, 4),
+    (2, 30, 2),
+    (7, 20, 5),
+    (7, 40, 4),
+    (7, 50, 1),
+    (7, 60, 3),
+    (9, 60, 2),
+] + [(3, i, 1 + (i // 10) % 5) for i in range(10, 70, 10)]
 
 
 def write_u_data(folder):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t88125{n:04d}\n" for n, (u, i, r) in enumerate(RATINGS)))
+    (folder / "u.data").write_text(
+        "".join(f"{u}\t{i}\t{r}\t88125{n:04d}\n" for n, (u, i, r) in enumerate(RATINGS))
+    )
     return folder / "u.data"
 
 
 def write_ratings_csv(folder):
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [f"{u},{i},{r - 0.5 if n % 3 == 0 else float(r)},1112486027" for n, (u, i, r) in enumerate(RATINGS)]
-    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+    rows = [
+        f"{u},{i},{r - 0.5 if n % 3 == 0 else float(r)},1112486027"
+        for n, (u, i, r) in enumerate(RATINGS)
+    ]
+    (folder / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n"
+    )
     return folder / "ratings.csv"
 
 
@@ -138,8 +168,15 @@ def test_movielens_readers_and_per_user_split(tmp_path, fmt):
     assert len(users) == len(RATINGS) and users[0] == 1 and items[1] == 20
     assert ratings[1] == 3 and ratings[0] == (4.5 if fmt == "ratings.csv" else 5)
 
-    dm = RatingsDataModule("movielens", format="movielens", data_dir=str(tmp_path / "ml"),
-                           val_fraction=0.2, test_fraction=0.2, batch_size=2, eval_batch_size=3)
+    dm = RatingsDataModule(
+        "movielens",
+        format="movielens",
+        data_dir=str(tmp_path / "ml"),
+        val_fraction=0.2,
+        test_fraction=0.2,
+        batch_size=2,
+        eval_batch_size=3,
+    )
     dm.setup()
     assert (dm.n_users, dm.n_items) == (5, 6)
     assert sum(dm.split_size(s) for s in ("train", "val", "test")) == len(RATINGS)
@@ -150,11 +187,15 @@ def test_movielens_readers_and_per_user_split(tmp_path, fmt):
     assert inputs.shape == (5, 6) and ((inputs > 0).sum(1) > 0).all()
     assert not ((inputs > 0) & (held > 0)).any()
     # user 3 rated every item: the dense rows carry the levels (half stars go to the lower level on a tie)
-    row = inputs[2].long() + held[2].long() + torch.cat([y for _, y in dm.val_dataloader()])[2].long()
+    row = (
+        inputs[2].long() + held[2].long() + torch.cat([y for _, y in dm.val_dataloader()])[2].long()
+    )
     want = [2, 3, 4, 5, 1, 2] if fmt == "u.data" else [1, 3, 4, 4, 1, 2]
     assert row.tolist() == want
     # seeded: the same split again; another split_seed, another split
-    again = RatingsDataModule("movielens", data_dir=str(tmp_path / "ml"), val_fraction=0.2, test_fraction=0.2)
+    again = RatingsDataModule(
+        "movielens", data_dir=str(tmp_path / "ml"), val_fraction=0.2, test_fraction=0.2
+    )
     again.setup()
     assert torch.equal(again.splits["test"].items, dm.splits["test"].items)
     assert len(list(dm.train_dataloader())) == 2  # 5 users, batches of 2, last one dropped
@@ -166,7 +207,9 @@ def test_movielens_missing_files_say_where_to_get_them(tmp_path):
 
 
 def test_synthetic_ratings_are_low_rank_levels():
-    dm = RatingsDataModule("synthetic_ratings", format="synthetic", n_users=50, n_items=40, density=0.3)
+    dm = RatingsDataModule(
+        "synthetic_ratings", format="synthetic", n_users=50, n_items=40, density=0.3
+    )
     dm.setup()
     x, _ = next(iter(dm.train_dataloader()))
     assert x.max() <= 5 and dm.split_size("test") > 0
@@ -174,12 +217,26 @@ def test_synthetic_ratings_are_low_rank_levels():
 
 
 def test_rbm_fast_run(tmp_path):
-    run = run_train(tmp_path, "model=rbm", "dataset=synthetic", "debug=fast", "accelerator=cpu",
-                    "model.gibbs_steps=5", "model.n_hidden=32", "model.n_log_images=16")
+    run = run_train(
+        tmp_path,
+        "model=rbm",
+        "dataset=synthetic",
+        "debug=fast",
+        "accelerator=cpu",
+        "model.gibbs_steps=5",
+        "model.n_hidden=32",
+        "model.n_log_images=16",
+    )
     metrics = read_metrics(run)
     assert metrics["status"] == "finished"
     m = metrics["metrics"]
-    for key in ("train/recon_error", "val/recon_error", "val/free_energy_gap", "val/pseudo_ll", "test/pseudo_ll"):
+    for key in (
+        "train/recon_error",
+        "val/recon_error",
+        "val/free_energy_gap",
+        "val/pseudo_ll",
+        "test/pseudo_ll",
+    ):
         assert math.isfinite(m[key]), key
     assert 0 < m["val/recon_error"] < 1 and m["val/pseudo_ll"] < 0
     assert metrics["best_checkpoint"]
@@ -188,11 +245,21 @@ def test_rbm_fast_run(tmp_path):
 
 
 def test_rbm_cf_fast_run(tmp_path):
-    run = run_train(tmp_path, "model=rbm_cf", "dataset=synthetic_ratings", "debug=fast", "accelerator=cpu",
-                    "dataset.n_users=80", "dataset.n_items=50", "model.n_hidden=16")
+    run = run_train(
+        tmp_path,
+        "model=rbm_cf",
+        "dataset=synthetic_ratings",
+        "debug=fast",
+        "accelerator=cpu",
+        "dataset.n_users=80",
+        "dataset.n_items=50",
+        "model.n_hidden=16",
+    )
     metrics = read_metrics(run)
     assert metrics["status"] == "finished"
     m = metrics["metrics"]
-    assert 0 < m["test/rmse"] < 4 and 0 < m["test/rmse_item_mean"] < 4 and math.isfinite(m["val/rmse"])
+    assert (
+        0 < m["test/rmse"] < 4 and 0 < m["test/rmse_item_mean"] < 4 and math.isfinite(m["val/rmse"])
+    )
     ckpt = torch.load(metrics["best_checkpoint"], weights_only=True)
     assert ckpt["hyper_parameters"]["n_items"] == 50  # a checkpoint rebuilds the model's shapes

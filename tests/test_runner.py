@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import FAST, event_tags, read_metrics, run_fails, run_train, write_mnist_folder
 
 NO_TORCH_CHECK = (
@@ -20,7 +19,9 @@ NO_TORCH_CHECK = (
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-c", NO_TORCH_CHECK, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH_CHECK, *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_help_and_cfg_job_do_not_import_torch():
@@ -28,7 +29,15 @@ def test_help_and_cfg_job_do_not_import_torch():
     assert "train" in top.stdout and "HEAVY False" in top.stdout
     train_help = _cli("train", "--help")
     assert "HEAVY False" in train_help.stdout
-    for group in ("model:", "dataset:", "accelerator:", "logger:", "callbacks:", "debug:", "experiment:"):
+    for group in (
+        "model:",
+        "dataset:",
+        "accelerator:",
+        "logger:",
+        "callbacks:",
+        "debug:",
+        "experiment:",
+    ):
         assert group in train_help.stdout, group
     assert "fashion_mnist" in train_help.stdout and "synthetic" in train_help.stdout
     job = _cli("train", "--cfg", "job", "model.latent_dim=7")
@@ -43,13 +52,21 @@ def test_unknown_command():
 def test_fast_run_on_synthetic_writes_the_whole_run_folder(tmp_path):
     run = run_train(tmp_path, *FAST)
     metrics = read_metrics(run)
-    assert metrics["status"] == "finished" and metrics["model"] == "ae" and metrics["dataset"] == "synthetic"
+    assert (
+        metrics["status"] == "finished"
+        and metrics["model"] == "ae"
+        and metrics["dataset"] == "synthetic"
+    )
     assert 0 < metrics["metrics"]["test/mse"] < 0.5 and "test/loss" in metrics["metrics"]
-    assert (run / ".hydra" / "config.yaml").is_file() and (run / ".hydra" / "overrides.yaml").is_file()
+    assert (run / ".hydra" / "config.yaml").is_file() and (
+        run / ".hydra" / "overrides.yaml"
+    ).is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "checkpoints").glob("best-*.ckpt"))
     log = (run / "train.log").read_text()
-    assert "GPU available" in log and "litlogger" not in log  # Lightning's news kept, its advert dropped
+    assert (
+        "GPU available" in log and "litlogger" not in log
+    )  # Lightning's news kept, its advert dropped
     acc = event_tags(run)
     scalars = set(acc.Tags()["scalars"])
     assert {"train/loss", "val/loss", "test/loss", "test/mse"} <= scalars
@@ -61,8 +78,15 @@ def test_fast_run_on_synthetic_writes_the_whole_run_folder(tmp_path):
 
 def test_fast_run_on_generated_idx_files(tmp_path):
     data = write_mnist_folder(tmp_path / "mnist-files", n_train=300, n_test=80)
-    run = run_train(tmp_path, "dataset=mnist", f"dataset.data_dir={data}", "dataset.download=false",
-                    "debug=fast", "accelerator=cpu", "dataset.batch_size=32")
+    run = run_train(
+        tmp_path,
+        "dataset=mnist",
+        f"dataset.data_dir={data}",
+        "dataset.download=false",
+        "debug=fast",
+        "accelerator=cpu",
+        "dataset.batch_size=32",
+    )
     metrics = read_metrics(run)
     assert metrics["status"] == "finished" and metrics["dataset"] == "mnist"
     assert {"train/loss", "val/loss", "test/mse"} <= set(event_tags(run).Tags()["scalars"])
@@ -70,7 +94,9 @@ def test_fast_run_on_generated_idx_files(tmp_path):
 
 def test_overfit_learns(tmp_path):
     """debug=overfit: the loss on two batches falls well below where it started."""
-    run = run_train(tmp_path, "dataset=synthetic", "debug=overfit", "trainer.max_epochs=30", "accelerator=cpu")
+    run = run_train(
+        tmp_path, "dataset=synthetic", "debug=overfit", "trainer.max_epochs=30", "accelerator=cpu"
+    )
     losses = [e.value for e in event_tags(run).Scalars("train/loss")]
     assert losses[-1] < 0.5 * losses[0]
 
@@ -80,7 +106,11 @@ def test_default_run_folders_are_readable_and_unique(tmp_path, monkeypatch):
     from nnlab.train import main
 
     for _ in range(2):
-        monkeypatch.setattr(sys, "argv", ["nnlab train", *FAST, "logger=none", "callbacks.progress_bar.refresh_rate=0"])
+        monkeypatch.setattr(
+            sys,
+            "argv",
+            ["nnlab train", *FAST, "logger=none", "callbacks.progress_bar.refresh_rate=0"],
+        )
         main()
     runs = sorted((tmp_path / "outputs" / "ae" / "synthetic").iterdir())
     assert len(runs) == 2
@@ -90,14 +120,21 @@ def test_default_run_folders_are_readable_and_unique(tmp_path, monkeypatch):
 
 # -- errors: exit code, one clear paragraph, no traceback -------------------------------------
 
-@pytest.mark.parametrize("override,needle", [
-    ("model.latent_dim=0", "model.latent_dim=0 is not valid: it must be a positive integer"),
-    ("model.latent_dim=abc", "model.latent_dim='abc' is not valid"),
-    ("dataset.batch_size=-5", "dataset.batch_size=-5 is not valid"),
-    ("dataset.val_fraction=1.5", "dataset.val_fraction=1.5 is not valid"),
-    ("model.optimizer.lr=-0.1", "model.optimizer.lr=-0.1 is not valid"),
-    ("+trainer.profiler=bogus", "trainer.profiler='bogus' is not valid: it must be null or one of simple"),
-])
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("model.latent_dim=0", "model.latent_dim=0 is not valid: it must be a positive integer"),
+        ("model.latent_dim=abc", "model.latent_dim='abc' is not valid"),
+        ("dataset.batch_size=-5", "dataset.batch_size=-5 is not valid"),
+        ("dataset.val_fraction=1.5", "dataset.val_fraction=1.5 is not valid"),
+        ("model.optimizer.lr=-0.1", "model.optimizer.lr=-0.1 is not valid"),
+        (
+            "+trainer.profiler=bogus",
+            "trainer.profiler='bogus' is not valid: it must be null or one of simple",
+        ),
+    ],
+)
 def test_bad_values_are_clear_errors(capsys, tmp_path, override, needle):
     err, _ = run_fails(tmp_path, capsys, *FAST, override)
     assert needle in err and err.startswith("nnlab: config error:")
@@ -105,7 +142,13 @@ def test_bad_values_are_clear_errors(capsys, tmp_path, override, needle):
 
 
 def test_missing_dataset_is_a_clear_error(capsys, tmp_path):
-    err, _ = run_fails(tmp_path, capsys, "dataset=mnist", f"dataset.data_dir={tmp_path / 'none'}", "dataset.download=false")
+    err, _ = run_fails(
+        tmp_path,
+        capsys,
+        "dataset=mnist",
+        f"dataset.data_dir={tmp_path / 'none'}",
+        "dataset.download=false",
+    )
     assert "Dataset 'mnist' not found" in err and "torchvision's download" in err
     assert "failed" == read_metrics(tmp_path / "run")["status"]
 
@@ -118,11 +161,28 @@ def test_gpu_without_gpu_is_a_clear_error(capsys, tmp_path, override):
 
 
 def test_cli_errors_exit_nonzero_without_traceback(tmp_path):
-    bad = subprocess.run([sys.executable, "-m", "nnlab.cli", "train", "model.latent_dim=0",
-                          f"hydra.run.dir={tmp_path}/r"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "model.latent_dim=0" in bad.stderr
-    unknown = subprocess.run([sys.executable, "-m", "nnlab.cli", "train", "model.latnt_dim=3"],
-                             capture_output=True, text=True, timeout=120)  # an unknown key: Hydra's own message
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnlab.cli",
+            "train",
+            "model.latent_dim=0",
+            f"hydra.run.dir={tmp_path}/r",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        bad.returncode == 2 and "Traceback" not in bad.stderr and "model.latent_dim=0" in bad.stderr
+    )
+    unknown = subprocess.run(
+        [sys.executable, "-m", "nnlab.cli", "train", "model.latnt_dim=3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # an unknown key: Hydra's own message
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
     assert "latnt_dim" in unknown.stderr and "not in struct" in unknown.stderr
 
@@ -134,7 +194,9 @@ def test_eval_scalars_are_synchronised_across_ranks(monkeypatch):
     from nnlab.models.autoencoders import AE
 
     calls = []
-    monkeypatch.setattr(pl.LightningModule, "log", lambda self, name, value, *a, **kw: calls.append((name, kw)))
+    monkeypatch.setattr(
+        pl.LightningModule, "log", lambda self, name, value, *a, **kw: calls.append((name, kw))
+    )
     model = AE("ae", input_shape=(1, 28, 28))
     for hook in ("validation_step", "on_test_epoch_end"):
         model._current_fx_name = hook
@@ -176,16 +238,26 @@ def test_idle_callback_hooks_are_skipped_and_the_others_still_run(tmp_path):
 
     counter = Counter()
     counter.on_after_backward = counter.calls.setdefault  # an instance attribute is left alone
-    trainer = pl.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[counter],
-                         profiler=QuietProfiler(), default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[counter],
+        profiler=QuietProfiler(),
+        default_root_dir=tmp_path,
+    )
     skip_idle_hooks(trainer.callbacks)
     assert counter.on_train_batch_start is None and counter.on_before_zero_grad is None
     assert callable(counter.on_train_batch_end) and callable(counter.on_before_backward)
     assert counter.on_after_backward == counter.calls.setdefault
     assert counter.on_fit_start is not None  # only the per-batch hooks are touched
     counter.on_after_backward = None
-    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 4)), batch_size=4)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(12, 4)), batch_size=4
+    )
     trainer.fit(Tiny(), train_dataloaders=data)
     assert counter.calls == {"on_train_batch_end": 3, "on_before_backward": 3}
     with trainer.profiler.profile("a") as first, trainer.profiler.profile("b") as second:
@@ -202,7 +274,12 @@ def test_compiled_run_trains_and_keeps_the_checkpoint_keys(tmp_path):
     """model.compile=true compiles each net in place (torch.compile through nn.Module.compile): the run trains, and
     its checkpoint has the keys of a plain run's, so either loads into the other."""
     plain = run_train(tmp_path, *FAST, "test_after_fit=false", name="plain")
-    compiled = run_train(tmp_path, *FAST, "test_after_fit=false", "model.compile=true", name="compiled")
+    compiled = run_train(
+        tmp_path, *FAST, "test_after_fit=false", "model.compile=true", name="compiled"
+    )
     assert read_metrics(compiled)["status"] == "finished"
-    keys = [set(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]) for run in (plain, compiled)]
+    keys = [
+        set(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
+        for run in (plain, compiled)
+    ]
     assert keys[0] == keys[1] and keys[0]

@@ -19,17 +19,39 @@ import yaml
 from nnlab import runs as nnlab_runs
 
 
-def make_run(folder: Path, status: str = "finished", overrides=(), metrics=None, model="ae",
-             latent_dim=32, pid=None, host=None, **fields) -> Path:
+def make_run(
+    folder: Path,
+    status: str = "finished",
+    overrides=(),
+    metrics=None,
+    model="ae",
+    latent_dim=32,
+    pid=None,
+    host=None,
+    **fields,
+) -> Path:
     folder.mkdir(parents=True)
     (folder / ".hydra").mkdir()
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
-    config = {"model": {"name": model, "latent_dim": latent_dim, "optimizer": {"lr": 1e-3}},
-              "dataset": {"name": "synthetic"}, "seed": 42}
+    config = {
+        "model": {"name": model, "latent_dim": latent_dim, "optimizer": {"lr": 1e-3}},
+        "dataset": {"name": "synthetic"},
+        "seed": 42,
+    }
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    record = {"status": status, "model": model, "dataset": "synthetic", "overrides": list(overrides),
-              "started": "2026-01-01T10:00:00", "host": host or socket.gethostname(), "pid": pid or 1,
-              "metrics": metrics or {}, "wall_time_s": 12.5, "epochs": 3, **fields}
+    record = {
+        "status": status,
+        "model": model,
+        "dataset": "synthetic",
+        "overrides": list(overrides),
+        "started": "2026-01-01T10:00:00",
+        "host": host or socket.gethostname(),
+        "pid": pid or 1,
+        "metrics": metrics or {},
+        "wall_time_s": 12.5,
+        "epochs": 3,
+        **fields,
+    }
     (folder / "metrics.json").write_text(json.dumps(record))
     (folder / "checkpoints").mkdir()
     return folder
@@ -49,12 +71,24 @@ def listed(capsys, *args) -> list[dict]:
 @pytest.fixture
 def runs_dir(tmp_path):
     sweep = tmp_path / "multirun" / "2026-01-01_10-00-00-000000"
-    make_run(sweep / "model.latent_dim=8", overrides=["model.latent_dim=8", "debug=fast"],
-             metrics={"test/mse": 0.02, "test/loss": 0.02, "val/loss": 0.03}, latent_dim=8)
-    make_run(sweep / "model.latent_dim=32", overrides=["model.latent_dim=32", "debug=fast"],
-             metrics={"test/mse": 0.01, "test/loss": 0.01, "val/loss": 0.015})
-    make_run(sweep / "model.latent_dim=-1", status="failed", overrides=["model.latent_dim=-1", "debug=fast"],
-             latent_dim=-1, error="model.latent_dim=-1 is not valid: it must be a positive integer.")
+    make_run(
+        sweep / "model.latent_dim=8",
+        overrides=["model.latent_dim=8", "debug=fast"],
+        metrics={"test/mse": 0.02, "test/loss": 0.02, "val/loss": 0.03},
+        latent_dim=8,
+    )
+    make_run(
+        sweep / "model.latent_dim=32",
+        overrides=["model.latent_dim=32", "debug=fast"],
+        metrics={"test/mse": 0.01, "test/loss": 0.01, "val/loss": 0.015},
+    )
+    make_run(
+        sweep / "model.latent_dim=-1",
+        status="failed",
+        overrides=["model.latent_dim=-1", "debug=fast"],
+        latent_dim=-1,
+        error="model.latent_dim=-1 is not valid: it must be a positive integer.",
+    )
     # killed: still says running, but its process is gone
     make_run(tmp_path / "ae" / "synthetic" / "killed", status="running", pid=dead_pid())
     # alive: this very process
@@ -63,17 +97,26 @@ def runs_dir(tmp_path):
     record = json.loads(alive.read_text())
     record.update(pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     alive.write_text(json.dumps(record))
-    make_run(tmp_path / "vae" / "synthetic" / "r1", model="vae", overrides=["model=vae"],
-             metrics={"test/elbo": -95.0, "test/loss": 95.0})
+    make_run(
+        tmp_path / "vae" / "synthetic" / "r1",
+        model="vae",
+        overrides=["model=vae"],
+        metrics={"test/elbo": -95.0, "test/loss": 95.0},
+    )
     return tmp_path
 
 
 def test_lists_every_run_with_status_overrides_and_metrics(runs_dir, capsys):
     by_name = {r["name"]: r for r in listed(capsys, str(runs_dir))}
     sweep = "multirun/2026-01-01_10-00-00-000000/"
-    assert set(by_name) == {sweep + "model.latent_dim=8", sweep + "model.latent_dim=32",
-                            sweep + "model.latent_dim=-1", "ae/synthetic/killed", "ae/synthetic/alive",
-                            "vae/synthetic/r1"}
+    assert set(by_name) == {
+        sweep + "model.latent_dim=8",
+        sweep + "model.latent_dim=32",
+        sweep + "model.latent_dim=-1",
+        "ae/synthetic/killed",
+        "ae/synthetic/alive",
+        "vae/synthetic/r1",
+    }
     assert by_name[sweep + "model.latent_dim=8"]["status"] == "finished"
     assert by_name[sweep + "model.latent_dim=8"]["metrics"]["test/mse"] == 0.02
     failed = by_name[sweep + "model.latent_dim=-1"]
@@ -93,7 +136,16 @@ def test_only_the_overrides_that_differ_within_a_sweep(runs_dir, capsys):
 
 
 def test_filter_sort_and_csv(runs_dir, capsys):
-    runs = listed(capsys, str(runs_dir), "--filter", "model=ae", "--filter", "status=fin*", "--sort", "test/mse")
+    runs = listed(
+        capsys,
+        str(runs_dir),
+        "--filter",
+        "model=ae",
+        "--filter",
+        "status=fin*",
+        "--sort",
+        "test/mse",
+    )
     assert [r["metrics"]["test/mse"] for r in runs] == [0.01, 0.02]
     runs = listed(capsys, str(runs_dir / "multirun"), "--sort", "model.latent_dim")  # as numbers
     assert [r["differs"]["model.latent_dim"] for r in runs] == ["-1", "8", "32"]
@@ -105,7 +157,15 @@ def test_filter_sort_and_csv(runs_dir, capsys):
     assert nnlab_runs.main([str(runs_dir), "--csv", "--filter", "status=finished"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     header = lines[0].split(",")
-    assert header[:7] == ["name", "model", "dataset", "overrides", "status", "epochs", "wall_time_s"]
+    assert header[:7] == [
+        "name",
+        "model",
+        "dataset",
+        "overrides",
+        "status",
+        "epochs",
+        "wall_time_s",
+    ]
     assert "test/mse" in header and "test/elbo" in header and "test/loss" not in header
     assert len(lines) == 4
 
@@ -129,7 +189,9 @@ def test_falls_back_to_event_files(tmp_path, capsys):
     writer = EventFileWriter(str(run))
     for step, (epoch, loss, wall) in enumerate([(0, 0.5, 100.0), (1, 0.25, 130.0)]):
         for tag, value in (("epoch", float(epoch)), ("val/loss", loss)):
-            summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
+            summary = summary_pb2.Summary(
+                value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)]
+            )
             writer.add_event(event_pb2.Event(wall_time=wall, step=step, summary=summary))
     writer.close()
     (run_record,) = listed(capsys, str(tmp_path))
@@ -140,9 +202,13 @@ def test_falls_back_to_event_files(tmp_path, capsys):
 
 
 def test_does_not_import_torch(runs_dir):
-    code = ("import sys, nnlab.cli; nnlab.cli.main(['runs', sys.argv[1]]); "
-            "heavy = [m for m in ('torch', 'pytorch_lightning', 'tensorflow') if m in sys.modules]; "
-            "assert not heavy, heavy")
-    proc = subprocess.run([sys.executable, "-c", code, str(runs_dir)], capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys, nnlab.cli; nnlab.cli.main(['runs', sys.argv[1]]); "
+        "heavy = [m for m in ('torch', 'pytorch_lightning', 'tensorflow') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(runs_dir)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "6 runs under" in proc.stdout

@@ -19,8 +19,14 @@ TINY = (*FAST, "threads=1", "callbacks.progress_bar.refresh_rate=0")
 def nnlab(*args: str, cwd: Path) -> subprocess.Popen:
     """`nnlab ARGS` in its own process, finished: .returncode, .stdout, .stderr, .pid."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "nnlab.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nnlab.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     proc.stdout, proc.stderr = proc.communicate(timeout=900)
     return proc
 
@@ -40,9 +46,13 @@ def hparams_of_events(run_dir: Path) -> tuple[dict, list[str]]:
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    hparams = {k: v.number_value if v.HasField("number_value") else v.string_value
-               for k, v in start.session_start_info.hparams.items()}
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]
+    ).experiment
+    hparams = {
+        k: v.number_value if v.HasField("number_value") else v.string_value
+        for k, v in start.session_start_info.hparams.items()
+    }
     return hparams, [m.name.tag for m in experiment.metric_infos]
 
 
@@ -50,12 +60,22 @@ def test_submitit_local_sweep_lands_two_runs_with_hparams(tmp_path):
     """The SLURM launcher's path, run by submitit's local executor: two jobs, each in a folder named
     by its overrides, each with the HParams summary (hyper-parameters + final metrics) in its events."""
     sweep = tmp_path / "sweep"
-    proc = nnlab("train", "-m", "model.latent_dim=4,8", *TINY, "hydra/launcher=submitit_local",
-                 "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = nnlab(
+        "train",
+        "-m",
+        "model.latent_dim=4,8",
+        *TINY,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep finished: 2 jobs" in proc.stdout
-    names = {"accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim=4",
-             "accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim=8"}
+    names = {
+        "accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim=4",
+        "accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim=8",
+    }
     runs = runs_json(sweep)
     assert set(runs) == names  # .submitit/ (the executor's own files) is not a run
     for latent_dim in (4, 8):
@@ -66,7 +86,9 @@ def test_submitit_local_sweep_lands_two_runs_with_hparams(tmp_path):
         assert hparams["dataset.name"] == "synthetic"
         assert {"test/mse", "val/loss"} <= set(metric_tags)
 
-    listed = json.loads(nnlab("runs", str(sweep), "--json", "--sort", "model.latent_dim", cwd=tmp_path).stdout)
+    listed = json.loads(
+        nnlab("runs", str(sweep), "--json", "--sort", "model.latent_dim", cwd=tmp_path).stdout
+    )
     assert [r["differs"] for r in listed] == [{"model.latent_dim": "4"}, {"model.latent_dim": "8"}]
     assert all(r["status"] == "finished" and r["metrics"]["test/mse"] > 0 for r in listed)
 
@@ -90,12 +112,16 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path, capsys):
     bad = sweep / "accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim=-1"
     good = sweep / "accelerator=cpu,dataset=synthetic,debug=fast,model.latent_dim=4"
     assert read_metrics(bad)["status"] == "failed"
-    assert read_metrics(good)["status"] == "finished" and read_metrics(good)["metrics"]["test/mse"] > 0
+    assert (
+        read_metrics(good)["status"] == "finished" and read_metrics(good)["metrics"]["test/mse"] > 0
+    )
 
     table = nnlab("runs", str(sweep), cwd=tmp_path)  # the command, as a user types it
     assert table.returncode == 0 and "failed" in table.stdout and "finished" in table.stdout
-    listed = {r["differs"]["model.latent_dim"]: r for r in
-              json.loads(nnlab("runs", str(sweep), "--json", cwd=tmp_path).stdout)}
+    listed = {
+        r["differs"]["model.latent_dim"]: r
+        for r in json.loads(nnlab("runs", str(sweep), "--json", cwd=tmp_path).stdout)
+    }
     assert listed["-1"]["status"] == "failed" and "positive integer" in listed["-1"]["error"]
     assert listed["4"]["status"] == "finished"
 
@@ -104,12 +130,23 @@ def test_missing_data_stops_the_whole_sweep_at_once(tmp_path, capsys):
     """Missing data would fail every job alike (an Optuna search then had no trial to report and
     crashed): the first job ends the sweep with nnlab's paragraph and exit code 2."""
     with pytest.raises(SystemExit) as exit_info:
-        run_train(tmp_path, "-m", "model.latent_dim=4,8", "dataset=mnist", f"dataset.data_dir={tmp_path / 'none'}",
-                  "dataset.download=false", "debug=fast", "accelerator=cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+        run_train(
+            tmp_path,
+            "-m",
+            "model.latent_dim=4,8",
+            "dataset=mnist",
+            f"dataset.data_dir={tmp_path / 'none'}",
+            "dataset.download=false",
+            "debug=fast",
+            "accelerator=cpu",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "nnlab: data error: Dataset 'mnist' not found" in err and "Traceback" not in err
-    assert len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 1  # the second job never started
+    assert (
+        len(list((tmp_path / "sweep").glob("*/metrics.json"))) == 1
+    )  # the second job never started
 
 
 def test_a_single_run_still_fails_with_one_paragraph(tmp_path, capsys):
@@ -123,8 +160,16 @@ def test_ddp_cpu_trains_on_two_processes_and_rank_zero_writes(tmp_path):
     """accelerator=ddp_cpu: Lightning re-launches `python -m nnlab.train` for rank 1 (through the
     Hydra entry point); only rank 0 (this command's process) writes metrics.json and the events."""
     run = tmp_path / "ddp"
-    proc = nnlab("train", "accelerator=ddp_cpu", "dataset=synthetic", "debug=fast", "threads=1",
-                 "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = nnlab(
+        "train",
+        "accelerator=ddp_cpu",
+        "dataset=synthetic",
+        "debug=fast",
+        "threads=1",
+        "callbacks.progress_bar.refresh_rate=0",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = read_metrics(run)
     assert record["status"] == "finished" and record["pid"] == proc.pid
@@ -132,7 +177,6 @@ def test_ddp_cpu_trains_on_two_processes_and_rank_zero_writes(tmp_path):
     assert (run / "train_ddp_process_1.log").exists()  # rank 1 ran, with its own log
     writers = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}
     assert writers == {str(record["pid"])}  # every event file written by rank 0's process
-
 
 
 def compose(*overrides: str):
@@ -150,7 +194,9 @@ def test_presets_compose():
     assert "model.latent_dim" in cfg.hydra.sweeper.params
     cfg = compose("hparams_search=ae_optuna", "model.monitor_mode=max")
     assert cfg.hydra.sweeper.direction == "maximize"
-    cfg = compose("hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4")
+    cfg = compose(
+        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4"
+    )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert (cfg.hydra.launcher.partition, cfg.hydra.launcher.gpus_per_node) == ("gpu", 4)
     assert compose("accelerator=ddp").trainer.strategy == "ddp"

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from conftest import FAST, event_tags, read_metrics, run_train
 from torch import nn
 
-from conftest import FAST, event_tags, read_metrics, run_train
 from nnlab.errors import ConfigError
 from nnlab.models.vae import VAE, gaussian_kl
 
@@ -42,8 +42,13 @@ def test_elbo_terms_match_a_hand_computation():
     # Bernoulli NLL summed over pixels: -[x log s(l) + (1 - x) log(1 - s(l))]
     sig = lambda l: 1 / (1 + math.exp(-l))  # noqa: E731
     flat_l = [l for row in logits for l in row]
-    nll = [-sum(xi * math.log(sig(l)) + (1 - xi) * math.log(1 - sig(l)) for xi, l in zip(img.flatten().tolist(), flat_l))
-           for img in x]
+    nll = [
+        -sum(
+            xi * math.log(sig(l)) + (1 - xi) * math.log(1 - sig(l))
+            for xi, l in zip(img.flatten().tolist(), flat_l)
+        )
+        for img in x
+    ]
     terms = model.loss_terms(x)
     assert terms["kl"].item() == pytest.approx(kl, rel=1e-5)
     assert terms["recon"].item() == pytest.approx(sum(nll) / 2, rel=1e-5)
@@ -52,7 +57,8 @@ def test_elbo_terms_match_a_hand_computation():
     q = torch.distributions.Normal(torch.tensor(mu), torch.tensor(var).sqrt())
     p = torch.distributions.Normal(torch.zeros(2), torch.ones(2))
     assert gaussian_kl(torch.tensor(mu), torch.tensor(var).log()).item() == pytest.approx(
-        torch.distributions.kl_divergence(q, p).sum().item(), rel=1e-5)
+        torch.distributions.kl_divergence(q, p).sum().item(), rel=1e-5
+    )
 
 
 def test_gaussian_likelihood_is_the_normal_density():
@@ -66,10 +72,14 @@ def test_gaussian_likelihood_is_the_normal_density():
 def test_iwae_bound_is_tighter_than_the_elbo_and_equals_it_for_k1():
     torch.manual_seed(0)
     model = VAE(name="vae", input_shape=(1, 4, 4), hidden_dims=[16], latent_dim=3).eval()
-    x = torch.rand(4, 1, 4, 4).round().repeat(2000, 1, 1, 1)  # many copies: averages of the estimates
+    x = (
+        torch.rand(4, 1, 4, 4).round().repeat(2000, 1, 1, 1)
+    )  # many copies: averages of the estimates
     with torch.no_grad():
-        neg_elbo = torch.stack([model.loss_terms(x)["loss"] for _ in range(8)]).mean().item()  # analytic KL
-        k1 = -model.log_likelihood_iw(x, k=1)                   # Monte Carlo log p(x|z) + log p(z) - log q(z|x)
+        neg_elbo = (
+            torch.stack([model.loss_terms(x)["loss"] for _ in range(8)]).mean().item()
+        )  # analytic KL
+        k1 = -model.log_likelihood_iw(x, k=1)  # Monte Carlo log p(x|z) + log p(z) - log q(z|x)
         k100 = -model.log_likelihood_iw(x[:400], k=100).mean().item()
     # E[k=1 estimate] = ELBO: within 4 standard errors of the Monte Carlo mean
     assert abs(k1.mean().item() - neg_elbo) < 4 * k1.std().item() / math.sqrt(len(k1))
@@ -87,17 +97,26 @@ def test_grids_have_the_expected_shapes():
     with torch.no_grad():
         assert torch.allclose(path[:, 0], model.eval()(x1), atol=1e-6)
         assert torch.allclose(path[:, -1], model(x2), atol=1e-6)
-    assert model.sample(7).shape == (7, 3, 8, 8) and 0 <= model.sample(7).min() <= model.sample(7).max() <= 1
+    assert (
+        model.sample(7).shape == (7, 3, 8, 8)
+        and 0 <= model.sample(7).min() <= model.sample(7).max() <= 1
+    )
     side = lambda n: n * (8 + 2) + 2  # noqa: E731 - make_grid's padding of 2
     assert model.sample_grid(16).shape == (3, side(4), side(4))
-    assert model.sample_grid(10, interpolate=True).shape == (3, side(2), side(5))  # no data: prior walks
+    assert model.sample_grid(10, interpolate=True).shape == (
+        3,
+        side(2),
+        side(5),
+    )  # no data: prior walks
     with pytest.raises(ConfigError):
         tiny_vae(latent_dim=3).manifold()
     with pytest.raises(ConfigError):
         model.sample_grid(4, label=1)
 
 
-@pytest.mark.parametrize("bad", [{"likelihood": "poisson"}, {"gaussian_variance": "free"}, {"beta": -1.0}, {"iw_k": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"likelihood": "poisson"}, {"gaussian_variance": "free"}, {"beta": -1.0}, {"iw_k": 0}]
+)
 def test_bad_options_are_config_errors(bad):
     with pytest.raises(ConfigError):
         tiny_vae(**bad)
@@ -106,7 +125,11 @@ def test_bad_options_are_config_errors(bad):
 RUNS = {
     "mlp-1x28x28": ("model.latent_dim=2", "model.kl_warmup_epochs=2"),
     "conv-3x32x32": ("model.net=conv", "model.channels=[8,16]", "dataset.shape=[3,32,32]"),
-    "mlp-3x32x32": ("dataset.shape=[3,32,32]", "model.likelihood=gaussian", "model.gaussian_variance=learned"),
+    "mlp-3x32x32": (
+        "dataset.shape=[3,32,32]",
+        "model.likelihood=gaussian",
+        "model.gaussian_variance=learned",
+    ),
     "conv-1x28x28": ("model.net=conv", "model.channels=[8,16]", "model.beta=4"),
 }
 
@@ -117,7 +140,16 @@ def test_debug_fast_runs_log_elbo_nll_iw_and_images(tmp_path, name):
     metrics = read_metrics(run)
     assert metrics["status"] == "finished", metrics
     m = metrics["metrics"]
-    for key in ("train/loss", "val/elbo", "val/recon", "val/kl", "test/elbo", "test/recon", "test/kl", "test/nll_iw"):
+    for key in (
+        "train/loss",
+        "val/elbo",
+        "val/recon",
+        "val/kl",
+        "test/elbo",
+        "test/recon",
+        "test/kl",
+        "test/nll_iw",
+    ):
         assert math.isfinite(m[key]), key
     assert m["test/elbo"] == pytest.approx(-m["test/loss"])
     assert m["test/loss"] == pytest.approx(m["test/recon"] + m["test/kl"], rel=1e-4)
@@ -138,8 +170,10 @@ def test_debug_fast_runs_log_elbo_nll_iw_and_images(tmp_path, name):
 
 def test_sampling_from_a_checkpoint_is_a_one_liner(tmp_path):
     run = run_train(tmp_path, *FAST, "model=vae", "model.iw_images=0", "test_after_fit=false")
-    model = VAE.load_from_checkpoint(read_metrics(run)["best_checkpoint"] or next(run.glob("checkpoints/*.ckpt")),
-                                     map_location="cpu")
+    model = VAE.load_from_checkpoint(
+        read_metrics(run)["best_checkpoint"] or next(run.glob("checkpoints/*.ckpt")),
+        map_location="cpu",
+    )
     images = model.sample(5)
     assert images.shape == (5, 1, 28, 28) and 0 <= images.min() <= images.max() <= 1
     assert model.training  # sampling switches to eval mode and back

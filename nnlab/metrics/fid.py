@@ -12,7 +12,7 @@ other and with the floor (real training images vs test images).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -50,6 +50,8 @@ def fid_from_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def batched(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1000
+) -> torch.Tensor:
     """fn applied to x in chunks (features of many images without a memory spike)."""
     return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])

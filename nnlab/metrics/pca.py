@@ -25,7 +25,7 @@ class PCA:
         self.explained_variance: torch.Tensor | None = None  # (k,), largest first
 
     @torch.no_grad()
-    def fit(self, x: torch.Tensor, chunk: int = 8192, exact_max_dim: int = 1024) -> "PCA":
+    def fit(self, x: torch.Tensor, chunk: int = 8192, exact_max_dim: int = 1024) -> PCA:
         """x: (N, d) or images (N, C, H, W), floats or uint8 (uint8 is taken as /255).
 
         Exact where it is cheap: the SVD of the centred data when N <= d, the eigen-decomposition of

@@ -45,7 +45,9 @@ def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> tor
     return F.mse_loss(x_hat, x) if kind == "mse" else F.l1_loss(x_hat, x)
 
 
-def kl_sparsity(h: torch.Tensor, rho: float, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_sparsity(
+    h: torch.Tensor, rho: float, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_j KL(rho || rho_hat_j), rho_hat_j = the mean activation of sigmoid unit j over the batch.
     Returns (penalty, rho_hat)."""
     rho_hat = h.mean(0).clamp(eps, 1 - eps)
@@ -77,11 +79,14 @@ def jacobian_frobenius_sq(f, x: torch.Tensor) -> torch.Tensor:
     return total.mean()
 
 
-def corrupt(x: torch.Tensor, kind: str, level: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def corrupt(
+    x: torch.Tensor, kind: str, level: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The denoising autoencoder's corruption q(x~ | x), drawn on x's device:
     gaussian     x + level * N(0, 1) per value (isotropic noise, not clipped)
     masking      a fraction `level` of the pixels set to 0
     salt_pepper  a fraction `level` of the pixels set to 0 or 1 (half each)."""
+
     def rand(shape):
         return torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
 
@@ -104,11 +109,23 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 # -- pictures -----------------------------------------------------------------------------------------
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
-def scatter_image(points: torch.Tensor, labels: torch.Tensor, classes, size: int = 360) -> torch.Tensor:
+def scatter_image(
+    points: torch.Tensor, labels: torch.Tensor, classes, size: int = 360
+) -> torch.Tensor:
     """2-D codes as a (3, H, W) scatter plot coloured by class, with a legend (PIL, no matplotlib)."""
     import numpy as np
     from PIL import Image, ImageDraw
@@ -151,8 +168,18 @@ class AutoencoderBase(NNLabModule):
     family = "autoencoder"
     reconstructs = True  # False: the model ends as a classifier (no reconstruction figures)
 
-    def __init__(self, name, net="mlp", hidden_dims=(256,), channels=(32, 64), latent_dim=32, loss="mse",
-                 n_log_images=16, n_embed=1000, **kwargs):
+    def __init__(
+        self,
+        name,
+        net="mlp",
+        hidden_dims=(256,),
+        channels=(32, 64),
+        latent_dim=32,
+        loss="mse",
+        n_log_images=16,
+        n_embed=1000,
+        **kwargs,
+    ):
         super().__init__(name, **kwargs)
         if net not in NETS:
             raise ConfigError(f"model.net='{net}' is unknown; use one of {', '.join(NETS)}.")
@@ -165,10 +192,14 @@ class AutoencoderBase(NNLabModule):
         self.pca: PCA | None = None
         self.stored_images: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def build_nets(self, net: str, widths: list[int], latent_dim: int) -> tuple[nn.Module, nn.Module]:
+    def build_nets(
+        self, net: str, widths: list[int], latent_dim: int
+    ) -> tuple[nn.Module, nn.Module]:
         """(encoder, decoder); `widths` are the MLP widths (net=mlp) or the conv channels (net=conv)."""
-        return (build_encoder(net, self.input_shape, widths, latent_dim),
-                build_decoder(net, latent_dim, widths, self.input_shape))
+        return (
+            build_encoder(net, self.input_shape, widths, latent_dim),
+            build_decoder(net, latent_dim, widths, self.input_shape),
+        )
 
     # -- the model -------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,14 +239,27 @@ class AutoencoderBase(NNLabModule):
     def training_step(self, batch, batch_idx):
         terms = self.batch_terms(batch)
         for key, value in terms.items():
-            self.log(f"train/{key}", value, on_step=True, on_epoch=False, prog_bar=key == "loss", batch_size=len(batch[0]))
+            self.log(
+                f"train/{key}",
+                value,
+                on_step=True,
+                on_epoch=False,
+                prog_bar=key == "loss",
+                batch_size=len(batch[0]),
+            )
         return terms["loss"]
 
     def _eval_step(self, batch, stage: str):
         terms = self.batch_terms(batch)
         terms.update(self.eval_terms(batch, stage))
         for key, value in terms.items():
-            self.log(f"{stage}/{key}", value, on_epoch=True, prog_bar=stage == "val" and key == "loss", batch_size=len(batch[0]))
+            self.log(
+                f"{stage}/{key}",
+                value,
+                on_epoch=True,
+                prog_bar=stage == "val" and key == "loss",
+                batch_size=len(batch[0]),
+            )
         return terms
 
     def validation_step(self, batch, batch_idx):
@@ -231,7 +275,9 @@ class AutoencoderBase(NNLabModule):
             return
         if self.reconstructs:
             x, _ = self.datamodule.fixed_batch("val", self.n_log_images)
-            viz.log_image(self, "reconstructions", viz.rows(*self.reconstruction_rows(x.to(self.device))))
+            viz.log_image(
+                self, "reconstructions", viz.rows(*self.reconstruction_rows(x.to(self.device)))
+            )
         if self.latent_dim == 2:
             codes, labels, _ = self.codes("val", self.n_embed or 1000)
             viz.log_image(self, "latent", scatter_image(codes, labels, self.datamodule.classes))
@@ -254,7 +300,13 @@ class AutoencoderBase(NNLabModule):
             names = [str(self.datamodule.classes[i]) for i in labels.tolist()]
             thumbs = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
             for exp in experiments:
-                exp.add_embedding(codes.cpu(), metadata=names, label_img=thumbs.cpu(), global_step=self.global_step, tag="test_codes")
+                exp.add_embedding(
+                    codes.cpu(),
+                    metadata=names,
+                    label_img=thumbs.cpu(),
+                    global_step=self.global_step,
+                    tag="test_codes",
+                )
         if self.latent_dim == 2:
             codes, labels, _ = self.codes("test", self.n_embed or 1000)
             viz.log_image(self, "latent", scatter_image(codes, labels, self.datamodule.classes))
@@ -273,7 +325,11 @@ class AutoencoderBase(NNLabModule):
         trainer = getattr(self, "_trainer", None)
         if trainer is None or not trainer.is_global_zero:
             return []
-        return [lg.experiment for lg in trainer.loggers if hasattr(getattr(lg, "experiment", None), "add_embedding")]
+        return [
+            lg.experiment
+            for lg in trainer.loggers
+            if hasattr(getattr(lg, "experiment", None), "add_embedding")
+        ]
 
     # -- images from a trained model (`nnlab sample`) --------------------------------------------
     @torch.no_grad()
@@ -305,12 +361,16 @@ class AutoencoderBase(NNLabModule):
         elif self.stored_images is not None:
             images, labels = self.stored_images
         else:
-            raise NNLabError("This model has no test images to reconstruct: load it from an nnlab checkpoint "
-                             "(they keep a few test images) or attach it to a trainer with its datamodule.")
+            raise NNLabError(
+                "This model has no test images to reconstruct: load it from an nnlab checkpoint "
+                "(they keep a few test images) or attach it to a trainer with its datamodule."
+            )
         if label is not None:
             keep = labels == int(label)
             if not bool(keep.any()):
-                raise ConfigError(f"label={label} has no test images; use a class index in 0..{int(labels.max())}.")
+                raise ConfigError(
+                    f"label={label} has no test images; use a class index in 0..{int(labels.max())}."
+                )
             images = images[keep.to(images.device)]
         return _as_float(images[:n]).to(self.device)
 
@@ -318,7 +378,10 @@ class AutoencoderBase(NNLabModule):
         dm = self.datamodule
         if dm is not None and dm.splits:
             images, labels = dm.splits["test"]
-            checkpoint["nnlab_test_images"] = {"images": images[:N_STORED].cpu(), "labels": labels[:N_STORED].cpu()}
+            checkpoint["nnlab_test_images"] = {
+                "images": images[:N_STORED].cpu(),
+                "labels": labels[:N_STORED].cpu(),
+            }
 
     def on_load_checkpoint(self, checkpoint):
         stored = checkpoint.get("nnlab_test_images")
@@ -339,10 +402,19 @@ class SparseAE(AutoencoderBase):
     def __init__(self, name, sparsity="kl", rho=0.05, beta=1e-3, l1_weight=1e-3, **kwargs):
         super().__init__(name, **kwargs)
         if sparsity not in SPARSITIES:
-            raise ConfigError(f"model.sparsity='{sparsity}' is unknown; use one of {', '.join(SPARSITIES)}.")
+            raise ConfigError(
+                f"model.sparsity='{sparsity}' is unknown; use one of {', '.join(SPARSITIES)}."
+            )
         if not 0 < rho < 1:
-            raise ConfigError(f"model.rho={rho} must be a target activation strictly between 0 and 1, e.g. model.rho=0.05.")
-        self.sparsity, self.rho, self.beta, self.l1_weight = sparsity, float(rho), float(beta), float(l1_weight)
+            raise ConfigError(
+                f"model.rho={rho} must be a target activation strictly between 0 and 1, e.g. model.rho=0.05."
+            )
+        self.sparsity, self.rho, self.beta, self.l1_weight = (
+            sparsity,
+            float(rho),
+            float(beta),
+            float(l1_weight),
+        )
 
     def encode(self, x):
         return torch.sigmoid(self.encoder(x))
@@ -376,17 +448,25 @@ class DAE(AutoencoderBase):
     def __init__(self, name, corruption="gaussian", noise_level=0.5, **kwargs):
         super().__init__(name, **kwargs)
         if corruption not in CORRUPTIONS:
-            raise ConfigError(f"model.corruption='{corruption}' is unknown; use one of {', '.join(CORRUPTIONS)}.")
+            raise ConfigError(
+                f"model.corruption='{corruption}' is unknown; use one of {', '.join(CORRUPTIONS)}."
+            )
         if noise_level < 0 or (corruption != "gaussian" and noise_level > 1):
-            raise ConfigError(f"model.noise_level={noise_level} is out of range: sigma >= 0 for gaussian, a fraction "
-                              "in [0, 1] for masking and salt_pepper.")
+            raise ConfigError(
+                f"model.noise_level={noise_level} is out of range: sigma >= 0 for gaussian, a fraction "
+                "in [0, 1] for masking and salt_pepper."
+            )
         self.corruption, self.noise_level = corruption, float(noise_level)
 
     def corrupt(self, x, generator=None):
         return corrupt(x, self.corruption, self.noise_level, generator)
 
     def loss_terms(self, x):
-        return {"loss": reconstruction_loss(self.decode_logits(self.encode(self.corrupt(x))), x, self.loss_kind)}
+        return {
+            "loss": reconstruction_loss(
+                self.decode_logits(self.encode(self.corrupt(x))), x, self.loss_kind
+            )
+        }
 
     def eval_terms(self, batch, stage):
         terms = super().eval_terms(batch, stage)
@@ -435,19 +515,37 @@ class StackedAE(AutoencoderBase):
 
     reconstructs = False
 
-    def __init__(self, name, pretrain=True, pretrain_epochs=2, pretrain_lr=1e-3, num_classes=10, **kwargs):
+    def __init__(
+        self, name, pretrain=True, pretrain_epochs=2, pretrain_lr=1e-3, num_classes=10, **kwargs
+    ):
         if kwargs.get("net", "mlp") != "mlp":
-            raise ConfigError("stacked_ae is a stack of fully connected autoencoders: leave model.net=mlp.")
+            raise ConfigError(
+                "stacked_ae is a stack of fully connected autoencoders: leave model.net=mlp."
+            )
         super().__init__(name, **kwargs)
-        self.pretrain, self.pretrain_epochs, self.pretrain_lr = bool(pretrain), int(pretrain_epochs), float(pretrain_lr)
+        self.pretrain, self.pretrain_epochs, self.pretrain_lr = (
+            bool(pretrain),
+            int(pretrain_epochs),
+            float(pretrain_lr),
+        )
         self.head = nn.Linear(self.latent_dim, int(num_classes))
-        self.register_buffer("pretrained", torch.tensor(False))  # in checkpoints: a resumed run skips it
+        self.register_buffer(
+            "pretrained", torch.tensor(False)
+        )  # in checkpoints: a resumed run skips it
         self.pretrain_history: list[list[float]] = []
 
     def build_nets(self, net, widths, latent_dim):
-        dims = [self.input_shape[0] * self.input_shape[1] * self.input_shape[2], *widths, latent_dim]
-        encoders = nn.ModuleList(nn.Sequential(nn.Linear(a, b), nn.Sigmoid()) for a, b in zip(dims, dims[1:]))
-        decoders = nn.ModuleList(nn.Linear(b, a) for a, b in zip(dims, dims[1:]))  # logits of the layer below
+        dims = [
+            self.input_shape[0] * self.input_shape[1] * self.input_shape[2],
+            *widths,
+            latent_dim,
+        ]
+        encoders = nn.ModuleList(
+            nn.Sequential(nn.Linear(a, b), nn.Sigmoid()) for a, b in zip(dims, dims[1:])
+        )
+        decoders = nn.ModuleList(
+            nn.Linear(b, a) for a, b in zip(dims, dims[1:])
+        )  # logits of the layer below
         return encoders, decoders
 
     def encode(self, x):
@@ -483,7 +581,9 @@ class StackedAE(AutoencoderBase):
         generator = torch.Generator().manual_seed(0)
         self.pretrain_history = []
         for k, (enc, dec) in enumerate(zip(self.encoder, self.decoder), start=1):
-            optimizer = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=self.pretrain_lr)
+            optimizer = torch.optim.Adam(
+                [*enc.parameters(), *dec.parameters()], lr=self.pretrain_lr
+            )
 
             def layer_loss(v):
                 return reconstruction_loss(dec(enc(v)), v, self.loss_kind)
@@ -500,12 +600,19 @@ class StackedAE(AutoencoderBase):
                     optimizer.step()
                     total, batches = total + loss.detach(), batches + 1
                 history.append(float(total / batches))
-                log.info("pre-training layer %d, epoch %d: reconstruction loss %.5f", k, epoch + 1, history[-1])
+                log.info(
+                    "pre-training layer %d, epoch %d: reconstruction loss %.5f",
+                    k,
+                    epoch + 1,
+                    history[-1],
+                )
                 for exp in self.tensorboards():
                     exp.add_scalar(f"pretrain/layer{k}_loss", history[-1], epoch + 1)
             self.pretrain_history.append(history)
             with torch.no_grad():  # the codes of this layer are the data of the next
-                data = torch.cat([enc(_as_float(data[i : i + 4096])) for i in range(0, len(data), 4096)])
+                data = torch.cat(
+                    [enc(_as_float(data[i : i + 4096])) for i in range(0, len(data), 4096)]
+                )
         self.pretrained.fill_(True)
         if self.datamodule is not None:  # the pre-trained stack as a deep autoencoder
             with torch.no_grad():

@@ -22,10 +22,16 @@ from hydra.utils import instantiate
 
 from nnlab.errors import ConfigError
 
-
 # the hooks of one training step: a scalar logged there with on_step (their default) is written every log_every_n_steps
-PER_STEP_HOOKS = frozenset({"training_step", "on_before_backward", "on_after_backward", "on_before_optimizer_step",
-                            "on_before_zero_grad"})
+PER_STEP_HOOKS = frozenset(
+    {
+        "training_step",
+        "on_before_backward",
+        "on_after_backward",
+        "on_before_optimizer_step",
+        "on_before_zero_grad",
+    }
+)
 # Adam and AdamW run as one fused kernel over all parameters unless the spec says otherwise (fused/foreach):
 # on this CPU a 200k-parameter Adam step took 0.33 ms fused against 1.25 ms with torch's per-tensor default
 FUSABLE = frozenset({"torch.optim.Adam", "torch.optim.AdamW"})
@@ -40,7 +46,9 @@ def build_optimizer(spec: dict, params) -> Any:
 
 
 # the hooks of validation and test: their epoch-level scalars are averaged over the DDP ranks (once per epoch)
-EVAL_HOOKS = frozenset({"validation_step", "test_step", "on_validation_epoch_end", "on_test_epoch_end"})
+EVAL_HOOKS = frozenset(
+    {"validation_step", "test_step", "on_validation_epoch_end", "on_test_epoch_end"}
+)
 
 
 class NNLabModule(pl.LightningModule):
@@ -62,7 +70,9 @@ class NNLabModule(pl.LightningModule):
         # None for models whose input is not an image (e.g. the ratings of rbm_cf)
         self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
         if self.input_shape is not None and len(self.input_shape) != 3:
-            raise ConfigError(f"input_shape must be [channels, height, width], got {list(input_shape)}.")
+            raise ConfigError(
+                f"input_shape must be [channels, height, width], got {list(input_shape)}."
+            )
         self.compile_nets, self._nets_compiled = bool(compile), False
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -85,14 +95,23 @@ class NNLabModule(pl.LightningModule):
         """True on the training steps whose per-step scalars Lightning writes (every trainer.log_every_n_steps):
         compute a per-step statistic only then (e.g. `if self.logging_step: self.log("train/grad_norm", ...)`)."""
         trainer = getattr(self, "_trainer", None)
-        return trainer is None or bool(trainer.fast_dev_run) or trainer._logger_connector.should_update_logs
+        return (
+            trainer is None
+            or bool(trainer.fast_dev_run)
+            or trainer._logger_connector.should_update_logs
+        )
 
     def log(self, name: str, value: Any, *args, **kwargs) -> None:
         """Lightning's log, minus the per-step training scalars that Lightning would not write anyway; the
         epoch-level validation and test scalars are synchronised across DDP ranks unless told otherwise
         (each rank sees its own shard: without it, rank 0 would report its shard alone)."""
-        if (not args and self._current_fx_name in PER_STEP_HOOKS and kwargs.get("on_step") is not False
-                and not kwargs.get("on_epoch") and not self.logging_step):
+        if (
+            not args
+            and self._current_fx_name in PER_STEP_HOOKS
+            and kwargs.get("on_step") is not False
+            and not kwargs.get("on_epoch")
+            and not self.logging_step
+        ):
             return
         if not args and self._current_fx_name in EVAL_HOOKS and not kwargs.get("on_step"):
             kwargs.setdefault("sync_dist", True)
@@ -106,9 +125,17 @@ class NNLabModule(pl.LightningModule):
             return optimizer
         sched = dict(sched)
         interval = sched.pop("interval", "epoch")
-        if sched.get("total_steps") == "auto":  # OneCycleLR & co.: the optimizer steps of the whole fit
+        if (
+            sched.get("total_steps") == "auto"
+        ):  # OneCycleLR & co.: the optimizer steps of the whole fit
             sched["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": instantiate(sched, optimizer=optimizer), "interval": interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": instantiate(sched, optimizer=optimizer),
+                "interval": interval,
+            },
+        }
 
     @property
     def datamodule(self):

@@ -55,7 +55,12 @@ def _fit(draw, text: str, width: int, font) -> str:
 def _to_tensor(canvas) -> torch.Tensor:
     import numpy as np
 
-    return torch.from_numpy(np.asarray(canvas.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
+    return (
+        torch.from_numpy(np.asarray(canvas.convert("RGB"), dtype=np.uint8).copy())
+        .permute(2, 0, 1)
+        .float()
+        / 255
+    )
 
 
 def errors_grid(images: torch.Tensor, labels: list[str], nrow: int | None = None) -> torch.Tensor:
@@ -76,18 +81,31 @@ def errors_grid(images: torch.Tensor, labels: list[str], nrow: int | None = None
     rows = math.ceil(n / nrow)
     canvas = Image.new("RGB", (nrow * (tw + pad) + pad, rows * (th + cap + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
-    pixels = (images.expand(-1, 3, -1, -1) if c == 1 else images[:, :3]).mul(255).round().to(torch.uint8)
+    pixels = (
+        (images.expand(-1, 3, -1, -1) if c == 1 else images[:, :3]).mul(255).round().to(torch.uint8)
+    )
     for i, (img, label) in enumerate(zip(pixels, labels)):
         x0, y0 = pad + (i % nrow) * (tw + pad), pad + (i // nrow) * (th + cap + pad)
         tile = Image.fromarray(img.permute(1, 2, 0).numpy()).resize((tw, th), Image.NEAREST)
         canvas.paste(tile, (x0, y0))
         true, _, pred = label.partition("->")
-        if draw.textlength(label, font=font) <= tw:  # short names: one line, true in black, pred in red
+        if (
+            draw.textlength(label, font=font) <= tw
+        ):  # short names: one line, true in black, pred in red
             draw.text((x0 + 1, y0 + th + 1), true + "->", fill=(0, 0, 0), font=font)
-            draw.text((x0 + 1 + draw.textlength(true + "->", font=font), y0 + th + 1), pred, fill=(200, 0, 0), font=font)
+            draw.text(
+                (x0 + 1 + draw.textlength(true + "->", font=font), y0 + th + 1),
+                pred,
+                fill=(200, 0, 0),
+                font=font,
+            )
         else:
-            draw.text((x0 + 1, y0 + th + 1), _fit(draw, true + "->", tw, font), fill=(0, 0, 0), font=font)
-            draw.text((x0 + 1, y0 + th + 13), _fit(draw, pred, tw, font), fill=(200, 0, 0), font=font)
+            draw.text(
+                (x0 + 1, y0 + th + 1), _fit(draw, true + "->", tw, font), fill=(0, 0, 0), font=font
+            )
+            draw.text(
+                (x0 + 1, y0 + th + 13), _fit(draw, pred, tw, font), fill=(200, 0, 0), font=font
+            )
     return _to_tensor(canvas)
 
 
@@ -98,7 +116,9 @@ def confusion_image(cm: torch.Tensor, classes) -> torch.Tensor:
     font = _font()
     cm = cm.detach().cpu().long()
     k = cm.shape[0]
-    share = cm.float() / cm.sum(1, keepdim=True).clamp(min=1)  # row-normalised: recall on the diagonal
+    share = cm.float() / cm.sum(1, keepdim=True).clamp(
+        min=1
+    )  # row-normalised: recall on the diagonal
     cell = 36
     names = [str(name) if str(name) == str(i) else f"{i} {name}" for i, name in enumerate(classes)]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -115,10 +135,14 @@ def confusion_image(cm: torch.Tensor, classes) -> torch.Tensor:
             v = float(share[i, j])
             colour = (int(255 * (1 - v)), int(255 * (1 - 0.6 * v)), 255)  # white -> blue
             x0, y0 = left + j * cell, top + i * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour, outline=(220, 220, 220))
+            draw.rectangle(
+                [x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour, outline=(220, 220, 220)
+            )
             text = str(int(cm[i, j]))
             tx = x0 + (cell - draw.textlength(text, font=font)) / 2
-            draw.text((tx, y0 + cell // 2 - 6), text, fill="white" if v > 0.5 else "black", font=font)
+            draw.text(
+                (tx, y0 + cell // 2 - 6), text, fill="white" if v > 0.5 else "black", font=font
+            )
     return _to_tensor(canvas)
 
 
@@ -188,11 +212,15 @@ class ClassifierBase(NNLabModule):
         cm = self.test_cm.compute()
         classes = self._class_names()
         per_class = cm.diag().float() / cm.sum(1).clamp(min=1)
-        self.extra_metrics = {f"test/acc_class/{_metric_key(c)}": float(a) for c, a in zip(classes, per_class)}
+        self.extra_metrics = {
+            f"test/acc_class/{_metric_key(c)}": float(a) for c, a in zip(classes, per_class)
+        }
         viz.log_image(self, "confusion_matrix", confusion_image(cm, classes))
         if self._errors:
             images, targets, preds = (torch.cat(parts) for parts in zip(*self._errors))
-            viz.log_image(self, "errors", errors_grid(images, error_labels(targets, preds, classes)))
+            viz.log_image(
+                self, "errors", errors_grid(images, error_labels(targets, preds, classes))
+            )
         self._errors = []
 
     # -- gradients: the norm is logged (exploding gradients show), clipping per model -------------
@@ -203,31 +231,50 @@ class ClassifierBase(NNLabModule):
             return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+            self.log(
+                "train/grad_norm",
+                torch.nn.utils.get_total_norm(grads),
+                on_step=True,
+                on_epoch=False,
+            )
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
         # trainer.gradient_clip_val wins when set; else the model's default (lstm: on, lenet: off)
         clip = gradient_clip_val if gradient_clip_val is not None else self.default_clip
         if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=clip,
+                gradient_clip_algorithm=gradient_clip_algorithm or "norm",
+            )
 
     # -- images for `nnlab sample` ------------------------------------------------------------
     def _class_names(self, datamodule=None) -> list[str]:
         dm = datamodule or self.datamodule
         names = list(getattr(dm, "classes", None) or [])
-        return names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+        return (
+            names if len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+        )
 
     @torch.no_grad()
-    def sample_grid(self, n: int = 64, label=None, interpolate: bool = False, datamodule=None) -> torch.Tensor:
+    def sample_grid(
+        self, n: int = 64, label=None, interpolate: bool = False, datamodule=None
+    ) -> torch.Tensor:
         """The errors grid on the test set: the first n misclassified test images (of true class
         `label` if given), each labelled true->pred. A (3, H, W) image in [0, 1]."""
         if interpolate:
-            raise ConfigError("interpolate=true is for generative models; a classifier's sample is its grid of "
-                              "misclassified test images. Drop interpolate=true.")
+            raise ConfigError(
+                "interpolate=true is for generative models; a classifier's sample is its grid of "
+                "misclassified test images. Drop interpolate=true."
+            )
         dm = datamodule or self.datamodule
         if dm is None:
-            raise NNLabError("The classifier's sample is its errors grid on the test set, so it needs the run's "
-                             "datamodule: call sample_grid(..., datamodule=dm).")
+            raise NNLabError(
+                "The classifier's sample is its errors grid on the test set, so it needs the run's "
+                "datamodule: call sample_grid(..., datamodule=dm)."
+            )
         if label is not None and not 0 <= int(label) < self.num_classes:
             raise ConfigError(f"label={label} is out of range; use 0..{self.num_classes - 1}.")
         dm.setup("test")
@@ -255,7 +302,9 @@ class LeNet(ClassifierBase):
 
     def __init__(self, name, variant="modern", channels_last=True, **kwargs):
         if variant not in VARIANTS:
-            raise ConfigError(f"model.variant='{variant}' is unknown; use one of {', '.join(VARIANTS)}.")
+            raise ConfigError(
+                f"model.variant='{variant}' is unknown; use one of {', '.join(VARIANTS)}."
+            )
         self.variant = variant
         super().__init__(name, **kwargs)
         self.channels_last = bool(channels_last)
@@ -279,15 +328,31 @@ class LeNet(ClassifierBase):
 class SequenceClassifier(ClassifierBase):
     """Many-to-one RNN/GRU/LSTM over the image rows: H steps of C*W features."""
 
-    def __init__(self, name, cell="lstm", hidden_size=128, num_layers=1, bidirectional=False, dropout=0.0, **kwargs):
+    def __init__(
+        self,
+        name,
+        cell="lstm",
+        hidden_size=128,
+        num_layers=1,
+        bidirectional=False,
+        dropout=0.0,
+        **kwargs,
+    ):
         if cell not in CELLS:
             raise ConfigError(f"model.cell='{cell}' is unknown; use one of {', '.join(CELLS)}.")
         if int(hidden_size) < 1 or int(num_layers) < 1:
-            raise ConfigError("model.hidden_size and model.num_layers must be positive integers, e.g. model.hidden_size=128.")
+            raise ConfigError(
+                "model.hidden_size and model.num_layers must be positive integers, e.g. model.hidden_size=128."
+            )
         if not 0 <= float(dropout) < 1:
             raise ConfigError(f"model.dropout={dropout} must be in [0, 1), e.g. model.dropout=0.1.")
-        self.rnn_args = dict(cell=cell, hidden_size=int(hidden_size), num_layers=int(num_layers),
-                             bidirectional=bool(bidirectional), dropout=float(dropout))
+        self.rnn_args = dict(
+            cell=cell,
+            hidden_size=int(hidden_size),
+            num_layers=int(num_layers),
+            bidirectional=bool(bidirectional),
+            dropout=float(dropout),
+        )
         super().__init__(name, **kwargs)
 
     def build_net(self) -> nn.Module:
@@ -303,8 +368,10 @@ def _checkpoint_in(run: Path) -> Path:
         return best[-1]
     if last.is_file():
         return last
-    raise CheckpointError(f"{run} holds no checkpoint (looked for best*.ckpt and last.ckpt in {folder}). "
-                          "Pass a finished lenet run folder or a .ckpt file.")
+    raise CheckpointError(
+        f"{run} holds no checkpoint (looked for best*.ckpt and last.ckpt in {folder}). "
+        "Pass a finished lenet run folder or a .ckpt file."
+    )
 
 
 def load_classifier(path) -> LeNet:
@@ -312,22 +379,30 @@ def load_classifier(path) -> LeNet:
     or a .ckpt file. Loaded with torch.load(weights_only=True): no code runs from the file."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise CheckpointError(f"{path} does not exist. Pass a lenet run folder (outputs/...) or its .ckpt file.")
+        raise CheckpointError(
+            f"{path} does not exist. Pass a lenet run folder (outputs/...) or its .ckpt file."
+        )
     ckpt_path = _checkpoint_in(path) if path.is_dir() else path
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unreadable, truncated, or a pickle we refuse
-        raise CheckpointError(f"{ckpt_path} is not a readable checkpoint ({type(err).__name__}): it is not a "
-                              "PyTorch file, is truncated, or holds objects that a safe load (weights_only=True) "
-                              "refuses. Pass a checkpoint written by `nnlab train model=lenet`.") from None
+        raise CheckpointError(
+            f"{ckpt_path} is not a readable checkpoint ({type(err).__name__}): it is not a "
+            "PyTorch file, is truncated, or holds objects that a safe load (weights_only=True) "
+            "refuses. Pass a checkpoint written by `nnlab train model=lenet`."
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{ckpt_path} is not an nnlab (Lightning) checkpoint: it has no state_dict and "
-                              "hyper_parameters. Pass a checkpoint written by `nnlab train model=lenet`.")
+        raise CheckpointError(
+            f"{ckpt_path} is not an nnlab (Lightning) checkpoint: it has no state_dict and "
+            "hyper_parameters. Pass a checkpoint written by `nnlab train model=lenet`."
+        )
     hp = dict(ckpt["hyper_parameters"])
     try:
         model = LeNet(**hp)
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except Exception:  # noqa: BLE001 - another model's arguments or weights
-        raise CheckpointError(f"{ckpt_path} holds a '{hp.get('name', 'unknown')}' model, not a LeNet-5. "
-                              "Pass the run folder of `nnlab train model=lenet` (e.g. experiment=lenet_fashion).") from None
+        raise CheckpointError(
+            f"{ckpt_path} holds a '{hp.get('name', 'unknown')}' model, not a LeNet-5. "
+            "Pass the run folder of `nnlab train model=lenet` (e.g. experiment=lenet_fashion)."
+        ) from None
     return model.eval()

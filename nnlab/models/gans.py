@@ -43,9 +43,13 @@ class TrainingDiverged(NNLabError):
 
 
 # -- the losses, on discriminator logits l (D = sigmoid(l)) ---------------------------------------
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_target: float = 1.0) -> torch.Tensor:
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_target: float = 1.0
+) -> torch.Tensor:
     """-[log D(x) + log(1 - D(G(z)))] as two binary cross-entropies; real_target < 1 is one-sided smoothing."""
-    real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, real_target))
+    real = F.binary_cross_entropy_with_logits(
+        real_logits, torch.full_like(real_logits, real_target)
+    )
     fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     return real + fake
 
@@ -63,34 +67,78 @@ class AdversarialBase(NNLabModule):
     family = "gan"
     conditional = False
 
-    def __init__(self, name, net="mlp", latent_dim=100, g_dims=(256, 512), d_dims=(512, 256),
-                 generator_loss="non_saturating", d_steps=1, label_smoothing=0.0, d_optimizer=None,
-                 num_classes=10, projection=False, ema=0.0, metrics=None, n_log_images=64, **kwargs):
+    def __init__(
+        self,
+        name,
+        net="mlp",
+        latent_dim=100,
+        g_dims=(256, 512),
+        d_dims=(512, 256),
+        generator_loss="non_saturating",
+        d_steps=1,
+        label_smoothing=0.0,
+        d_optimizer=None,
+        num_classes=10,
+        projection=False,
+        ema=0.0,
+        metrics=None,
+        n_log_images=64,
+        **kwargs,
+    ):
         super().__init__(name, **kwargs)
         if net not in GAN_NETS:
             raise ConfigError(f"model.net='{net}' is unknown; use one of {', '.join(GAN_NETS)}.")
         if generator_loss not in GENERATOR_LOSSES:
-            raise ConfigError(f"model.generator_loss='{generator_loss}' is unknown; use one of {', '.join(GENERATOR_LOSSES)}.")
+            raise ConfigError(
+                f"model.generator_loss='{generator_loss}' is unknown; use one of {', '.join(GENERATOR_LOSSES)}."
+            )
         if not (isinstance(d_steps, int) and d_steps >= 1):
-            raise ConfigError(f"model.d_steps={d_steps!r} must be a positive integer (discriminator steps per generator step).")
+            raise ConfigError(
+                f"model.d_steps={d_steps!r} must be a positive integer (discriminator steps per generator step)."
+            )
         if not 0.0 <= float(label_smoothing) < 0.5:
-            raise ConfigError(f"model.label_smoothing={label_smoothing} must be in [0, 0.5): the real target is 1 - label_smoothing.")
+            raise ConfigError(
+                f"model.label_smoothing={label_smoothing} must be in [0, 0.5): the real target is 1 - label_smoothing."
+            )
         if not 0.0 <= float(ema) < 1.0:
-            raise ConfigError(f"model.ema={ema} must be in [0, 1): the decay of the generator's moving average (0 = off; 0.999 is usual).")
+            raise ConfigError(
+                f"model.ema={ema} must be in [0, 1): the decay of the generator's moving average (0 = off; 0.999 is usual)."
+            )
         if kwargs.get("scheduler"):
-            raise ConfigError("model.scheduler is not supported by the GAN models (two optimisers, manual optimisation); set it to null.")
+            raise ConfigError(
+                "model.scheduler is not supported by the GAN models (two optimisers, manual optimisation); set it to null."
+            )
         self.automatic_optimization = False
         self.latent_dim, self.loss_kind, self.d_steps = int(latent_dim), generator_loss, d_steps
         self.real_target = 1.0 - float(label_smoothing)
         self.n_classes = int(num_classes) if self.conditional else 0
-        self.metrics_cfg = {"classifier_ckpt": None, "n_samples": 10000, "n_val_samples": 1000, **(metrics or {})}
-        self.generator, self.discriminator = build_gan_nets(net, self.latent_dim, g_dims, d_dims, self.input_shape,
-                                                            self.n_classes, projection=bool(projection))
+        self.metrics_cfg = {
+            "classifier_ckpt": None,
+            "n_samples": 10000,
+            "n_val_samples": 1000,
+            **(metrics or {}),
+        }
+        self.generator, self.discriminator = build_gan_nets(
+            net,
+            self.latent_dim,
+            g_dims,
+            d_dims,
+            self.input_shape,
+            self.n_classes,
+            projection=bool(projection),
+        )
         # ema > 0: an exponential moving average of G's weights generates every image (Yazici et al. 2019)
         self.ema_decay = float(ema)
-        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if self.ema_decay else None
+        self.generator_ema = (
+            copy.deepcopy(self.generator).requires_grad_(False) if self.ema_decay else None
+        )
         # the same noise every epoch, so the `samples` images compare across epochs (saved with the model)
-        self.register_buffer("fixed_z", torch.randn(int(n_log_images), self.latent_dim, generator=torch.Generator().manual_seed(0)))
+        self.register_buffer(
+            "fixed_z",
+            torch.randn(
+                int(n_log_images), self.latent_dim, generator=torch.Generator().manual_seed(0)
+            ),
+        )
         self._classifier_cache: list = []  # [classifier or None], kept out of the module tree and the checkpoint
         self._real_features: dict[str, torch.Tensor] = {}
 
@@ -102,14 +150,18 @@ class AdversarialBase(NNLabModule):
         """The labels a conditional generator needs (given, or cycling through the classes); None otherwise."""
         if not self.conditional:
             if labels is not None:
-                raise ConfigError(f"model {self.hparams.name} is unconditional: it cannot generate a requested label (use model=cgan).")
+                raise ConfigError(
+                    f"model {self.hparams.name} is unconditional: it cannot generate a requested label (use model=cgan)."
+                )
             return None
         if labels is None:
             return torch.arange(n, device=self.device) % self.n_classes
         labels = torch.as_tensor(labels, device=self.device).long()
         labels = labels.expand(n) if labels.dim() == 0 else labels
         if labels.min() < 0 or labels.max() >= self.n_classes:
-            raise ConfigError(f"label must be in 0..{self.n_classes - 1}, got {labels.tolist()[:8]}.")
+            raise ConfigError(
+                f"label must be in 0..{self.n_classes - 1}, got {labels.tolist()[:8]}."
+            )
         return labels
 
     @property
@@ -130,14 +182,18 @@ class AdversarialBase(NNLabModule):
             mine.copy_(live)
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 1000) -> torch.Tensor:
+    def generate(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 1000
+    ) -> torch.Tensor:
         """G(z, y) in [0, 1], with the generator in eval mode (batch norm uses its running statistics)."""
         net = self.sampler
         was_training = net.training
         net.eval()
         try:
-            out = [net(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
-                   for i in range(0, len(z), batch_size)]
+            out = [
+                net(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+                for i in range(0, len(z), batch_size)
+            ]
         finally:
             net.train(was_training)
         return torch.cat(out).add(1).div(2).clamp(0, 1)
@@ -162,7 +218,11 @@ class AdversarialBase(NNLabModule):
             z = ((1 - t) * ends[:, 0] + t * ends[:, 1]).reshape(-1, self.latent_dim)
             labels = None
             if self.conditional:
-                labels = (torch.arange(nrow, device=self.device) % self.n_classes) if label is None else self.labels_for(nrow, label)
+                labels = (
+                    (torch.arange(nrow, device=self.device) % self.n_classes)
+                    if label is None
+                    else self.labels_for(nrow, label)
+                )
                 labels = labels.repeat_interleave(ncol)
             return viz.grid(self.generate(z, labels), nrow=ncol)
         return viz.grid(self.sample(nrow * ncol, label), nrow=ncol)
@@ -179,10 +239,15 @@ class AdversarialBase(NNLabModule):
 
     # -- the game (manual optimisation: D then, every d_steps batches, G) -----------------------------
     def configure_optimizers(self):
-        spec = dict(self.hparams.get("optimizer") or {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.5, 0.999]})
+        spec = dict(
+            self.hparams.get("optimizer")
+            or {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.5, 0.999]}
+        )
         d_spec = dict(self.hparams.get("d_optimizer") or spec)
-        return [build_optimizer(spec, self.generator.parameters()),
-                build_optimizer(d_spec, self.discriminator.parameters())]
+        return [
+            build_optimizer(spec, self.generator.parameters()),
+            build_optimizer(d_spec, self.discriminator.parameters()),
+        ]
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -211,19 +276,35 @@ class AdversarialBase(NNLabModule):
             losses["g_loss"] = g_loss.detach()
 
         self.check_finite(losses, iteration)
-        scalars = {**losses, "d_real": torch.sigmoid(real_logits.detach()).mean(),
-                   "d_fake": torch.sigmoid(fake_logits.detach()).mean()}
+        scalars = {
+            **losses,
+            "d_real": torch.sigmoid(real_logits.detach()).mean(),
+            "d_fake": torch.sigmoid(fake_logits.detach()).mean(),
+        }
         for key, value in scalars.items():
-            self.log(f"train/{key}", value, on_step=True, on_epoch=False, prog_bar=key.endswith("loss"), batch_size=len(x))
+            self.log(
+                f"train/{key}",
+                value,
+                on_step=True,
+                on_epoch=False,
+                prog_bar=key.endswith("loss"),
+                batch_size=len(x),
+            )
 
     def check_finite(self, losses: dict[str, torch.Tensor], iteration: int) -> None:
         """Stop at the first NaN/inf loss; the checkpoints on disk are from before it (one host sync per step)."""
         if bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
             return
-        bad = ", ".join(f"train/{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v)))
+        bad = ", ".join(
+            f"train/{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v))
+        )
         ckpt = self.trainer.checkpoint_callback
         last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else ""
-        kept = f"The last good checkpoint is kept: {last}." if last else "No checkpoint had been saved yet."
+        kept = (
+            f"The last good checkpoint is kept: {last}."
+            if last
+            else "No checkpoint had been saved yet."
+        )
         raise TrainingDiverged(
             f"The GAN diverged at training step {iteration + 1} (epoch {self.current_epoch}, batch "
             f"{self.trainer.fit_loop.epoch_loop.batch_idx} of the epoch): {bad}. Training was stopped. {kept} "
@@ -233,7 +314,9 @@ class AdversarialBase(NNLabModule):
     # -- validation and test: D on held-out real images, and the offline quality metrics ------------
     def _eval_step(self, batch, stage: str):
         x, y = batch
-        d_real = torch.sigmoid(self.discriminator(x * 2 - 1, y if self.conditional else None)).mean()
+        d_real = torch.sigmoid(
+            self.discriminator(x * 2 - 1, y if self.conditional else None)
+        ).mean()
         self.log(f"{stage}/d_real", d_real, on_epoch=True, batch_size=len(x))
 
     def validation_step(self, batch, batch_idx):
@@ -252,14 +335,24 @@ class AdversarialBase(NNLabModule):
     def on_train_epoch_end(self):
         step = self.trainer.fit_loop.total_batch_idx + 1
         labels = self.labels_for(len(self.fixed_z))
-        viz.log_image(self, "samples", viz.grid(self.generate(self.fixed_z, labels), nrow=max(1, round(math.sqrt(len(self.fixed_z))))), step)
+        viz.log_image(
+            self,
+            "samples",
+            viz.grid(
+                self.generate(self.fixed_z, labels),
+                nrow=max(1, round(math.sqrt(len(self.fixed_z)))),
+            ),
+            step,
+        )
         if self.conditional:
             viz.log_image(self, "class_grid", self.class_grid(8, self.fixed_z), step)
 
     def on_fit_start(self):
         monitor = self.hparams.get("monitor")
         if self.classifier() is None and monitor in ("val/fid", "val/label_acc"):
-            for cb in self.trainer.checkpoint_callbacks:  # nothing logs that key: keep the last epoch instead
+            for cb in (
+                self.trainer.checkpoint_callbacks
+            ):  # nothing logs that key: keep the last epoch instead
                 if cb.monitor == monitor:
                     cb.monitor = None
 
@@ -276,7 +369,9 @@ class AdversarialBase(NNLabModule):
                 log.warning(
                     "model.metrics.classifier_ckpt is not set: the quality metrics (val/fid, test/fid, test/fid_floor%s) "
                     "are skipped and the checkpoint keeps the last epoch; train one with `nnlab train model=lenet` "
-                    "and pass model.metrics.classifier_ckpt=<its run folder>.", ", test/label_acc" if self.conditional else "")
+                    "and pass model.metrics.classifier_ckpt=<its run folder>.",
+                    ", test/label_acc" if self.conditional else "",
+                )
         clf = self._classifier_cache[0]
         return clf.to(self.device) if clf is not None else None
 
@@ -285,7 +380,9 @@ class AdversarialBase(NNLabModule):
         images, labels = self.datamodule.splits[split]
         images, labels = images[:n], labels[:n]
         if split not in self._real_features or len(self._real_features[split]) != len(images):
-            self._real_features[split] = batched(self.classifier().features, images.float().div(255))
+            self._real_features[split] = batched(
+                self.classifier().features, images.float().div(255)
+            )
         return self._real_features[split], labels
 
     @torch.no_grad()

@@ -35,13 +35,28 @@ class RBMBase(NNLabModule):
 
     family = "rbm"
 
-    def __init__(self, name, n_hidden=256, cd_k=1, weight_decay=2e-4, l1_weight_decay=0.0, init_std=0.01, **kwargs):
+    def __init__(
+        self,
+        name,
+        n_hidden=256,
+        cd_k=1,
+        weight_decay=2e-4,
+        l1_weight_decay=0.0,
+        init_std=0.01,
+        **kwargs,
+    ):
         super().__init__(name, **kwargs)
         if int(cd_k) < 1 or int(n_hidden) < 1:
-            raise ConfigError(f"model.cd_k={cd_k} and model.n_hidden={n_hidden} must be positive integers, e.g. cd_k=1.")
+            raise ConfigError(
+                f"model.cd_k={cd_k} and model.n_hidden={n_hidden} must be positive integers, e.g. cd_k=1."
+            )
         self.automatic_optimization = False  # the CD update is not the gradient of a loss
         self.n_hidden, self.cd_k = int(n_hidden), int(cd_k)
-        self.weight_decay, self.l1_weight_decay, self.init_std = float(weight_decay), float(l1_weight_decay), float(init_std)
+        self.weight_decay, self.l1_weight_decay, self.init_std = (
+            float(weight_decay),
+            float(l1_weight_decay),
+            float(init_std),
+        )
         self.W = self.b = self.c = None  # built by build(n_visible)
 
     def build(self, n_visible: int) -> None:
@@ -77,7 +92,9 @@ class RBMBase(NNLabModule):
         """F(v) = -b.v - sum_j softplus(c_j + v.W_j), one value per row of v."""
         return -(v @ self.b) - F.softplus(v @ self.W + self.c).sum(-1)
 
-    def gibbs_step(self, v: torch.Tensor, mask=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def gibbs_step(
+        self, v: torch.Tensor, mask=None, generator=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """v -> h ~ p(h|v) -> v' ~ p(v|h); returns (v', p(v|h))."""
         h = self.bernoulli(self.hidden_probs(v), generator)
         p = self.visible_probs(h, mask)
@@ -96,9 +113,15 @@ class RBMBase(NNLabModule):
     def cd_statistics(v0, ph0, vk, phk) -> dict[str, torch.Tensor]:
         """Positive minus negative phase statistics, averaged over the batch."""
         n = len(v0)
-        return {"W": (v0.T @ ph0 - vk.T @ phk) / n, "b": (v0 - vk).mean(0), "c": (ph0 - phk).mean(0)}
+        return {
+            "W": (v0.T @ ph0 - vk.T @ phk) / n,
+            "b": (v0 - vk).mean(0),
+            "c": (ph0 - phk).mean(0),
+        }
 
-    def cd_gradient(self, v0, mask=None, generator=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def cd_gradient(
+        self, v0, mask=None, generator=None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The CD-k (or PCD-k) estimate of d log p / d theta, and the chains' final state vk."""
         vk = self.negative_start(v0)
         for _ in range(self.cd_k):
@@ -128,9 +151,17 @@ class RBMBase(NNLabModule):
             opt.zero_grad()
             self.set_gradients(stats)
             opt.step()
-            if self.trainer._logger_connector.should_update_logs:  # costs a pass: only on the steps that are logged
-                self.log("train/recon_error", self.recon_error(v0, mask), on_step=True, on_epoch=False,
-                         prog_bar=True, batch_size=len(v0))
+            if (
+                self.trainer._logger_connector.should_update_logs
+            ):  # costs a pass: only on the steps that are logged
+                self.log(
+                    "train/recon_error",
+                    self.recon_error(v0, mask),
+                    on_step=True,
+                    on_epoch=False,
+                    prog_bar=True,
+                    batch_size=len(v0),
+                )
 
     def after_negative_phase(self, vk: torch.Tensor) -> None:
         pass
@@ -144,13 +175,32 @@ class RBMBase(NNLabModule):
 class RBM(RBMBase):
     """Bernoulli-Bernoulli RBM on binarised images (CD-k, or PCD-k with persistent=true)."""
 
-    def __init__(self, name, persistent=False, binarize="threshold", threshold=0.5, gibbs_steps=1000,
-                 n_log_images=64, pll_seed=0, **kwargs):
+    def __init__(
+        self,
+        name,
+        persistent=False,
+        binarize="threshold",
+        threshold=0.5,
+        gibbs_steps=1000,
+        n_log_images=64,
+        pll_seed=0,
+        **kwargs,
+    ):
         super().__init__(name, **kwargs)
         if binarize not in ("threshold", "stochastic"):
-            raise ConfigError(f"model.binarize='{binarize}' is unknown; use threshold (x > threshold) or stochastic (v ~ Bernoulli(x)).")
-        self.persistent, self.binarize, self.threshold = bool(persistent), binarize, float(threshold)
-        self.gibbs_steps, self.n_log_images, self.pll_seed = int(gibbs_steps), int(n_log_images), int(pll_seed)
+            raise ConfigError(
+                f"model.binarize='{binarize}' is unknown; use threshold (x > threshold) or stochastic (v ~ Bernoulli(x))."
+            )
+        self.persistent, self.binarize, self.threshold = (
+            bool(persistent),
+            binarize,
+            float(threshold),
+        )
+        self.gibbs_steps, self.n_log_images, self.pll_seed = (
+            int(gibbs_steps),
+            int(n_log_images),
+            int(pll_seed),
+        )
         self.build(math.prod(self.input_shape))
         self.chains: torch.Tensor | None = None  # the persistent chains' state (PCD)
 
@@ -163,7 +213,11 @@ class RBM(RBMBase):
     def binarized(self, x: torch.Tensor, generator=None) -> torch.Tensor:
         """Images in [0, 1] -> binary visible vectors (B, C*H*W)."""
         x = x.flatten(1)
-        return (x > self.threshold).to(x.dtype) if self.binarize == "threshold" else self.bernoulli(x, generator)
+        return (
+            (x > self.threshold).to(x.dtype)
+            if self.binarize == "threshold"
+            else self.bernoulli(x, generator)
+        )
 
     def visible_data(self, batch, generator=None):
         return self.binarized(batch[0], generator), None
@@ -184,7 +238,11 @@ class RBM(RBMBase):
         if stage != "fit" or self.datamodule is None:
             return
         images = self.datamodule.splits["train"][0].flatten(1)
-        on = (images > self.threshold * 255).sum(0) if self.binarize == "threshold" else images.sum(0, dtype=torch.float64) / 255
+        on = (
+            (images > self.threshold * 255).sum(0)
+            if self.binarize == "threshold"
+            else images.sum(0, dtype=torch.float64) / 255
+        )
         p = (on.double() / len(images)).clamp(1e-3, 1 - 1e-3)
         self.b.data.copy_(torch.log(p / (1 - p)).float())
 
@@ -208,10 +266,21 @@ class RBM(RBMBase):
         v_train = self.binarized(train[idx].to(v.device).float() / 255.0, g)
         f_data, f_train = self.free_energy(v).mean(), self.free_energy(v_train).mean()
         n = len(v)
-        self.log(f"{stage}/recon_error", self.recon_error(v), on_epoch=True, prog_bar=stage == "val", batch_size=n)
+        self.log(
+            f"{stage}/recon_error",
+            self.recon_error(v),
+            on_epoch=True,
+            prog_bar=stage == "val",
+            batch_size=n,
+        )
         self.log(f"{stage}/free_energy", f_data, on_epoch=True, batch_size=n)
         self.log(f"{stage}/free_energy_gap", f_data - f_train, on_epoch=True, batch_size=n)
-        self.log(f"{stage}/pseudo_ll", self.pseudo_log_likelihood(v, g).mean(), on_epoch=True, batch_size=n)
+        self.log(
+            f"{stage}/pseudo_ll",
+            self.pseudo_log_likelihood(v, g).mean(),
+            on_epoch=True,
+            batch_size=n,
+        )
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
@@ -228,7 +297,11 @@ class RBM(RBMBase):
         snapshots > 0, (n, snapshots, C, H, W): each chain at log-spaced steps from 1 to `steps`."""
         g = self.generator(seed)
         v = self.bernoulli(torch.full((n, self.W.shape[0]), 0.5, device=self.W.device), g)
-        keep = sorted({max(1, round(steps ** (i / max(1, snapshots - 1)))) for i in range(snapshots)}) if snapshots else []
+        keep = (
+            sorted({max(1, round(steps ** (i / max(1, snapshots - 1)))) for i in range(snapshots)})
+            if snapshots
+            else []
+        )
         shots = []
         for t in range(1, steps + 1):
             v, p = self.gibbs_step(v, None, g)
@@ -248,7 +321,9 @@ class RBM(RBMBase):
         """A (3, H, W) image in [0, 1] of Gibbs samples (interpolate=True: each row one chain, from noise
         to its sample). The RBM is unconditional: label must be None."""
         if label is not None:
-            raise ConfigError("model=rbm is unconditional: it cannot sample a given label. Leave the label out.")
+            raise ConfigError(
+                "model=rbm is unconditional: it cannot sample a given label. Leave the label out."
+            )
         if interpolate:
             rows = max(1, int(math.sqrt(n)))
             shots = self.gibbs_samples(rows, self.gibbs_steps, snapshots=max(2, n // rows))
@@ -266,7 +341,11 @@ class RBM(RBMBase):
         x, _ = self.datamodule.fixed_batch("val", min(n, 16))
         v, _ = self.visible_data((x.to(self.device), None), self.generator(self.pll_seed))
         shape = (len(v), *self.input_shape)
-        viz.log_image(self, "reconstructions", viz.rows(x.to(self.device), v.view(shape), self.reconstruct(v).view(shape)))
+        viz.log_image(
+            self,
+            "reconstructions",
+            viz.rows(x.to(self.device), v.view(shape), self.reconstruct(v).view(shape)),
+        )
 
 
 class RBMCF(RBMBase):
@@ -290,21 +369,29 @@ class RBMCF(RBMBase):
         if dm is None:
             return
         if not hasattr(dm, "n_items"):
-            raise ConfigError(f"model=rbm_cf learns from user x item ratings, but dataset={dm.name} holds images. "
-                              "Use dataset=movielens (with dataset.data_dir) or dataset=synthetic_ratings.")
+            raise ConfigError(
+                f"model=rbm_cf learns from user x item ratings, but dataset={dm.name} holds images. "
+                "Use dataset=movielens (with dataset.data_dir) or dataset=synthetic_ratings."
+            )
         if [float(x) for x in dm.levels] != self.levels.tolist():
-            raise ConfigError(f"model.levels={self.levels.tolist()} differ from dataset.levels={dm.levels}; "
-                              "keep model.levels: ${dataset.levels}.")
+            raise ConfigError(
+                f"model.levels={self.levels.tolist()} differ from dataset.levels={dm.levels}; "
+                "keep model.levels: ${dataset.levels}."
+            )
         if self.W is None:  # the number of items is known once the ratings are read
             self.build(dm.n_items * self.n_levels)
             self.hparams["n_items"] = dm.n_items  # so that a checkpoint rebuilds the same shapes
         elif self.n_items != dm.n_items:
-            raise DataError(f"This model has weights for {self.n_items} items, the dataset has {dm.n_items}.")
+            raise DataError(
+                f"This model has weights for {self.n_items} items, the dataset has {dm.n_items}."
+            )
         if stage == "fit" and self.global_step == 0:
             # start the softmax biases at the log of each item's (smoothed) level frequencies
             train = dm.splits["train"]
             flat = train.items.long().cpu() * self.n_levels + train.levels.long().cpu() - 1
-            counts = torch.bincount(flat, minlength=self.W.shape[0]).float().view(-1, self.n_levels) + 1
+            counts = (
+                torch.bincount(flat, minlength=self.W.shape[0]).float().view(-1, self.n_levels) + 1
+            )
             self.b.data.copy_((counts / counts.sum(1, keepdim=True)).log().flatten())
 
     # -- softmax visible units ---------------------------------------------------------------------
@@ -332,8 +419,11 @@ class RBMCF(RBMBase):
 
     # -- RMSE on held-out ratings, next to the item-mean baseline --------------------------------
     def _start(self):
-        self._sums = {"rbm": torch.zeros((), device=self.device), "item_mean": torch.zeros((), device=self.device),
-                      "n": torch.zeros((), device=self.device)}
+        self._sums = {
+            "rbm": torch.zeros((), device=self.device),
+            "item_mean": torch.zeros((), device=self.device),
+            "n": torch.zeros((), device=self.device),
+        }
 
     def _eval_step(self, batch):
         inputs, targets = batch
@@ -346,7 +436,9 @@ class RBMCF(RBMBase):
 
     def _finish(self, stage: str):
         n = self._sums["n"].clamp(min=1)
-        self.log(f"{stage}/rmse", (self._sums["rbm"] / n).sqrt(), prog_bar=stage == "val", sync_dist=True)
+        self.log(
+            f"{stage}/rmse", (self._sums["rbm"] / n).sqrt(), prog_bar=stage == "val", sync_dist=True
+        )
         self.log(f"{stage}/rmse_item_mean", (self._sums["item_mean"] / n).sqrt(), sync_dist=True)
 
     def on_validation_epoch_start(self):

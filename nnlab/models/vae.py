@@ -71,25 +71,50 @@ class VAE(AutoencoderBase):
         **kwargs,
     ):
         kwargs.pop("loss", None)  # the base's reconstruction-loss option: the VAE's is `likelihood`
-        super().__init__(name, net=net, hidden_dims=hidden_dims, latent_dim=latent_dim, loss="bce",
-                         n_log_images=n_log_images, **kwargs)
+        super().__init__(
+            name,
+            net=net,
+            hidden_dims=hidden_dims,
+            latent_dim=latent_dim,
+            loss="bce",
+            n_log_images=n_log_images,
+            **kwargs,
+        )
         if likelihood not in LIKELIHOODS:
-            raise ConfigError(f"model.likelihood='{likelihood}' is unknown; use one of {', '.join(LIKELIHOODS)}.")
+            raise ConfigError(
+                f"model.likelihood='{likelihood}' is unknown; use one of {', '.join(LIKELIHOODS)}."
+            )
         if gaussian_variance not in VARIANCES:
-            raise ConfigError(f"model.gaussian_variance='{gaussian_variance}' is unknown; use fixed or learned.")
+            raise ConfigError(
+                f"model.gaussian_variance='{gaussian_variance}' is unknown; use fixed or learned."
+            )
         if not gaussian_std > 0:
-            raise ConfigError(f"model.gaussian_std={gaussian_std} must be positive, e.g. model.gaussian_std=0.1.")
+            raise ConfigError(
+                f"model.gaussian_std={gaussian_std} must be positive, e.g. model.gaussian_std=0.1."
+            )
         if beta < 0 or kl_warmup_epochs < 0:
-            raise ConfigError(f"model.beta={beta} and model.kl_warmup_epochs={kl_warmup_epochs} must be >= 0 "
-                              "(beta=1, kl_warmup_epochs=0 is the plain VAE).")
+            raise ConfigError(
+                f"model.beta={beta} and model.kl_warmup_epochs={kl_warmup_epochs} must be >= 0 "
+                "(beta=1, kl_warmup_epochs=0 is the plain VAE)."
+            )
         if int(iw_k) < 1 or (iw_images is not None and int(iw_images) < 0):
-            raise ConfigError(f"model.iw_k={iw_k} must be >= 1 and model.iw_images={iw_images} >= 0 "
-                              "(0 skips test/nll_iw, null uses the whole test set).")
+            raise ConfigError(
+                f"model.iw_k={iw_k} must be >= 1 and model.iw_images={iw_images} >= 0 "
+                "(0 skips test/nll_iw, null uses the whole test set)."
+            )
         self.latent_dim, self.likelihood = int(latent_dim), likelihood
         self.beta, self.kl_warmup_epochs = float(beta), float(kl_warmup_epochs)
         self.iw_k, self.iw_images, self.iw_chunk = int(iw_k), iw_images, int(iw_chunk)
-        self.attribute = (int(attribute_source), int(attribute_target), [float(a) for a in attribute_alphas])
-        self.n_samples, self.interp_steps, self.manifold_size = int(n_samples), int(interp_steps), int(manifold_size)
+        self.attribute = (
+            int(attribute_source),
+            int(attribute_target),
+            [float(a) for a in attribute_alphas],
+        )
+        self.n_samples, self.interp_steps, self.manifold_size = (
+            int(n_samples),
+            int(interp_steps),
+            int(manifold_size),
+        )
         # the Gaussian decoder's sigma_x: one scalar for all pixels (fixed, or learned as in sigma-VAE)
         log_std = torch.tensor(math.log(gaussian_std))
         if likelihood == "gaussian" and gaussian_variance == "learned":
@@ -97,7 +122,9 @@ class VAE(AutoencoderBase):
         else:
             self.register_buffer("log_std", log_std, persistent=False)
         # fixed prior draws for the `samples` image, so epochs compare
-        self._prior_z = torch.randn(self.n_samples, self.latent_dim, generator=torch.Generator().manual_seed(0))
+        self._prior_z = torch.randn(
+            self.n_samples, self.latent_dim, generator=torch.Generator().manual_seed(0)
+        )
         self._iw_seen = 0
 
     # -- the model ---------------------------------------------------------------------------
@@ -108,8 +135,10 @@ class VAE(AutoencoderBase):
 
     def build_nets(self, net, widths, latent_dim):
         """q(z|x) outputs 2 * latent_dim numbers, [mu, log sigma^2]; p(x|z) is the base's decoder."""
-        return (build_encoder(net, self.input_shape, widths, 2 * latent_dim),
-                build_decoder(net, latent_dim, widths, self.input_shape))
+        return (
+            build_encoder(net, self.input_shape, widths, 2 * latent_dim),
+            build_decoder(net, latent_dim, widths, self.input_shape),
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The code used for embeddings and interpolations: the posterior mean mu."""
@@ -128,7 +157,11 @@ class VAE(AutoencoderBase):
             nll = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
         else:
             log_std = self.log_std.clamp(min=math.log(1e-3))
-            nll = 0.5 * LOG_2PI + log_std + (x - self.mean_image(logits)).pow(2) / (2 * (2 * log_std).exp())
+            nll = (
+                0.5 * LOG_2PI
+                + log_std
+                + (x - self.mean_image(logits)).pow(2) / (2 * (2 * log_std).exp())
+            )
         return nll.flatten(-3).sum(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,11 +185,15 @@ class VAE(AutoencoderBase):
         per_chunk = max(1, self.iw_chunk // k)
         for xb in x.split(per_chunk):
             mu, logvar = self.posterior(xb)
-            z = self.reparameterise(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))  # (k, B, D)
+            z = self.reparameterise(
+                mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape)
+            )  # (k, B, D)
             logits = self.decode_logits(z.flatten(0, 1)).unflatten(0, (k, len(xb)))
-            log_w = (-self.recon_nll(logits, xb)                                  # log p(x|z)
-                     + gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))  # log p(z)
-                     - gaussian_log_density(z, mu, logvar))                       # log q(z|x)
+            log_w = (
+                -self.recon_nll(logits, xb)  # log p(x|z)
+                + gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))  # log p(z)
+                - gaussian_log_density(z, mu, logvar)
+            )  # log q(z|x)
             out.append(torch.logsumexp(log_w, dim=0) - math.log(k))
         return torch.cat(out)
 
@@ -189,7 +226,7 @@ class VAE(AutoencoderBase):
         z1, z2 = self.encode(x1.to(self.device)), self.encode(x2.to(self.device))
         self.train(was_training)
         t = torch.linspace(0, 1, steps, device=self.device).view(1, steps, 1)
-        z = (1 - t) * z1.unsqueeze(1) + t * z2.unsqueeze(1)                   # (B, steps, D)
+        z = (1 - t) * z1.unsqueeze(1) + t * z2.unsqueeze(1)  # (B, steps, D)
         images = self.decode_images(z.flatten(0, 1)).unflatten(0, (len(x1), steps))
         return images[0] if single else images
 
@@ -197,7 +234,9 @@ class VAE(AutoencoderBase):
         """For latent_dim == 2: decode an n x n grid over the latent plane, at the N(0,1) quantiles
         0.05..0.95 (Kingma & Welling's figure 4). Returns (n*n, C, H, W), row-major, z2 decreasing."""
         if self.latent_dim != 2:
-            raise ConfigError(f"The manifold needs model.latent_dim=2 (this model has {self.latent_dim}).")
+            raise ConfigError(
+                f"The manifold needs model.latent_dim=2 (this model has {self.latent_dim})."
+            )
         n = self.manifold_size if n is None else int(n)
         q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
         z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
@@ -207,7 +246,9 @@ class VAE(AutoencoderBase):
         """One (3, H, W) image in [0, 1]: n prior samples, or (interpolate=True) rows of
         test image | interpolation | test image, interp_steps points per row."""
         if label is not None:
-            raise ConfigError("The VAE is unconditional: it cannot sample a given label. Leave the label out.")
+            raise ConfigError(
+                "The VAE is unconditional: it cannot sample a given label. Leave the label out."
+            )
         if not interpolate:
             return viz.grid(self.sample(n), nrow=math.isqrt(max(n, 1) - 1) + 1)
         n_rows = max(1, n // self.interp_steps)
@@ -216,12 +257,16 @@ class VAE(AutoencoderBase):
             n_rows = len(x) // 2
             x = x[: 2 * n_rows].to(self.device)
             path = self.interpolate(x[:n_rows], x[n_rows:], self.interp_steps)
-            return viz.grid(torch.cat([x[:n_rows, None], path, x[n_rows:, None]], 1).flatten(0, 1),
-                            nrow=self.interp_steps + 2)
+            return viz.grid(
+                torch.cat([x[:n_rows, None], path, x[n_rows:, None]], 1).flatten(0, 1),
+                nrow=self.interp_steps + 2,
+            )
         # no data attached: walk between pairs of prior draws
         z1, z2 = torch.randn(2, n_rows, 1, self.latent_dim, device=self.device)
         t = torch.linspace(0, 1, self.interp_steps, device=self.device).view(1, -1, 1)
-        return viz.grid(self.sample(z=((1 - t) * z1 + t * z2).flatten(0, 1)), nrow=self.interp_steps)
+        return viz.grid(
+            self.sample(z=((1 - t) * z1 + t * z2).flatten(0, 1)), nrow=self.interp_steps
+        )
 
     # -- the Lightning steps ---------------------------------------------------------------------
     def kl_weight(self, batch_idx: int = 0) -> float:
@@ -237,7 +282,14 @@ class VAE(AutoencoderBase):
         terms = self.loss_terms(x)
         weight = self.kl_weight(batch_idx)
         for key, value in terms.items():
-            self.log(f"train/{key}", value, on_step=True, on_epoch=False, prog_bar=key == "loss", batch_size=len(x))
+            self.log(
+                f"train/{key}",
+                value,
+                on_step=True,
+                on_epoch=False,
+                prog_bar=key == "loss",
+                batch_size=len(x),
+            )
         if weight == 1.0:
             return terms["loss"]
         objective = terms["recon"] + weight * terms["kl"]
@@ -257,18 +309,26 @@ class VAE(AutoencoderBase):
     def test_step(self, batch, batch_idx):
         super().test_step(batch, batch_idx)
         x, _ = batch
-        limit = len(x) if self.iw_images is None else max(0, min(len(x), int(self.iw_images) - self._iw_seen))
+        limit = (
+            len(x)
+            if self.iw_images is None
+            else max(0, min(len(x), int(self.iw_images) - self._iw_seen))
+        )
         if limit:
             self._iw_seen += limit
             nll = -self.log_likelihood_iw(x[:limit])
             self.log("test/nll_iw", nll.mean(), on_epoch=True, batch_size=limit)
 
     @torch.no_grad()
-    def class_mean_codes(self, split: str = "val", max_images: int = 10000) -> dict[int, torch.Tensor]:
+    def class_mean_codes(
+        self, split: str = "val", max_images: int = 10000
+    ) -> dict[int, torch.Tensor]:
         """Mean mu-code of each class present in (the first max_images of) a split."""
         images, labels = self.datamodule.splits[split]
         images, labels = images[:max_images], labels[:max_images]
-        codes = torch.cat([self.encode(xb.to(self.device).float() / 255.0) for xb in images.split(1000)])
+        codes = torch.cat(
+            [self.encode(xb.to(self.device).float() / 255.0) for xb in images.split(1000)]
+        )
         labels = labels.to(codes.device)
         return {int(c): codes[labels == c].mean(0) for c in labels.unique()}
 
@@ -286,7 +346,7 @@ class VAE(AutoencoderBase):
             return None
         direction = (means[tgt] - means[src]).to(self.device)
         a = torch.tensor(alphas, device=self.device).view(1, -1, 1)
-        z = self.encode(x).unsqueeze(1) + a * direction                        # (B, alphas, D)
+        z = self.encode(x).unsqueeze(1) + a * direction  # (B, alphas, D)
         edited = self.decode_images(z.flatten(0, 1)).unflatten(0, (len(x), len(alphas)))
         return viz.grid(torch.cat([x.unsqueeze(1), edited], 1).flatten(0, 1), nrow=len(alphas) + 1)
 
@@ -295,8 +355,14 @@ class VAE(AutoencoderBase):
         super().on_validation_epoch_end()  # reconstructions (and whatever the family base logs)
         if self.datamodule is None or self.trainer.sanity_checking:
             return
-        viz.log_image(self, "samples", viz.grid(self.sample(z=self._prior_z), nrow=math.isqrt(max(self.n_samples, 1) - 1) + 1))
-        viz.log_image(self, "interpolation", self.sample_grid(self.interp_steps * 4, interpolate=True))
+        viz.log_image(
+            self,
+            "samples",
+            viz.grid(self.sample(z=self._prior_z), nrow=math.isqrt(max(self.n_samples, 1) - 1) + 1),
+        )
+        viz.log_image(
+            self, "interpolation", self.sample_grid(self.interp_steps * 4, interpolate=True)
+        )
         if self.latent_dim == 2:
             viz.log_image(self, "manifold", viz.grid(self.manifold(), nrow=self.manifold_size))
         edit = self.attribute_edit()

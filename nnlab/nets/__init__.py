@@ -3,7 +3,7 @@ that pick one by name (`net: mlp | conv` in a model's YAML)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -13,7 +13,9 @@ from nnlab.nets.mlp import MLP, MLPDecoder, MLPEncoder
 NETS = ("mlp", "conv")
 
 
-def build_encoder(net: str, input_shape: Sequence[int], hidden: Sequence[int], out_dim: int, act: str = "relu") -> nn.Module:
+def build_encoder(
+    net: str, input_shape: Sequence[int], hidden: Sequence[int], out_dim: int, act: str = "relu"
+) -> nn.Module:
     """`hidden` is the MLP widths for net=mlp and the conv channel widths for net=conv."""
     if net == "mlp":
         return MLPEncoder(input_shape, hidden, out_dim, act)
@@ -22,7 +24,9 @@ def build_encoder(net: str, input_shape: Sequence[int], hidden: Sequence[int], o
     raise ValueError(f"unknown net '{net}'; use one of {NETS}")
 
 
-def build_decoder(net: str, in_dim: int, hidden: Sequence[int], output_shape: Sequence[int], act: str = "relu") -> nn.Module:
+def build_decoder(
+    net: str, in_dim: int, hidden: Sequence[int], output_shape: Sequence[int], act: str = "relu"
+) -> nn.Module:
     if net == "mlp":
         return MLPDecoder(in_dim, hidden, output_shape, act)
     if net == "conv":
@@ -30,4 +34,13 @@ def build_decoder(net: str, in_dim: int, hidden: Sequence[int], output_shape: Se
     raise ValueError(f"unknown net '{net}'; use one of {NETS}")
 
 
-__all__ = ["MLP", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "build_encoder", "build_decoder", "NETS"]
+__all__ = [
+    "MLP",
+    "MLPEncoder",
+    "MLPDecoder",
+    "ConvEncoder",
+    "ConvDecoder",
+    "build_encoder",
+    "build_decoder",
+    "NETS",
+]

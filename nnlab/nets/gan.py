@@ -19,7 +19,7 @@ with two conv stages.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,9 @@ class MLPGenerator(nn.Module):
     of ~100 after 450 steps where plain ReLU layers were still at ~310 (noise).
     """
 
-    def __init__(self, latent_dim: int, hidden: Sequence[int], image_shape: Sequence[int], n_classes: int = 0):
+    def __init__(
+        self, latent_dim: int, hidden: Sequence[int], image_shape: Sequence[int], n_classes: int = 0
+    ):
         super().__init__()
         self.image_shape, self.n_classes = tuple(image_shape), int(n_classes)
         layers, width = [], latent_dim + self.n_classes
@@ -67,8 +69,14 @@ class MLPDiscriminator(nn.Module):
     """image (+ one-hot y) -> flatten -> [Linear -> LeakyReLU(0.2) -> Dropout] per width -> head -> logit
     (the head: Linear, plus the projection <embed(y), h> with projection=True instead of the one-hot input)."""
 
-    def __init__(self, image_shape: Sequence[int], hidden: Sequence[int], n_classes: int = 0, dropout: float = 0.3,
-                 projection: bool = False):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        hidden: Sequence[int],
+        n_classes: int = 0,
+        dropout: float = 0.3,
+        projection: bool = False,
+    ):
         super().__init__()
         self.n_classes, self.projection = int(n_classes), bool(projection and n_classes)
         layers, width = [], math.prod(image_shape) + (0 if self.projection else self.n_classes)
@@ -89,7 +97,13 @@ class DCGANGenerator(nn.Module):
     `channels` are the widths from the smallest feature map up, e.g. [128, 64]: k = len(channels) upsamplings.
     """
 
-    def __init__(self, latent_dim: int, channels: Sequence[int], image_shape: Sequence[int], n_classes: int = 0):
+    def __init__(
+        self,
+        latent_dim: int,
+        channels: Sequence[int],
+        image_shape: Sequence[int],
+        n_classes: int = 0,
+    ):
         super().__init__()
         c_out, h, w = image_shape
         self.n_classes = int(n_classes)
@@ -113,7 +127,13 @@ class DCGANDiscriminator(nn.Module):
     """image (+ label maps) -> [Conv 4x4/2 -> (BN) -> LeakyReLU(0.2)] per width -> flatten -> head -> logit
     (the head: Linear, plus the projection <embed(y), h> with projection=True instead of the label maps)."""
 
-    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], n_classes: int = 0, projection: bool = False):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        channels: Sequence[int],
+        n_classes: int = 0,
+        projection: bool = False,
+    ):
         super().__init__()
         c, h, w = image_shape
         self.n_classes, self.projection = int(n_classes), bool(projection and n_classes)
@@ -139,7 +159,9 @@ class ProjectionHead(nn.Module):
         super().__init__()
         self.fc = nn.Linear(features, 1)
         self.embed = nn.Embedding(n_classes, features) if n_classes else None
-        if self.embed is not None:  # small, so the class term starts as a nudge and not as the whole logit
+        if (
+            self.embed is not None
+        ):  # small, so the class term starts as a nudge and not as the whole logit
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
 
     def forward(self, h, y=None):
@@ -163,13 +185,24 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_gan_nets(net: str, latent_dim: int, g_dims: Sequence[int], d_dims: Sequence[int],
-                   image_shape: Sequence[int], n_classes: int = 0, projection: bool = False) -> tuple[nn.Module, nn.Module]:
+def build_gan_nets(
+    net: str,
+    latent_dim: int,
+    g_dims: Sequence[int],
+    d_dims: Sequence[int],
+    image_shape: Sequence[int],
+    n_classes: int = 0,
+    projection: bool = False,
+) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) by name: `mlp` (widths of the hidden layers) or `dcgan` (conv channel widths)."""
     if net == "mlp":
-        return (MLPGenerator(latent_dim, g_dims, image_shape, n_classes),
-                MLPDiscriminator(image_shape, d_dims, n_classes, projection=projection))
+        return (
+            MLPGenerator(latent_dim, g_dims, image_shape, n_classes),
+            MLPDiscriminator(image_shape, d_dims, n_classes, projection=projection),
+        )
     if net == "dcgan":
-        return (DCGANGenerator(latent_dim, g_dims, image_shape, n_classes),
-                DCGANDiscriminator(image_shape, d_dims, n_classes, projection=projection))
+        return (
+            DCGANGenerator(latent_dim, g_dims, image_shape, n_classes),
+            DCGANDiscriminator(image_shape, d_dims, n_classes, projection=projection),
+        )
     raise ValueError(f"unknown GAN net '{net}'; use one of {GAN_NETS}")

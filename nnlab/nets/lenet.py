@@ -16,7 +16,7 @@ its trainable coefficients); variant=modern: ReLU and max pooling (trains faster
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

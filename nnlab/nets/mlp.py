@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+}
 
 
 def activation(name: str) -> nn.Module:
@@ -17,7 +23,9 @@ def activation(name: str) -> nn.Module:
 class MLP(nn.Sequential):
     """in -> [Linear -> act] x len(hidden) -> Linear -> out (no activation on the output)."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, act: str = "relu"):
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], out_features: int, act: str = "relu"
+    ):
         layers, width = [], in_features
         for h in hidden:
             layers += [nn.Linear(width, h), activation(act)]
@@ -29,7 +37,9 @@ class MLP(nn.Sequential):
 class MLPEncoder(nn.Module):
     """Image (C, H, W) -> flattened -> MLP -> out_dim features."""
 
-    def __init__(self, input_shape: Sequence[int], hidden: Sequence[int], out_dim: int, act: str = "relu"):
+    def __init__(
+        self, input_shape: Sequence[int], hidden: Sequence[int], out_dim: int, act: str = "relu"
+    ):
         super().__init__()
         self.net = MLP(math.prod(input_shape), hidden, out_dim, act)
 
@@ -40,7 +50,9 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """in_dim code -> MLP (hidden layers reversed) -> image logits (C, H, W)."""
 
-    def __init__(self, in_dim: int, hidden: Sequence[int], output_shape: Sequence[int], act: str = "relu"):
+    def __init__(
+        self, in_dim: int, hidden: Sequence[int], output_shape: Sequence[int], act: str = "relu"
+    ):
         super().__init__()
         self.output_shape = tuple(output_shape)
         self.net = MLP(in_dim, list(reversed(list(hidden))), math.prod(output_shape), act)

@@ -8,7 +8,7 @@ class logits. Trained with backpropagation through time (BPTT) over the H steps.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -33,8 +33,14 @@ class SequenceNet(nn.Module):
         c, _, w = (int(s) for s in input_shape)
         self.directions = 2 if bidirectional else 1
         # dropout between stacked layers (PyTorch applies it to all but the last) and before the head
-        self.rnn = CELLS[cell](c * w, hidden_size, num_layers, batch_first=True,
-                               dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
+        self.rnn = CELLS[cell](
+            c * w,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
+        )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size * self.directions, num_classes)
 
@@ -50,5 +56,5 @@ class SequenceNet(nn.Module):
         if isinstance(h_n, tuple):  # LSTM: (h_n, c_n)
             h_n = h_n[0]
         # h_n: (num_layers * directions, B, hidden); the last layer's final state, each direction
-        last = torch.cat(list(h_n[-self.directions:]), dim=1)
+        last = torch.cat(list(h_n[-self.directions :]), dim=1)
         return self.head(self.dropout(last))
