@@ -68,3 +68,16 @@ def run_command(command, argv: list[str] | None = None) -> int:
         report_and_exit(err)
     return 0
 
+
+def check_choice(key: str, value, options, error=ConfigError) -> None:
+    """One paragraph when `value` is not one of `options`, e.g. "model.cell='lsmt' is unknown;
+    use one of lstm, gru, rnn. Did you mean model.cell=lstm?"
+    """
+    options = [str(o) for o in options]
+    if str(value) in options:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(str(value), options, n=1)
+    hint = f" Did you mean {key}={close[0]}?" if close else ""
+    raise error(f"{key}={value!r} is unknown; use one of {', '.join(options)}.{hint}")
