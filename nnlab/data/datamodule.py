@@ -28,7 +28,9 @@ class ResidentDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
-    def resident_batches(self, items: torch.Tensor, labels: torch.Tensor, shuffle: bool) -> TensorBatches:
+    def resident_batches(
+        self, items: torch.Tensor, labels: torch.Tensor, shuffle: bool
+    ) -> TensorBatches:
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return TensorBatches(
@@ -73,13 +75,24 @@ class ImageDataModule(ResidentDataModule):
     ):
         super().__init__()
         if format not in FORMATS:
-            raise ConfigError(f"dataset.format='{format}' is unknown; use one of {', '.join(FORMATS)}.")
-        self.name, self.format, self.data_dir, self.download = name, format, Path(data_dir), download
+            raise ConfigError(
+                f"dataset.format='{format}' is unknown; use one of {', '.join(FORMATS)}."
+            )
+        self.name, self.format, self.data_dir, self.download = (
+            name,
+            format,
+            Path(data_dir),
+            download,
+        )
         self.shape = tuple(int(s) for s in shape)
         self.num_classes = int(num_classes)
         self.classes = list(classes) if classes else [str(i) for i in range(self.num_classes)]
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
-        self.val_fraction, self.split_seed, self.seed = float(val_fraction), int(split_seed), int(seed)
+        self.val_fraction, self.split_seed, self.seed = (
+            float(val_fraction),
+            int(split_seed),
+            int(seed),
+        )
         self.n_train, self.n_test = int(n_train), int(n_test)
         self.folder: Path | None = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -91,7 +104,9 @@ class ImageDataModule(ResidentDataModule):
 
     def _load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if self.format == "synthetic":
-            return synthetic_splits(self.shape, self.num_classes, self.n_train, self.n_test, self.split_seed)
+            return synthetic_splits(
+                self.shape, self.num_classes, self.n_train, self.n_test, self.split_seed
+            )
         self.prepare_data()
         return load_splits(self.name, self.format, self.folder)
 
@@ -106,14 +121,18 @@ class ImageDataModule(ResidentDataModule):
                 f"{list(self.shape)}. Point dataset.data_dir at the right dataset or fix dataset.shape."
             )
         n_val = int(round(len(images) * self.val_fraction))
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.split_seed))
+        order = torch.randperm(
+            len(images), generator=torch.Generator().manual_seed(self.split_seed)
+        )
         device = self.device
         self.splits = {
             "train": (images[order[n_val:]], labels[order[n_val:]]),
             "val": (images[order[:n_val]], labels[order[:n_val]]),
             "test": raw["test"],
         }
-        self.splits = {k: (x.to(device).contiguous(), y.to(device)) for k, (x, y) in self.splits.items()}
+        self.splits = {
+            k: (x.to(device).contiguous(), y.to(device)) for k, (x, y) in self.splits.items()
+        }
 
     # -- batches ---------------------------------------------------------------------------
     def _batches(self, split: str, shuffle: bool) -> TensorBatches:

@@ -56,13 +56,19 @@ def read_ratings_file(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
         ) from err
     if len(table) == 0:
         raise DataError(f"{path} holds no ratings. Replace it with the original MovieLens file.")
-    return table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), table[:, 2].astype(np.float32)
+    return (
+        table[:, 0].astype(np.int64),
+        table[:, 1].astype(np.int64),
+        table[:, 2].astype(np.float32),
+    )
 
 
 def find_ratings_file(data_dir: str | Path) -> Path:
     """u.data or ratings.csv in data_dir, or in one of its sub-folders (ml-100k/, ml-latest-small/ ...)."""
     data_dir = Path(data_dir).expanduser()
-    folders = [data_dir] + (sorted(p for p in data_dir.iterdir() if p.is_dir()) if data_dir.is_dir() else [])
+    folders = [data_dir] + (
+        sorted(p for p in data_dir.iterdir() if p.is_dir()) if data_dir.is_dir() else []
+    )
     for folder in folders:
         for name in FILES:
             if (folder / name).is_file():
@@ -75,14 +81,27 @@ def find_ratings_file(data_dir: str | Path) -> Path:
     )
 
 
-def synthetic_ratings(n_users: int, n_items: int, rank: int, density: float, noise: float, seed: int):
+def synthetic_ratings(
+    n_users: int, n_items: int, rank: int, density: float, noise: float, seed: int
+):
     """Ratings 1..5 from a low-rank model: r = round(3 + user_bias + item_bias + u.v / sqrt(rank) + noise),
     observed for a random `density` share of the (user, item) pairs (popular items more often)."""
     g = torch.Generator().manual_seed(seed)
     u, v = torch.randn(n_users, rank, generator=g), torch.randn(n_items, rank, generator=g)
-    user_bias, item_bias = 0.3 * torch.randn(n_users, 1, generator=g), 0.5 * torch.randn(1, n_items, generator=g)
-    score = 3.0 + user_bias + item_bias + u @ v.T / rank**0.5 + noise * torch.randn(n_users, n_items, generator=g)
-    popularity = torch.rand(1, n_items, generator=g) + 0.5  # mean 1: items differ in how often they are rated
+    user_bias, item_bias = (
+        0.3 * torch.randn(n_users, 1, generator=g),
+        0.5 * torch.randn(1, n_items, generator=g),
+    )
+    score = (
+        3.0
+        + user_bias
+        + item_bias
+        + u @ v.T / rank**0.5
+        + noise * torch.randn(n_users, n_items, generator=g)
+    )
+    popularity = (
+        torch.rand(1, n_items, generator=g) + 0.5
+    )  # mean 1: items differ in how often they are rated
     observed = torch.rand(n_users, n_items, generator=g) < density * popularity
     users, items = observed.nonzero(as_tuple=True)
     ratings = score[users, items].round().clamp(1, 5)
@@ -93,7 +112,9 @@ def synthetic_ratings(n_users: int, n_items: int, rank: int, density: float, noi
 class CSR:
     """One split's ratings as a compressed sparse row matrix (users x items), on one device."""
 
-    def __init__(self, users: torch.Tensor, items: torch.Tensor, levels: torch.Tensor, n_users: int):
+    def __init__(
+        self, users: torch.Tensor, items: torch.Tensor, levels: torch.Tensor, n_users: int
+    ):
         order = torch.argsort(users, stable=True)
         self.items, self.levels = items[order], levels[order]
         counts = torch.bincount(users, minlength=n_users)
@@ -103,7 +124,7 @@ class CSR:
     def __len__(self) -> int:
         return len(self.items)
 
-    def to(self, device) -> "CSR":
+    def to(self, device) -> CSR:
         for key in ("items", "levels", "counts", "offsets"):
             setattr(self, key, getattr(self, key).to(device))
         return self
@@ -113,7 +134,11 @@ class CSR:
         counts, starts = self.counts[user_ids], self.offsets[user_ids]
         rows = torch.repeat_interleave(torch.arange(len(user_ids), device=counts.device), counts)
         first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        index = torch.repeat_interleave(starts, counts) + torch.arange(len(rows), device=counts.device) - first
+        index = (
+            torch.repeat_interleave(starts, counts)
+            + torch.arange(len(rows), device=counts.device)
+            - first
+        )
         out = torch.zeros(len(user_ids), n_items, dtype=torch.uint8, device=counts.device)
         out[rows, self.items[index]] = self.levels[index]
         return out
@@ -161,8 +186,14 @@ class RatingsDataModule(ResidentDataModule):
     ):
         super().__init__()
         if format not in FORMATS:
-            raise ConfigError(f"dataset.format='{format}' is unknown; use one of {', '.join(FORMATS)}.")
-        if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ConfigError(
+                f"dataset.format='{format}' is unknown; use one of {', '.join(FORMATS)}."
+            )
+        if (
+            not 0 <= val_fraction < 1
+            or not 0 < test_fraction < 1
+            or val_fraction + test_fraction >= 1
+        ):
             raise ConfigError(
                 f"dataset.val_fraction={val_fraction} and dataset.test_fraction={test_fraction} must be fractions "
                 "of each user's ratings that leave some for training, e.g. val_fraction=0.1 test_fraction=0.1."
@@ -172,11 +203,19 @@ class RatingsDataModule(ResidentDataModule):
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
         self.split_seed, self.seed = int(split_seed), int(seed)
-        self.synthetic = dict(n_users=int(n_users), n_items=int(n_items), rank=int(rank), density=float(density), noise=float(noise))
+        self.synthetic = dict(
+            n_users=int(n_users),
+            n_items=int(n_items),
+            rank=int(rank),
+            density=float(density),
+            noise=float(noise),
+        )
         self.file: Path | None = None
         self.n_users = self.n_items = 0
         self.splits: dict[str, CSR] = {}
-        self.item_means: torch.Tensor | None = None  # mean training rating of each item (rating units)
+        self.item_means: torch.Tensor | None = (
+            None  # mean training rating of each item (rating units)
+        )
 
     @property
     def n_levels(self) -> int:
@@ -201,11 +240,15 @@ class RatingsDataModule(ResidentDataModule):
         items = torch.from_numpy(items.reshape(-1))
         self.n_users, self.n_items = int(users.max()) + 1, len(item_ids)
         levels = torch.tensor(self.levels)
-        level = (torch.from_numpy(ratings)[:, None] - levels).abs().argmin(1).to(torch.uint8) + 1  # 1..K
+        level = (torch.from_numpy(ratings)[:, None] - levels).abs().argmin(1).to(
+            torch.uint8
+        ) + 1  # 1..K
         split = self.split_per_user(users, self.val_fraction, self.test_fraction, self.split_seed)
         device = self.device
         self.splits = {
-            name: CSR(users[split == i], items[split == i], level[split == i], self.n_users).to(device)
+            name: CSR(users[split == i], items[split == i], level[split == i], self.n_users).to(
+                device
+            )
             for i, name in enumerate(("train", "val", "test"))
         }
         # the item-mean baseline: each item's mean training rating (the global mean for unseen items)
@@ -213,17 +256,25 @@ class RatingsDataModule(ResidentDataModule):
         values = levels[level[train].long() - 1]
         sums = torch.zeros(self.n_items).index_add_(0, items[train], values)
         counts = torch.bincount(items[train], minlength=self.n_items).float()
-        self.item_means = torch.where(counts > 0, sums / counts.clamp(min=1), values.mean()).to(device)
+        self.item_means = torch.where(counts > 0, sums / counts.clamp(min=1), values.mean()).to(
+            device
+        )
 
     @staticmethod
-    def split_per_user(users: torch.Tensor, val_fraction: float, test_fraction: float, seed: int) -> torch.Tensor:
+    def split_per_user(
+        users: torch.Tensor, val_fraction: float, test_fraction: float, seed: int
+    ) -> torch.Tensor:
         """0 (train), 1 (val) or 2 (test) for each rating: a seeded random share of each user's ratings."""
         g = torch.Generator().manual_seed(seed)
         order = torch.argsort(torch.rand(len(users), generator=g))
-        order = order[torch.argsort(users[order], stable=True)]  # grouped by user, shuffled within a user
+        order = order[
+            torch.argsort(users[order], stable=True)
+        ]  # grouped by user, shuffled within a user
         counts = torch.bincount(users)
         rank = torch.empty_like(users)
-        rank[order] = torch.arange(len(users)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        rank[order] = torch.arange(len(users)) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts
+        )
         n = counts[users].float()
         n_test = (n * test_fraction).round()
         n_val = torch.minimum((n * val_fraction).round(), n - 1 - n_test).clamp(min=0)

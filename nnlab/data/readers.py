@@ -41,7 +41,11 @@ def read_idx(path: str | Path) -> torch.Tensor:
         )
     dtype, ndim = np.dtype(IDX_DTYPES[data[2]]), data[3]
     header = 4 + 4 * ndim
-    dims = tuple(int(d) for d in np.frombuffer(data[4:header], dtype=">u4")) if len(data) >= header else ()
+    dims = (
+        tuple(int(d) for d in np.frombuffer(data[4:header], dtype=">u4"))
+        if len(data) >= header
+        else ()
+    )
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(dims) != ndim or len(data) != expected:
         raise DataError(
@@ -84,5 +88,7 @@ def read_cifar_batch(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
             "Use the original cifar-10-python.tar.gz contents (data_batch_1..5, test_batch)."
         ) from err
     if len(images) != len(labels):
-        raise DataError(f"{path}: {len(images)} images but {len(labels)} labels; the batch is corrupt.")
+        raise DataError(
+            f"{path}: {len(images)} images but {len(labels)} labels; the batch is corrupt."
+        )
     return images, torch.from_numpy(labels)

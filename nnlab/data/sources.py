@@ -6,6 +6,7 @@ sources and how to fix each. `load_splits()` reads the official train and test s
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -19,10 +20,17 @@ IDX_FILES = {
 }
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+# `make data` unpacks data files shipped inside pinned pip wheels (aeon, statsmodels, scikit-learn...)
+# into the venv: <venv>/share/nnlab/<package>-<version>/ (`make clean` removes them with the venv).
+PACKAGED_DATA = Path(sys.prefix) / "share" / "nnlab"
 # Debian's packages put real datasets here (apt-get install dataset-fashion-mnist).
 DEBIAN_DIRS = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 # torchvision's class and the sub-folder its download writes to.
-TORCHVISION = {"fashion_mnist": ("FashionMNIST", "FashionMNIST/raw"), "mnist": ("MNIST", "MNIST/raw"), "cifar10": ("CIFAR10", CIFAR_DIR)}
+TORCHVISION = {
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw"),
+    "mnist": ("MNIST", "MNIST/raw"),
+    "cifar10": ("CIFAR10", CIFAR_DIR),
+}
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:
@@ -49,7 +57,9 @@ def _candidates(folder: Path, name: str, fmt: str) -> list[Path]:
 
 
 def _find(folder: Path, name: str, fmt: str) -> Path | None:
-    return next((c for c in _candidates(folder, name, fmt) if c.is_dir() and _has_files(c, fmt)), None)
+    return next(
+        (c for c in _candidates(folder, name, fmt) if c.is_dir() and _has_files(c, fmt)), None
+    )
 
 
 def _download(name: str, root: Path) -> str | None:
@@ -68,7 +78,9 @@ def _download(name: str, root: Path) -> str | None:
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
 
 
-def locate(name: str, fmt: str, data_dir: str | Path, download: bool = True, debian_dirs=None) -> Path:
+def locate(
+    name: str, fmt: str, data_dir: str | Path, download: bool = True, debian_dirs=None
+) -> Path:
     """The folder with the dataset's files, trying the three sources in order."""
     data_dir = Path(data_dir).expanduser()
     debian_dirs = DEBIAN_DIRS if debian_dirs is None else debian_dirs
@@ -84,8 +96,10 @@ def locate(name: str, fmt: str, data_dir: str | Path, download: bool = True, deb
         if why is None and (found := _find(data_dir, name, fmt)):
             return found
         why = why or "the download finished but the expected files are not there"
-    files = ", ".join(s + "[.gz]" for pair in IDX_FILES.values() for s in pair) if fmt == "idx" else (
-        f"{CIFAR_DIR}/" + ", ".join(CIFAR_FILES["train"] + CIFAR_FILES["test"])
+    files = (
+        ", ".join(s + "[.gz]" for pair in IDX_FILES.values() for s in pair)
+        if fmt == "idx"
+        else (f"{CIFAR_DIR}/" + ", ".join(CIFAR_FILES["train"] + CIFAR_FILES["test"]))
     )
     debian_line = (
         f"(2) Debian's package folder {debian}: not there - install it with "
@@ -108,7 +122,10 @@ def load_splits(name: str, fmt: str, folder: Path) -> dict[str, tuple[torch.Tens
     for split in ("train", "test"):
         if fmt == "idx":
             img_stem, lbl_stem = IDX_FILES[split]
-            images, labels = read_idx(_idx_file(folder, img_stem)), read_idx(_idx_file(folder, lbl_stem))
+            images, labels = (
+                read_idx(_idx_file(folder, img_stem)),
+                read_idx(_idx_file(folder, lbl_stem)),
+            )
             if images.dim() == 3:
                 images = images.unsqueeze(1)
             labels = labels.long()
