@@ -279,3 +279,19 @@ def test_attention_image_and_markdown():
     assert markdown_table(["a", "b"], [["x|y", "1\n2"]]).splitlines()[2] == "| x\\|y | 1 \u21b5 2 |"
     assert code_block("a\nb") == "    a\n    b"
     assert math.isfinite(float(img.mean()))
+
+
+def test_device_tensors_streams_chunks_codes():
+    codes = torch.arange(23)
+    rows = T.stream_rows(codes, 4, offset=2)
+    assert rows.shape == (4, 5) and rows[1, 0] == rows[0, -1] + 1 == 7
+    assert T.chunks(5, 3) == [(0, 3), (3, 4)]  # inputs 0..3 predict 1..4
+    with pytest.raises(DataError, match="streams"):
+        T.stream_rows(codes, 20)
+    table = {c: i + 1 for i, c in enumerate(T.ZHANG_ALPHABET)}
+    c, n = T.encode_texts(["ab c", "", "xyz!"], table, max_length=3)
+    assert n.tolist() == [3, 1, 3] and c[0].tolist() == [1, 2, 0] and c[1].tolist() == [0, 0, 0]
+    x = T.one_hot(c, len(T.ZHANG_ALPHABET))
+    assert x.shape == (3, 3, 69) and x[0, 2].sum() == 0 and x[0, 0, 0] == 1
+    ids, lengths = T.pad_ids([[5, 6], [7]])
+    assert ids.tolist() == [[5, 6], [7, 0]] and lengths.tolist() == [2, 1]

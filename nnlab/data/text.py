@@ -433,3 +433,55 @@ def item_split(
             )
         idx.sort()
     return out
+
+
+# -- tensors on the device ------------------------------------------------------------------------
+def stream_rows(codes, rows: int, offset: int = 0):
+    """A coded text (1-D) from `offset` on, cut into `rows` consecutive equal rows (rows, L); the
+    tail that fills no row is dropped. Row r continues where row r-1 stopped, so a batch of rows
+    is `rows` parallel streams (the layout of truncated BPTT with a carried hidden state)."""
+    length = (len(codes) - offset) // rows
+    if length < 2:
+        raise DataError(
+            f"{len(codes)} characters cannot make {rows} streams of 2 or more; use a smaller "
+            "batch size (dataset.batch_size / eval_streams) or a longer text."
+        )
+    return codes[offset : offset + rows * length].view(rows, length)
+
+
+def chunks(length: int, bptt: int) -> list[tuple[int, int]]:
+    """(start, end) of the consecutive input chunks of a row of `length` codes: inputs
+    row[:, start:end], targets row[:, start + 1:end + 1]."""
+    return [(s, min(s + bptt, length - 1)) for s in range(0, length - 1, bptt)]
+
+
+def encode_texts(texts: Sequence[str], table: dict[str, int], max_length: int):
+    """Texts -> (codes (N, L) int64, 0 for a character outside `table`, padded with 0 after each
+    text's length; lengths (N,) int64), each text cut at max_length characters (>= 1 long)."""
+    import torch
+
+    cut = [t[:max_length] for t in texts]
+    lengths = torch.tensor([max(1, len(t)) for t in cut], dtype=torch.int64)
+    codes = torch.zeros(len(cut), int(lengths.max()) if len(cut) else 1, dtype=torch.int64)
+    for row, text in enumerate(cut):
+        codes[row, : len(text)] = torch.tensor([table.get(c, 0) for c in text], dtype=torch.int64)
+    return codes, lengths
+
+
+def one_hot(codes, size: int):
+    """(B, T) codes -> (B, T, size) float one-hot rows; code 0 (unknown or padding) -> zeros,
+    code k -> a 1 in column k-1."""
+    import torch
+
+    return torch.nn.functional.one_hot(codes, size + 1)[..., 1:].float()
+
+
+def pad_ids(seqs: Sequence[Sequence[int]], pad: int = 0):
+    """Lists of ids -> (LongTensor (N, Lmax) padded with `pad`, lengths (N,) int64)."""
+    import torch
+
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+    out = torch.full((len(seqs), int(lengths.max()) if len(seqs) else 0), pad, dtype=torch.int64)
+    for row, seq in enumerate(seqs):
+        out[row, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
+    return out, lengths
