@@ -37,3 +37,57 @@ _check_versions()
 
 
 # -- the trainer side: checkpoints, loggers, data connectors, loops ----------------------------
+def attach_datamodule(trainer: pl.Trainer, model: pl.LightningModule, datamodule) -> None:
+    """Give `model` its `datamodule` outside fit/test (nnlab sample): Lightning's data connector."""
+    trainer._data_connector.attach_datamodule(model, datamodule=datamodule)
+
+
+def tensorboard_file_writer(logger):
+    """The FileWriter of a TensorBoardLogger's SummaryWriter: the HParams summaries go through
+    it."""
+    return logger.experiment._get_file_writer()
+
+
+class ModelCheckpointHooks(pl.callbacks.ModelCheckpoint):
+    """Lightning's ModelCheckpoint with the private hooks nnlab builds on under public names.
+
+    - `write_file(trainer, filepath)`: every checkpoint file goes through it (Lightning's
+      `_save_checkpoint`); `mark_saved` records what Lightning records after a write.
+    - `on_last_written(trainer)`: after each last.ckpt (`_save_last_checkpoint`).
+    - `write_last(trainer)`: write last.ckpt now, with the current monitor candidates.
+    - `saves_on_train_epoch_end(trainer)`: whether this callback checkpoints at the end of the
+      training epoch (no validation) rather than after validation.
+    - `last_step_saved`: the global step of the latest write (it stops a second write per step).
+    """
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        self.write_file(trainer, filepath)
+
+    def write_file(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+
+    def mark_saved(self, trainer: pl.Trainer, filepath: str) -> None:
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self.on_last_written(trainer)
+
+    def on_last_written(self, trainer: pl.Trainer) -> None:
+        pass
+
+    def write_last(self, trainer: pl.Trainer) -> None:
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def saves_on_train_epoch_end(self, trainer: pl.Trainer) -> bool:
+        return self._should_save_on_train_epoch_end(trainer)
+
+    @property
+    def last_step_saved(self) -> int:
+        return self._last_global_step_saved
+
+    @last_step_saved.setter
+    def last_step_saved(self, step: int) -> None:
+        self._last_global_step_saved = step

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from nnlab import viz
-from nnlab.errors import CheckpointError, ConfigError, NNLabError
+from nnlab.errors import ConfigError, NNLabError
 from nnlab.models.base import NNLabModule
 from nnlab.nets.lenet import VARIANTS, LeNet5
 from nnlab.nets.sequence import CELLS, SequenceNet
@@ -360,49 +359,9 @@ class SequenceClassifier(ClassifierBase):
 
 
 # -- a trained LeNet back from its run (the feature extractor for FID) ------------------------------
-def _checkpoint_in(run: Path) -> Path:
-    folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run
-    best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
-    last = folder / "last.ckpt"
-    if best:
-        return best[-1]
-    if last.is_file():
-        return last
-    raise CheckpointError(
-        f"{run} holds no checkpoint (looked for best*.ckpt and last.ckpt in {folder}). "
-        "Pass a finished lenet run folder or a .ckpt file."
-    )
-
-
 def load_classifier(path) -> LeNet:
     """A trained LeNet in eval mode on the CPU, from a run folder (its best checkpoint, else last)
     or a .ckpt file. Loaded with torch.load(weights_only=True): no code runs from the file."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise CheckpointError(
-            f"{path} does not exist. Pass a lenet run folder (outputs/...) or its .ckpt file."
-        )
-    ckpt_path = _checkpoint_in(path) if path.is_dir() else path
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unreadable, truncated, or a pickle we refuse
-        raise CheckpointError(
-            f"{ckpt_path} is not a readable checkpoint ({type(err).__name__}): it is not a "
-            "PyTorch file, is truncated, or holds objects that a safe load (weights_only=True) "
-            "refuses. Pass a checkpoint written by `nnlab train model=lenet`."
-        ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(
-            f"{ckpt_path} is not an nnlab (Lightning) checkpoint: it has no state_dict and "
-            "hyper_parameters. Pass a checkpoint written by `nnlab train model=lenet`."
-        )
-    hp = dict(ckpt["hyper_parameters"])
-    try:
-        model = LeNet(**hp)
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except Exception:  # noqa: BLE001 - another model's arguments or weights
-        raise CheckpointError(
-            f"{ckpt_path} holds a '{hp.get('name', 'unknown')}' model, not a LeNet-5. "
-            "Pass the run folder of `nnlab train model=lenet` (e.g. experiment=lenet_fashion)."
-        ) from None
-    return model.eval()
+    from nnlab.inference import load_weights
+
+    return load_weights(path, LeNet, name="lenet", what="a LeNet-5")
