@@ -23,6 +23,12 @@ def _open(path: Path) -> bytes:
         with open(path, "rb") as fh:
             raw = fh.read()
         return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except PermissionError as err:  # not damaged: only unreadable for this user
+        raise DataError(
+            f"Cannot read {path}: permission denied ({err.strerror}). The file may be fine: make "
+            "it readable for this user (chmod a+r), or copy the dataset into a folder you own and "
+            "point dataset.data_dir at it."
+        ) from err
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise DataError(
             f"Cannot read {path}: {err}. The file is truncated or corrupt; delete it and let nnlab "
