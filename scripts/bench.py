@@ -70,8 +70,6 @@ _ENV_AFTER_LIGHTNING = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# the timing callback is instantiated by Hydra as `bench.EpochTimer`: one module, whether run or imported
-sys.modules.setdefault("bench", sys.modules[__name__])
 
 
 # -- the models: config overrides, and the hand-written step over the LightningModule's own nets ----------
@@ -379,9 +377,11 @@ def run_dataloader(
 
 
 class EpochTimer(pl.Callback):
-    """Added to the nnlab run as a callback: the time of each training epoch (without validation)."""
+    """Passed to the nnlab run as an extra callback: the time of each training epoch (without
+    validation), in `results`."""
 
-    results: list[dict] = []
+    def __init__(self):
+        self.results: list[dict] = []
 
     def on_train_epoch_start(self, trainer, pl_module):
         _sync(pl_module.device)
@@ -391,7 +391,7 @@ class EpochTimer(pl.Callback):
         self.images += len(batch[0])
         if batch_idx + 1 == trainer.num_training_batches:  # one sync per epoch, at its last batch
             _sync(pl_module.device)
-            EpochTimer.results.append(
+            self.results.append(
                 {
                     "images": self.images,
                     "seconds": time.perf_counter() - self.t0,
@@ -401,9 +401,8 @@ class EpochTimer(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         if pl_module.device.type == "cuda":
-            EpochTimer.results.append(
-                {"cuda_max_memory_allocated": torch.cuda.max_memory_allocated(pl_module.device)}
-            )
+            memory = torch.cuda.max_memory_allocated(pl_module.device)
+            self.results.append({"cuda_max_memory_allocated": memory})
 
 
 def run_nnlab(
@@ -414,10 +413,11 @@ def run_nnlab(
     device,
     extra=(),
     warmup_epochs: int = 0,
+    callbacks: tuple = (),
 ) -> dict:
     from nnlab.train import main
 
-    EpochTimer.results = []
+    timer = EpochTimer()
     with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
         argv = sys.argv
         sys.argv = [
@@ -425,7 +425,6 @@ def run_nnlab(
             *overrides,
             f"trainer.max_epochs={epochs}",
             "test_after_fit=false",
-            "+callbacks.bench_timer._target_=bench.EpochTimer",
             f"hydra.run.dir={tmp}/run",
             *extra,
         ]
@@ -439,14 +438,14 @@ def run_nnlab(
         sink = io.StringIO()
         try:
             with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
-                main()
+                main(callbacks=[timer, *callbacks])
         except SystemExit as err:  # a config error: show what nnlab said
             raise RuntimeError(
                 f"nnlab train {' '.join(sys.argv[1:])} failed ({err}):\n{sink.getvalue()[-2000:]}"
-            )
+            ) from err
         finally:
             sys.argv = argv
-    epochs_run = [r for r in EpochTimer.results if "seconds" in r]
+    epochs_run = [r for r in timer.results if "seconds" in r]
     if warmup_epochs and len(epochs_run) > warmup_epochs:
         epochs_run = epochs_run[warmup_epochs:]  # torch.compile: leave the compiling epoch out
     n_img, seconds = sum(r["images"] for r in epochs_run), sum(r["seconds"] for r in epochs_run)
@@ -455,12 +454,12 @@ def run_nnlab(
         "img_s": n_img / seconds if seconds else float("nan"),
         "images": n_img,
         "seconds": seconds,
-        "epoch_img_s": [r["images"] / r["seconds"] for r in EpochTimer.results if "seconds" in r],
+        "epoch_img_s": [r["images"] / r["seconds"] for r in timer.results if "seconds" in r],
         "cpu_img_s": n_img / cpu if cpu else float("nan"),
     }
     mem = [
         r["cuda_max_memory_allocated"]
-        for r in EpochTimer.results
+        for r in timer.results
         if "cuda_max_memory_allocated" in r
     ]
     if mem:
@@ -476,14 +475,15 @@ class StepPairs(pl.Callback):
     its own batch: fetch, transfer, hooks, logging and all. The first batch of each epoch is left out (its gap holds
     the validation and the epoch's start)."""
 
-    hand: HandSide | None = None  # set by run_interleaved
-    pairs: list[tuple[float, float, int]] = []  # (nnlab seconds, hand-written seconds, images)
+    def __init__(self, hand: HandSide):
+        self.hand = hand
+        self.pairs: list[tuple[float, float, int]] = []  # (nnlab s, hand-written s, images)
 
     def on_train_start(self, trainer, pl_module):
-        self.order, self.i, self.t = StepPairs.hand.order(0), 0, None
+        self.order, self.i, self.t = self.hand.order(0), 0, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        hand = StepPairs.hand
+        hand = self.hand
         _sync(hand.images.device)
         now = time.perf_counter()
         nnlab_s = now - self.t if self.t is not None and batch_idx > 0 else None
@@ -492,20 +492,15 @@ class StepPairs(pl.Callback):
         _sync(hand.images.device)
         self.t = time.perf_counter()
         if nnlab_s is not None:
-            StepPairs.pairs.append((nnlab_s, self.t - now, len(batch[0])))
+            self.pairs.append((nnlab_s, self.t - now, len(batch[0])))
 
 
 def run_interleaved(
     entry: Entry, overrides: list[str], epochs: int, limit: int | None, device
 ) -> dict:
-    StepPairs.hand, StepPairs.pairs = (
-        hand_side(entry, overrides, device),
-        [],
-    )  # built as run_hand builds it
-    run_nnlab(
-        entry, overrides, epochs, limit, device, ["+callbacks.bench_pairs._target_=bench.StepPairs"]
-    )
-    pairs, StepPairs.hand = StepPairs.pairs, None
+    stepper = StepPairs(hand_side(entry, overrides, device))  # built as run_hand builds it
+    run_nnlab(entry, overrides, epochs, limit, device, callbacks=(stepper,))
+    pairs = stepper.pairs
     n_img, nnlab_s, hand_s = (
         sum(p[2] for p in pairs),
         sum(p[0] for p in pairs),
