@@ -188,7 +188,8 @@ def test_cli_errors_exit_nonzero_without_traceback(tmp_path):
 
 
 def test_eval_scalars_are_synchronised_across_ranks(monkeypatch):
-    """Validation/test epoch scalars ask Lightning for sync_dist (a no-op on one device); training ones do not."""
+    """Validation/test epoch scalars ask Lightning for sync_dist (a no-op on one device); training
+    ones do not."""
     import pytorch_lightning as pl
 
     from nnlab.models.autoencoders import AE
@@ -208,8 +209,9 @@ def test_eval_scalars_are_synchronised_across_ranks(monkeypatch):
 
 
 def test_idle_callback_hooks_are_skipped_and_the_others_still_run(tmp_path):
-    """nnlab.lean: Lightning skips a callback's per-batch hooks that are Callback's empty method (set to None on the
-    instance) and still calls the ones the callback overrides; the quiet profiler profiles nothing, at no cost."""
+    """nnlab.lean: Lightning skips a callback's per-batch hooks that are Callback's empty method
+    (set to None on the instance) and still calls the ones the callback overrides; the quiet
+    profiler profiles nothing, at no cost."""
     import pytorch_lightning as pl
     from torch import nn
 
@@ -265,13 +267,15 @@ def test_idle_callback_hooks_are_skipped_and_the_others_still_run(tmp_path):
 
 
 def test_a_configured_profiler_is_used(tmp_path):
-    """debug=profile (trainer.profiler=simple) replaces the quiet default: its report is in train.log."""
+    """debug=profile (trainer.profiler=simple) replaces the quiet default: its report is in
+    train.log."""
     run = run_train(tmp_path, *FAST, "debug=profile")
     assert "FIT Profiler Report" in (run / "train.log").read_text()
 
 
 def test_compiled_run_trains_and_keeps_the_checkpoint_keys(tmp_path):
-    """model.compile=true compiles each net in place (torch.compile through nn.Module.compile): the run trains, and
+    """model.compile=true compiles each net in place (torch.compile through nn.Module.compile): the
+    run trains, and
     its checkpoint has the keys of a plain run's, so either loads into the other."""
     plain = run_train(tmp_path, *FAST, "test_after_fit=false", name="plain")
     compiled = run_train(

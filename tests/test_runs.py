@@ -1,4 +1,5 @@
-"""`nnlab runs`: the table of runs, read from metrics.json, .hydra/ and (fallback) TensorBoard events.
+"""`nnlab runs`: the table of runs, read from metrics.json, .hydra/ and (fallback) TensorBoard
+events.
 
 The run folders here are written by hand in the formats nnlab train writes, so these tests take
 well under a second; tests/test_sweeps.py runs `nnlab runs` on real sweeps."""
@@ -181,7 +182,8 @@ def test_table_and_errors(runs_dir, capsys):
 
 
 def test_falls_back_to_event_files(tmp_path, capsys):
-    """A run that died without metrics.json: metrics, epochs and wall time from its TensorBoard events."""
+    """A run that died without metrics.json: metrics, epochs and wall time from its TensorBoard
+    events."""
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
