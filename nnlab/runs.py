@@ -172,7 +172,7 @@ def live_status(record: dict) -> str:
     interrupted: killed, out of memory, or the machine went down before it could say so. A status
     nnlab never writes reads as 'unreadable'."""
     status = record.get("status")
-    if status not in STATUS_STYLE:
+    if not isinstance(status, str) or status not in STATUS_STYLE:
         return "unreadable"
     resumes = record.get("resumes")
     latest = resumes[-1] if isinstance(resumes, list) and resumes else record

@@ -92,6 +92,7 @@ def test_nested_target_under_dataset_never_runs(run_copy, tmp_path, capsys):
         yaml.safe_dump(["dataset=synthetic", f"+dataset.extra={_override(marker)}"])
     )
     code, err = _eval([str(run_copy)], capsys)
+    err = " ".join(err.split())
     assert code == 2 and "will not replay" in err and "Traceback" not in err
     assert not marker.exists()
 
@@ -250,7 +251,7 @@ def test_resume_refuses_hostile_recorded_overrides(run_copy, capsys, override):
             main()
     finally:
         sys.argv = argv
-    err = capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
     assert exc.value.code == 2 and "will not replay" in err and "Traceback" not in err
     assert (run_copy / "metrics.json").read_text() == before  # refused before anything ran
 
