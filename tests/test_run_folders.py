@@ -60,7 +60,7 @@ def _train(*argv: str, code: int | None = None, capsys=None) -> str:
     return " ".join(err.split())
 
 
-# -- part 2: one process per run folder ----------------------------------------------------------------
+# -- part 2: one process per run folder ------------------------------------------------------------
 def test_a_second_run_into_the_same_folder_is_refused(finished_run, capsys):
     before = (finished_run / "metrics.json").read_text()
     err = _train(*FAST, "seed=2", f"hydra.run.dir={finished_run}", code=2, capsys=capsys)
@@ -111,7 +111,7 @@ def test_checkpoint_temporaries_are_per_process(tmp_path):
     assert seen == [f"{tmp_path / 'last.ckpt'}.tmp{os.getpid()}"]
 
 
-# -- part 3: resume keeps every record -----------------------------------------------------------------
+# -- part 3: resume keeps every record -------------------------------------------------------------
 def test_a_failed_resume_leaves_the_record_as_it_was(run_copy, capsys):
     before = (run_copy / "metrics.json").read_text()
     err = _train(f"resume={run_copy}", "trainer.max_epochs=0", code=2, capsys=capsys)

@@ -216,7 +216,7 @@ def test_does_not_import_torch(runs_dir):
     assert "6 runs under" in proc.stdout
 
 
-# -- any folder: a bad run is listed as unreadable, the others as usual (issue 16, part 4) -----------
+# -- any folder: a bad run is listed as unreadable, the others as usual (issue 16, part 4) ---------
 def test_malformed_records_are_unreadable_rows_and_the_rest_is_listed(tmp_path, capsys):
     make_run(tmp_path / "good", metrics={"test/mse": 0.02})
     make_run(
