@@ -275,6 +275,11 @@ def check(cfg: DictConfig) -> dict[str, Any]:
     return config
 
 
+def _specs(group: dict | None) -> list[dict]:
+    """The entries of a callbacks/logger group that name a class (null entries are switched off)."""
+    return [s for s in (group or {}).values() if isinstance(s, dict) and "_target_" in s]
+
+
 def _instantiate(spec: dict, **kwargs: Any):
     from hydra.utils import instantiate
 
@@ -329,8 +334,8 @@ def build(cfg: DictConfig, config: dict[str, Any], run_dir: Path, extra_callback
     datamodule = _instantiate(dataset, data_dir=data_dir, seed=cfg.seed)
     datamodule.prepare_data()  # find the data now: a missing dataset fails before training
     model = _instantiate(config["model"], _recursive_=False, _convert_="all")
-    loggers = [_instantiate(s) for s in (config.get("logger") or {}).values() if s]
-    callbacks = [_instantiate(s) for s in (config.get("callbacks") or {}).values() if s]
+    loggers = [_instantiate(s) for s in _specs(config.get("logger"))]
+    callbacks = [_instantiate(s) for s in _specs(config.get("callbacks"))]
     if not loggers:  # the learning-rate monitor needs a logger; logger=none drops it
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     check_data = pl.callbacks.LambdaCallback(on_train_start=lambda t, m: _check_validation_split(t))
