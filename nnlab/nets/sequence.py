@@ -32,7 +32,8 @@ class SequenceNet(nn.Module):
             raise ValueError(f"unknown cell '{cell}'; use one of {tuple(CELLS)}")
         c, _, w = (int(s) for s in input_shape)
         self.directions = 2 if bidirectional else 1
-        # dropout between stacked layers (PyTorch applies it to all but the last) and before the head
+        # dropout between stacked layers (PyTorch applies it to all but the last) and before the
+        # head
         self.rnn = CELLS[cell](
             c * w,
             hidden_size,
