@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnlab.errors import check_choice
 from nnlab.nets.conv import downsampled
 
 GAN_NETS = ("mlp", "dcgan")
@@ -49,7 +50,7 @@ class MLPGenerator(nn.Module):
     tanh -> image (C, H, W).
 
     Batch norm in G is Radford et al.'s lesson applied to the MLP: on Fashion-MNIST it reached a
-    LeNet-FID of ~100 after 450 steps where plain ReLU layers were still at ~310 (noise). """
+    LeNet-FID of ~100 after 450 steps where plain ReLU layers were still at ~310 (noise)."""
 
     def __init__(
         self, latent_dim: int, hidden: Sequence[int], image_shape: Sequence[int], n_classes: int = 0
@@ -205,14 +206,12 @@ def build_gan_nets(
 ) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) by name: `mlp` (widths of the hidden layers) or `dcgan` (conv
     channel widths)."""
-    if net == "mlp":
-        return (
-            MLPGenerator(latent_dim, g_dims, image_shape, n_classes),
-            MLPDiscriminator(image_shape, d_dims, n_classes, projection=projection),
-        )
-    if net == "dcgan":
-        return (
-            DCGANGenerator(latent_dim, g_dims, image_shape, n_classes),
-            DCGANDiscriminator(image_shape, d_dims, n_classes, projection=projection),
-        )
-    raise ValueError(f"unknown GAN net '{net}'; use one of {GAN_NETS}")
+    check_choice("GAN net", net, GAN_NETS, error=ValueError)
+    generator, discriminator = {
+        "mlp": (MLPGenerator, MLPDiscriminator),
+        "dcgan": (DCGANGenerator, DCGANDiscriminator),
+    }[net]
+    return (
+        generator(latent_dim, g_dims, image_shape, n_classes),
+        discriminator(image_shape, d_dims, n_classes, projection=projection),
+    )
