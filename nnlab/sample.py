@@ -76,12 +76,6 @@ def sample(argv: list[str]) -> Path:
         target, overrides, which=opts["checkpoint"]
     )
     name = getattr(model, "hparams", {}).get("name", type(model).__name__)
-    if not callable(getattr(model, "sample_grid", None)):
-        raise ConfigError(
-            f"Model '{name}' ({type(model).__name__}) cannot draw samples: it has no sample_grid "
-            "method. nnlab sample works for the models that implement it (autoencoders, vae, "
-            "gans, rbm, classifiers)."
-        )
     label = None
     if opts["label"] != "":
         classes = getattr(datamodule, "num_classes", None) or 0
@@ -90,8 +84,14 @@ def sample(argv: list[str]) -> Path:
         label = int_option(opts["label"], "label", minimum=0, maximum=classes - 1)
     attach(model, datamodule)
     pl.seed_everything(seed, verbose=False)
-    with torch.no_grad():
-        image = model.sample_grid(n=n, label=label, interpolate=interpolate)
+    try:
+        with torch.no_grad():
+            image = model.sample_grid(n=n, label=label, interpolate=interpolate)
+    except NotImplementedError:  # the model's family draws no samples (NNLabModule's default)
+        raise ConfigError(
+            f"Model '{name}' ({type(model).__name__}) cannot draw samples: its family has no "
+            "sample_grid. nnlab sample works for autoencoders, vae, gans, rbm and classifiers."
+        ) from None
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
         raise ConfigError(
             f"Model '{name}'.sample_grid returned {type(image).__name__}, not one (3, H, W) image."

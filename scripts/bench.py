@@ -305,7 +305,7 @@ class HandSide:
 
 def hand_side(entry: Entry, overrides: list[str], device, limit: int | None = None) -> HandSide:
     cfg, dm, model, opts = build(overrides)
-    images, labels = (t.to(device) for t in dm.splits["train"])
+    images, labels = (t.to(device) for t in dm.raw("train"))
     bs = int(cfg.dataset.batch_size)
     n_batches = max(1, len(images) // bs)
     return HandSide(
@@ -366,7 +366,7 @@ def run_dataloader(
 
     cfg, dm, model, opts = build(overrides)
     model.to(device).train()
-    images, labels = dm.splits["train"]
+    images, labels = dm.raw("train")
     bs, step = int(cfg.dataset.batch_size), entry_step(entry)
     loader = DataLoader(
         FashionMNISTStyle(images, labels),

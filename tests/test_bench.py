@@ -93,7 +93,7 @@ def test_hand_written_loss_is_the_models_loss(bench, name):
         pytest.skip(f"{name} is not in this branch yet")
     entry = bench.MODELS[name]
     cfg, dm, model, opts = bench.build([*entry.overrides, "dataset=synthetic", "accelerator=cpu"])
-    images, labels = dm.splits["train"]
+    images, labels = dm.raw("train")
     x, y = images[:16].float() / 255.0, labels[:16]
     torch.manual_seed(0)
     with warnings.catch_warnings():

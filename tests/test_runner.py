@@ -189,8 +189,9 @@ def test_cli_errors_exit_nonzero_without_traceback(tmp_path):
 
 def test_eval_scalars_are_synchronised_across_ranks(monkeypatch):
     """Validation/test epoch scalars ask Lightning for sync_dist (a no-op on one device); training
-    ones do not."""
+    ones and Metrics (they synchronise themselves) do not; self.log is Lightning's own."""
     import pytorch_lightning as pl
+    from torchmetrics import MeanMetric
 
     from nnlab.models.autoencoders import AE
 
@@ -199,13 +200,12 @@ def test_eval_scalars_are_synchronised_across_ranks(monkeypatch):
         pl.LightningModule, "log", lambda self, name, value, *a, **kw: calls.append((name, kw))
     )
     model = AE("ae", input_shape=(1, 28, 28))
-    for hook in ("validation_step", "on_test_epoch_end"):
-        model._current_fx_name = hook
-        model.log("val/x", 1.0, on_epoch=True)
-        model.log("val/y", 1.0, on_epoch=True, sync_dist=False)  # the caller's choice wins
-    model._current_fx_name = "on_train_epoch_end"
-    model.log("train/z", 1.0, on_epoch=True)
-    assert [kw.get("sync_dist") for _, kw in calls] == [True, False, True, False, None]
+    assert type(model).log is pl.LightningModule.log
+    model.log_terms("val", {"x": 1.0, "m": MeanMetric()})
+    model.log_terms("test", {"x": 1.0})
+    model.log_terms("train", {"z": 1.0})
+    assert [kw["sync_dist"] for _, kw in calls] == [True, False, True, False]
+    assert [kw["on_epoch"] for _, kw in calls] == [True, True, True, False]
 
 
 def test_idle_callback_hooks_are_skipped_and_the_others_still_run(tmp_path):
