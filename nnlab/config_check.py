@@ -58,9 +58,9 @@ RULES = {
         "dataset.val_fraction=0.1",
     ),
     "dataset.shape": (
-        lambda v: _int_list(v) and len(v) == 3,
-        "[channels, height, width]",
-        "dataset.shape=[1,28,28]",
+        lambda v: _int_list(v) and len(v) in (1, 3),
+        "[channels, height, width] for images or [features] for sequences",
+        "dataset.shape=[1,28,28] or dataset.shape=[12]",
     ),
     "trainer.max_epochs": (
         _epochs,

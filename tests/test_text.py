@@ -272,7 +272,7 @@ def test_seq2seq_masks_padding_and_beam_search_agrees_with_greedy(attention, cel
 
 
 def test_attention_image_and_markdown():
-    from nnlab.viz_text import attention_image, code_block, markdown_table
+    from nnlab.viz import attention_image, code_block, markdown_table
 
     img = attention_image(torch.eye(3), ["god", "said", "."], ["dijo", "dios", "."], "Gen.1.3")
     assert img.shape[0] == 3 and img.min() >= 0 and img.max() <= 1

@@ -35,7 +35,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from nnlab.errors import DataError
+import torch
+
+from nnlab.data.batches import TensorBatches
+from nnlab.data.datamodule import ResidentDataModule
+from nnlab.errors import ConfigError, DataError
 
 # Debian's packages and the folders they install (versions recorded in the Makefile's data target).
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -52,7 +56,7 @@ UNK_CHAR = "\ufffd"  # stands for the characters a character vocabulary leaves o
 ZHANG_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/\\|_@#$%^&*~`+=<>()[]{}\n"
 
 
-# -- cleaning and reading -----------------------------------------------------------------------
+# -- cleaning and reading --------------------------------------------------------------------------
 def clean(text: str) -> str:
     """Normalise line ends, undo typewriter overstrikes ("_\\bA" is an underlined A) and drop the
     other control characters except tabs and new lines."""
@@ -126,7 +130,7 @@ def read_fortunes(folder: str | Path, files: Sequence[str] | None = None) -> dic
     return {name: items for name, items in out.items() if items}
 
 
-# -- SWORD zText ----------------------------------------------------------------------------------
+# -- SWORD zText -----------------------------------------------------------------------------------
 _NOTE = re.compile(r"<note\b[^>]*?(?:/>|>.*?</note\s*>)", re.S)
 _TITLE = re.compile(r"<title\b(?![^>]*\bcanonical=\"true\")[^>]*?(?:/>|>.*?</title\s*>)", re.S)
 _TAG = re.compile(r"<[^>]*>")
@@ -316,7 +320,7 @@ def parallel_verses(source: str, target: str, data_dir=None, sword_dir=SWORD_DIR
     ]
 
 
-# -- words and vocabularies -----------------------------------------------------------------------
+# -- words and vocabularies ------------------------------------------------------------------------
 def words(text: str) -> list[str]:
     """Lower-cased words and punctuation marks: "And God said," -> [and, god, said, ,]."""
     return re.findall(r"\w+|[^\w\s]", text.lower())
@@ -377,7 +381,7 @@ def char_vocab(text: str, min_count: int = 1) -> Vocab:
     return Vocab.build(Counter(text), specials=[UNK_CHAR], unk=UNK_CHAR, min_count=min_count)
 
 
-# -- splits ---------------------------------------------------------------------------------------
+# -- splits ----------------------------------------------------------------------------------------
 def block_split(
     n: int, block: int, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[tuple[int, int]]]:
@@ -435,7 +439,7 @@ def item_split(
     return out
 
 
-# -- tensors on the device ------------------------------------------------------------------------
+# -- tensors on the device -------------------------------------------------------------------------
 def stream_rows(codes, rows: int, offset: int = 0):
     """A coded text (1-D) from `offset` on, cut into `rows` consecutive equal rows (rows, L); the
     tail that fills no row is dropped. Row r continues where row r-1 stopped, so a batch of rows
@@ -458,8 +462,6 @@ def chunks(length: int, bptt: int) -> list[tuple[int, int]]:
 def encode_texts(texts: Sequence[str], table: dict[str, int], max_length: int):
     """Texts -> (codes (N, L) int64, 0 for a character outside `table`, padded with 0 after each
     text's length; lengths (N,) int64), each text cut at max_length characters (>= 1 long)."""
-    import torch
-
     cut = [t[:max_length] for t in texts]
     lengths = torch.tensor([max(1, len(t)) for t in cut], dtype=torch.int64)
     codes = torch.zeros(len(cut), int(lengths.max()) if len(cut) else 1, dtype=torch.int64)
@@ -471,17 +473,526 @@ def encode_texts(texts: Sequence[str], table: dict[str, int], max_length: int):
 def one_hot(codes, size: int):
     """(B, T) codes -> (B, T, size) float one-hot rows; code 0 (unknown or padding) -> zeros,
     code k -> a 1 in column k-1."""
-    import torch
-
     return torch.nn.functional.one_hot(codes, size + 1)[..., 1:].float()
 
 
 def pad_ids(seqs: Sequence[Sequence[int]], pad: int = 0):
     """Lists of ids -> (LongTensor (N, Lmax) padded with `pad`, lengths (N,) int64)."""
-    import torch
-
     lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
     out = torch.full((len(seqs), int(lengths.max()) if len(seqs) else 0), pad, dtype=torch.int64)
     for row, seq in enumerate(seqs):
         out[row, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
     return out, lengths
+
+
+def symbols_tensor(symbols: Sequence[str | None], width: int):
+    """A vocabulary as a uint8 tensor (V, width): each symbol's UTF-8 bytes, zero-padded; None
+    (an unused slot) is a row of zeros. A model keeps its vocabulary this way, as a buffer in its
+    state_dict, so a checkpoint alone can encode a prompt and decode an output."""
+    out = torch.zeros(len(symbols), width, dtype=torch.uint8)
+    for row, symbol in enumerate(symbols):
+        if symbol is not None:
+            data = symbol.encode("utf-8")[:width]
+            out[row, : len(data)] = torch.tensor(list(data), dtype=torch.uint8)
+    return out
+
+
+def tensor_symbols(table) -> list[str | None]:
+    """symbols_tensor's inverse: a row of zeros is None."""
+    rows = table.cpu().tolist()
+    return [
+        bytes(b for b in row if b).decode("utf-8", errors="replace") if any(row) else None
+        for row in rows
+    ]
+
+
+# -- batches ---------------------------------------------------------------------------------------
+class StreamBatches:
+    """The language model's batches: `rows` parallel streams of a coded split, cut into
+    consecutive chunks of `bptt` characters; yields (x (B, T), y (B, T), chunk number), y being
+    x shifted by one character. A model carries its hidden state from chunk to chunk and starts
+    afresh at chunk 0. With shuffle (training) epoch e starts at a seeded offset in [0, bptt), so
+    the chunk boundaries move from epoch to epoch; every epoch has the same number of chunks.
+    Resumable mid-epoch like TensorBatches (state_dict); under DDP each rank takes every
+    world_size-th stream."""
+
+    def __init__(
+        self, codes, rows, bptt, shuffle=False, seed=0, rank=0, world_size=1, epoch_fn=None
+    ):
+        self.codes, self.rows, self.bptt, self.shuffle = codes, int(rows), int(bptt), shuffle
+        self.seed, self.rank, self.world = seed, rank, world_size
+        self.epoch_fn, self._calls = epoch_fn, 0
+        self._epoch, self._position, self._resume_at = 0, 0, None
+        spare = self.bptt if shuffle else 0  # room for the offset
+        self.length = (len(codes) - spare) // (self.rows * world_size)
+        if self.length < 2:
+            raise DataError(
+                f"The split has {len(codes)} characters: too few for {self.rows * world_size} "
+                f"streams{' and an offset of up to ' + str(spare) if spare else ''} (each needs 2 "
+                "or more). Use a smaller dataset.batch_size (or dataset.eval_streams), a smaller "
+                "dataset.bptt, or a longer text."
+            )
+        self.spans = chunks(self.length, self.bptt)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def streams(self, epoch: int) -> torch.Tensor:
+        offset = 0
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            offset = int(torch.randint(self.bptt, (1,), generator=g))
+        rows = self.codes[offset : offset + self.rows * self.world * self.length]
+        return rows.view(self.rows * self.world, self.length)[self.rank :: self.world]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = (int(state["epoch"]), int(state["position"]))
+
+    def __iter__(self):
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self._calls
+        self._calls += 1
+        start = 0
+        if self._resume_at is not None:
+            (at_epoch, at), self._resume_at = self._resume_at, None
+            start = at if at_epoch == epoch else 0
+        self._epoch, self._position = epoch, start
+        rows = self.streams(epoch)
+        for i in range(start, len(self.spans)):
+            a, b = self.spans[i]
+            self._position = i + 1
+            yield rows[:, a:b], rows[:, a + 1 : b + 1], i
+
+
+class CharBatches(TensorBatches):
+    """(one-hot x (B, T, F), lengths (B,) int64 on the CPU, labels (B,)) from coded texts: the
+    sequence-classification batch, T being the longest text of the batch."""
+
+    def __init__(self, codes, labels, batch_size, lengths=None, size: int = 0, **kwargs):
+        super().__init__(codes, labels, batch_size, **kwargs)
+        self.lengths, self.lengths_cpu, self.size = lengths, lengths.cpu(), size
+
+    def batch(self, idx: torch.Tensor):
+        lengths = self.lengths_cpu[idx.cpu()]
+        codes = self.images[idx, : int(lengths.max())].long()
+        return one_hot(codes, self.size), lengths, self.labels[idx]
+
+
+class PairBatches(TensorBatches):
+    """(source ids (B, S), source lengths (B,) on the CPU, target ids (B, T), item indices (B,)):
+    a translation batch, cut to its longest source and target."""
+
+    def __init__(self, src, tgt, batch_size, lengths=None, **kwargs):
+        super().__init__(src, tgt, batch_size, **kwargs)
+        self.lengths_cpu = lengths.cpu()
+        self.tgt_lengths = (tgt != 0).sum(1).cpu()
+
+    def batch(self, idx: torch.Tensor):
+        cpu = idx.cpu()
+        lengths = self.lengths_cpu[cpu]
+        src = self.images[idx, : int(lengths.max())]
+        return src, lengths, self.labels[idx, : int(self.tgt_lengths[cpu].max())], idx
+
+
+class _TextData(ResidentDataModule):
+    """What the text datamodules share: batches already on the device pass through."""
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int = 0):
+        return batch  # drawn on the device by indexing
+
+
+def _fortune_folder(name: str, path, data_dir) -> Path:
+    """Where fortune files are: dataset.path, dataset.data_dir, then Debian's folder."""
+    tried = []
+    for key, folder in (("dataset.path", path), ("dataset.data_dir", data_dir)):
+        if folder in (None, ""):
+            tried.append(f"{key}: not set")
+            continue
+        folder = Path(str(folder)).expanduser()
+        if folder.is_dir() and fortune_files(folder):
+            return folder
+        tried.append(f"{key}={folder.resolve()}: no fortune files there")
+    if FORTUNES_DIR.is_dir() and fortune_files(FORTUNES_DIR):
+        return FORTUNES_DIR
+    tried.append(
+        f"Debian's {FORTUNES_DIR}: not there - install it with `apt-get install fortunes` (as "
+        "root; `make data` does this)"
+    )
+    listed = "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
+    raise DataError(
+        f"Dataset '{name}': no fortune files found. Tried, in order: {listed}. Or train on any "
+        "UTF-8 text file with dataset=text dataset.path=FILE."
+    )
+
+
+# -- the language model's data ---------------------------------------------------------------------
+class CharLMDataModule(_TextData):
+    """A character corpus for `char_rnn`: the Debian fortunes (source=fortunes: every fortune file,
+    each fortune followed by its "%" line, as in the files) or any UTF-8 file (source=file, path).
+    The text is cut into contiguous blocks dealt to train/val/test (block_split); the vocabulary is
+    the training split's characters seen >= min_count times, most frequent first, at most
+    vocab_size with UNK_CHAR (the rest read as UNK_CHAR), padded with unused slots to vocab_size
+    (the nets' size comes from the config).
+
+    The data face: `vocab` (vocab_size symbols, None for an unused slot), `codes(split)` (the
+    coded split, 1-D int64 on the device), `eval_rows(split)` (the streams val/test score),
+    `encode(text)`, `decode(codes)`, `use_vocab(symbols)` (re-code with a trained model's)."""
+
+    def __init__(
+        self,
+        name: str,
+        source: str = "fortunes",
+        path: str | None = None,
+        data_dir: str = "data",
+        files: Sequence[str] | None = None,
+        vocab_size: int = 128,
+        min_count: int = 1,
+        split_block: int = 10_000,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        split_seed: int = 0,
+        batch_size: int = 64,
+        bptt: int = 128,
+        eval_batch_size: int = 16,
+        eval_bptt: int = 512,
+        seed: int = 0,
+        **_: object,  # descriptive keys of the YAML (inputs, shape)
+    ):
+        super().__init__()
+        if source not in ("fortunes", "file"):
+            raise ConfigError(f"dataset.source={source!r} is unknown; use fortunes or file.")
+        if source == "file" and not path:
+            raise ConfigError(
+                f"dataset={name} reads a text file: pass it as dataset.path=FILE (any UTF-8 text)."
+            )
+        self.name, self.source, self.path, self.data_dir = name, source, path, data_dir
+        self.files = list(files) if files else None
+        self.vocab_size, self.min_count = int(vocab_size), int(min_count)
+        if self.vocab_size < 2:
+            raise ConfigError("dataset.vocab_size must be at least 2 (UNK and one character).")
+        self.split_block, self.val_fraction = int(split_block), float(val_fraction)
+        self.test_fraction, self.split_seed = float(test_fraction), int(split_seed)
+        self.batch_size, self.bptt = int(batch_size), int(bptt)
+        self.eval_batch_size, self.eval_bptt, self.seed = int(eval_batch_size), int(eval_bptt), seed
+        self._text: str | None = None
+        self._split_text: dict[str, str] = {}
+        self._codes: dict[str, torch.Tensor] = {}
+        self.vocab: list[str | None] = []
+
+    def prepare_data(self) -> None:
+        if self._text is not None:
+            return
+        if self.source == "file":
+            self._text = read_utf8(self.path, "text file")
+        else:
+            folder = _fortune_folder(self.name, self.path, self.data_dir)
+            found = read_fortunes(folder, self.files)
+            self._text = "".join(f + "\n%\n" for name in sorted(found) for f in found[name])
+        need = self.batch_size * (self.bptt + 1) * 4
+        if len(self._text) < need:
+            raise DataError(
+                f"The corpus of dataset '{self.name}' has {len(self._text)} characters: too short "
+                f"for dataset.batch_size={self.batch_size} streams of dataset.bptt={self.bptt} "
+                f"characters (a training split of at least {need} characters would do). Use a "
+                "longer text, or a smaller batch_size or bptt."
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._codes:
+            return
+        self.prepare_data()
+        text = self._text
+        block = min(self.split_block, max(1, len(text) // 20))  # >= 20 blocks to deal
+        spans = block_split(
+            len(text), block, self.val_fraction, self.test_fraction, self.split_seed
+        )
+        self._split_text = {k: "".join(text[a:b] for a, b in v) for k, v in spans.items()}
+        train = Counter(self._split_text["train"])
+        kept = [
+            c
+            for c, n in sorted(train.items(), key=lambda kv: (-kv[1], kv[0]))
+            if n >= self.min_count
+        ]
+        symbols = [UNK_CHAR] + [c for c in kept if c != UNK_CHAR][: self.vocab_size - 1]
+        self.use_vocab(symbols + [None] * (self.vocab_size - len(symbols)))
+
+    def use_vocab(self, symbols: Sequence[str | None]) -> None:
+        """Code the splits with this vocabulary (a trained model's; None: an unused slot)."""
+        if len(symbols) != self.vocab_size:
+            raise DataError(
+                f"The model's vocabulary has {len(symbols)} slots but dataset.vocab_size is "
+                f"{self.vocab_size}; evaluate with the dataset settings it was trained with."
+            )
+        self.vocab = list(symbols)
+        self._table = Vocab([s for s in self.vocab if s is not None], UNK_CHAR)
+        device = self.device
+        self._codes = {
+            k: torch.tensor(self._table.encode(t), device=device)
+            for k, t in self._split_text.items()
+        }
+
+    # -- batches -------------------------------------------------------------------------
+    def _streams(self, split: str, train: bool) -> StreamBatches:
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return StreamBatches(
+            self.codes(split),
+            self.batch_size if train else self.eval_batch_size,
+            self.bptt if train else self.eval_bptt,
+            shuffle=train,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+        )
+
+    def train_dataloader(self):
+        return self._streams("train", True)
+
+    def val_dataloader(self):
+        return self._streams("val", False)
+
+    def test_dataloader(self):
+        return self._streams("test", False)
+
+    # -- the data face -----------------------------------------------------------------------
+    def codes(self, split: str) -> torch.Tensor:
+        self.setup()
+        return self._codes[split]
+
+    def eval_rows(self, split: str) -> torch.Tensor:
+        """The (rows, L) streams that val/test score: position j + 1 of each row is predicted
+        from positions 0..j (the n-gram baseline scores the same positions)."""
+        return self._streams(split, False).streams(0)
+
+    def encode(self, text: str) -> torch.Tensor:
+        self.setup()
+        return torch.tensor(self._table.encode(text), dtype=torch.int64)
+
+    def decode(self, codes) -> str:
+        return "".join(self.vocab[int(c)] or "" for c in codes)
+
+
+# -- text classification: which fortune file a fortune comes from ----------------------------------
+class FortuneFilesDataModule(_TextData):
+    """Fortunes labelled with their file of origin (computers, science, ...): a real topic label.
+    Each fortune is lower-cased (with `lowercase`), cut at max_length characters and coded over
+    Zhang et al.'s alphabet of 69 characters (anything else, space included, is a zero vector);
+    split by fortune, stratified by file, seeded. Batches are the sequence-classification batch
+    (one-hot x (B, T, 69), lengths, y), so char_cnn, bag_of_chars and lstm all read it.
+
+    The data face: `sequences(split, n=None) -> (x, lengths, y)`, `texts(split)` (the fortunes as
+    read, in the same order), `classes`, `num_classes`, `shape` ([69])."""
+
+    def __init__(
+        self,
+        name: str,
+        files: Sequence[str],
+        path: str | None = None,
+        data_dir: str = "data",
+        max_length: int = 512,
+        lowercase: bool = True,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_classes: int | None = None,
+        classes: Sequence[str] | None = None,
+        shape: Sequence[int] = (len(ZHANG_ALPHABET),),
+        seed: int = 0,
+        **_: object,
+    ):
+        super().__init__()
+        self.name, self.files, self.path, self.data_dir = name, list(files or []), path, data_dir
+        if len(self.files) < 2:
+            raise ConfigError(
+                "dataset.files must name at least two fortune files (the classes), e.g. "
+                "dataset.files=[computers,science]."
+            )
+        self.classes = list(classes) if classes else list(self.files)
+        self.num_classes = len(self.files)
+        if num_classes is not None and int(num_classes) != self.num_classes:
+            raise ConfigError(
+                f"dataset.num_classes={num_classes} but dataset.files names {len(self.files)} "
+                "files (one class each); make them agree."
+            )
+        if list(shape) != [len(ZHANG_ALPHABET)]:
+            raise ConfigError(
+                f"dataset.shape={list(shape)}: the characters are one-hot over Zhang et al.'s "
+                f"alphabet, so the shape is [{len(ZHANG_ALPHABET)}]."
+            )
+        self.shape = (len(ZHANG_ALPHABET),)
+        self.max_length, self.lowercase = int(max_length), bool(lowercase)
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.split_seed, self.seed = int(split_seed), seed
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self._items: list[tuple[str, int]] | None = None
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._texts: dict[str, list[str]] = {}
+
+    def prepare_data(self) -> None:
+        if self._items is None:
+            folder = _fortune_folder(self.name, self.path, self.data_dir)
+            found = read_fortunes(folder, self.files)
+            self._items = [(f, k) for k, name in enumerate(self.files) for f in found.get(name, [])]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        self.prepare_data()
+        labels = [k for _, k in self._items]
+        parts = item_split(
+            len(labels), self.val_fraction, self.test_fraction, self.split_seed, labels
+        )
+        table = {c: i + 1 for i, c in enumerate(ZHANG_ALPHABET)}
+        device = self.device
+        for split, idx in parts.items():
+            texts = [self._items[i][0] for i in idx]
+            seen = [t.lower() if self.lowercase else t for t in texts]
+            codes, lengths = encode_texts(seen, table, self.max_length)
+            y = torch.tensor([labels[i] for i in idx])
+            self._texts[split] = texts
+            self._splits[split] = (codes.to(torch.uint8).to(device), lengths, y.to(device))
+
+    def _batches(self, split: str, shuffle: bool) -> CharBatches:
+        codes, lengths, y = self._stored(split)
+        return self.resident_batches(
+            codes, y, shuffle, cls=CharBatches, lengths=lengths, size=len(ZHANG_ALPHABET)
+        )
+
+    def _stored(self, split: str):
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}")
+        self.setup()
+        return self._splits[split]
+
+    # -- the data face -----------------------------------------------------------------------
+    def sequences(self, split: str, n: int | None = None, start: int = 0):
+        """n items of a split from `start` on (all when n is None): (one-hot x (n, T, 69) on the
+        device, lengths (n,) on the CPU, labels (n,)), T the longest of them."""
+        codes, lengths, y = self._stored(split)
+        part = slice(start, None if n is None else start + n)
+        lengths = lengths[part]
+        x = one_hot(codes[part, : int(lengths.max())].long(), self.shape[0])
+        return x, lengths, y[part]
+
+    def texts(self, split: str) -> list[str]:
+        self.setup()
+        return self._texts[split]
+
+
+# -- translation: aligned verses of two Bibles -----------------------------------------------------
+class ParallelVersesDataModule(_TextData):
+    """Verse pairs of two SWORD Bibles in the same versification (KJV -> Reina-Valera 1909 by
+    default), lower-cased words and punctuation (`words`), pairs whose both sides have at most
+    max_tokens tokens, split by verse (seeded). Vocabularies from the training pairs: <pad>,
+    <unk>, <s>, </s>, then the words seen >= min_count times, most frequent first, at most
+    src_vocab_size / tgt_vocab_size slots (padded with unused ones: the nets' size comes from the
+    config). Batches: (source ids, source lengths, target ids <s> ... </s>, item indices).
+
+    The data face: `pairs(split)` ([(ref, source words, target words)], the references of BLEU),
+    `src_vocab`, `tgt_vocab` (None: an unused slot), `encode_source(list of word lists)`,
+    `use_vocab(src, tgt)` (re-code with a trained model's vocabularies)."""
+
+    SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")  # ids 0..3, as nets.text PAD, UNK, BOS, EOS
+
+    def __init__(
+        self,
+        name: str,
+        source: str = "kjv",
+        target: str = "sparv",
+        data_dir: str = "data",
+        max_tokens: int = 20,
+        src_vocab_size: int = 4000,
+        tgt_vocab_size: int = 5000,
+        min_count: int = 2,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        split_seed: int = 0,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        seed: int = 0,
+        **_: object,
+    ):
+        super().__init__()
+        self.name, self.source, self.target, self.data_dir = name, source, target, data_dir
+        self.max_tokens, self.min_count = int(max_tokens), int(min_count)
+        self.src_vocab_size, self.tgt_vocab_size = int(src_vocab_size), int(tgt_vocab_size)
+        if min(self.src_vocab_size, self.tgt_vocab_size) <= len(self.SPECIALS):
+            raise ConfigError("dataset.src_vocab_size and tgt_vocab_size must be above 4.")
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.split_seed, self.seed = int(split_seed), seed
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self._pairs: dict[str, list[tuple[str, list[str], list[str]]]] = {}
+        self._all: list | None = None
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.src_vocab: list[str | None] = []
+        self.tgt_vocab: list[str | None] = []
+
+    def prepare_data(self) -> None:
+        if self._all is None:
+            data_dir = Path(str(self.data_dir)).expanduser()
+            verses = parallel_verses(
+                self.source, self.target, data_dir if data_dir.is_dir() else None
+            )
+            pairs = [(r, words(s), words(t)) for r, s, t in verses]
+            self._all = [
+                p for p in pairs if len(p[1]) <= self.max_tokens and len(p[2]) <= self.max_tokens
+            ]
+            if len(self._all) < 20:
+                raise DataError(
+                    f"Only {len(self._all)} verse pairs have at most dataset.max_tokens="
+                    f"{self.max_tokens} tokens on both sides; raise max_tokens."
+                )
+
+    def _vocab(self, counts: Counter, size: int) -> list[str | None]:
+        symbols = Vocab.build(counts, self.SPECIALS, min_count=self.min_count, max_size=size).itos
+        return symbols + [None] * (size - len(symbols))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        self.prepare_data()
+        parts = item_split(len(self._all), self.val_fraction, self.test_fraction, self.split_seed)
+        self._pairs = {k: [self._all[i] for i in idx] for k, idx in parts.items()}
+        train = self._pairs["train"]
+        self.use_vocab(
+            self._vocab(Counter(w for p in train for w in p[1]), self.src_vocab_size),
+            self._vocab(Counter(w for p in train for w in p[2]), self.tgt_vocab_size),
+        )
+
+    def use_vocab(self, src: Sequence[str | None], tgt: Sequence[str | None]) -> None:
+        """Code the pairs with these vocabularies (a trained model's)."""
+        if len(src) != self.src_vocab_size or len(tgt) != self.tgt_vocab_size:
+            raise DataError(
+                f"The model's vocabularies have {len(src)} and {len(tgt)} slots but "
+                f"dataset.src_vocab_size/tgt_vocab_size are {self.src_vocab_size}/"
+                f"{self.tgt_vocab_size}; evaluate with the dataset settings it was trained with."
+            )
+        self.src_vocab, self.tgt_vocab = list(src), list(tgt)
+        self._src = Vocab([s for s in src if s is not None], "<unk>")
+        self._tgt = Vocab([s for s in tgt if s is not None], "<unk>")
+        device = self.device
+        for split, pairs in self._pairs.items():
+            src_ids, src_len = self.encode_source([p[1] for p in pairs])
+            bos, eos = self._tgt.stoi["<s>"], self._tgt.stoi["</s>"]
+            tgt_ids, _ = pad_ids([[bos] + self._tgt.encode(p[2]) + [eos] for p in pairs])
+            self._splits[split] = (src_ids.to(device), src_len, tgt_ids.to(device))
+
+    def _batches(self, split: str, shuffle: bool) -> PairBatches:
+        self.setup()
+        src, lengths, tgt = self._splits[split]
+        return self.resident_batches(src, tgt, shuffle, cls=PairBatches, lengths=lengths)
+
+    # -- the data face -----------------------------------------------------------------------
+    def pairs(self, split: str) -> list[tuple[str, list[str], list[str]]]:
+        self.setup()
+        return self._pairs[split]
+
+    def encode_source(self, sentences: Sequence[Sequence[str]]):
+        """Word lists -> (ids (N, S) padded with <pad>, lengths (N,)); unknown words -> <unk>;
+        an empty sentence is one <unk>."""
+        return pad_ids([self._src.encode(s) or [self._src.unk_index] for s in sentences])

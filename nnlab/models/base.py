@@ -53,6 +53,8 @@ class NNLabModule(compat.QuickHookName, pl.LightningModule):
     sample_grid(n, label, interpolate)
                             one (3, H, W) image in [0, 1] for `nnlab sample`; NotImplementedError
                             where the family has no samples
+    sample_text(prompt, temperature, n, seed)
+                            generated text for `nnlab sample RUN prompt=...` (language models)
     extra_metrics           {name: float} computed at test time beyond the logged scalars
                             (e.g. per-class accuracy), merged into metrics.json
     figure hooks            reconstruction_rows(x), sample_images(): what the shared figure
@@ -150,6 +152,14 @@ class NNLabModule(compat.QuickHookName, pl.LightningModule):
         """One (3, H, W) image in [0, 1] for `nnlab sample`."""
         raise NotImplementedError(
             f"model {self.hparams.name} ({type(self).__name__}) has no samples to draw"
+        )
+
+    def sample_text(
+        self, prompt: str, temperature: float = 1.0, n: int = 300, seed: int = 0
+    ) -> str:
+        """`prompt` followed by n generated characters, for `nnlab sample RUN prompt=...`."""
+        raise NotImplementedError(
+            f"model {self.hparams.name} ({type(self).__name__}) does not generate text"
         )
 
     def reconstruction_rows(self, x: torch.Tensor) -> list[torch.Tensor] | None:

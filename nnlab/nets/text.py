@@ -81,9 +81,11 @@ def generate(
     n: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """n characters sampled after `prompt` (1-D codes) from softmax(logits / temperature); the
-    net runs in eval mode (no dropout) and comes back in the mode it was in."""
+    """n characters sampled after `prompt` (1-D codes) from softmax(logits / temperature), only
+    among the `allowed` symbols (a (V,) bool mask) when given; the net runs in eval mode (no
+    dropout) and comes back in the mode it was in."""
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
     was_training = net.training
@@ -92,7 +94,10 @@ def generate(
         logits, state = net(prompt.view(1, -1))
         out = torch.empty(n, dtype=torch.long, device=prompt.device)
         for i in range(n):
-            probs = torch.softmax(logits[0, -1].float() / temperature, dim=-1)
+            last = logits[0, -1].float()
+            if allowed is not None:
+                last = last.masked_fill(~allowed, float("-inf"))
+            probs = torch.softmax(last / temperature, dim=-1)
             out[i] = torch.multinomial(probs, 1, generator=generator)
             logits, state = net(out[i].view(1, 1), state)
     finally:
@@ -302,6 +307,8 @@ class Seq2Seq(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.deep = nn.Linear(dec + memory + embed_dim, embed_dim)
         self.out = nn.Linear(embed_dim, tgt_vocab)
+        # the target symbols the decoder may emit (a vocabulary with unused slots masks them)
+        self.register_buffer("allowed", torch.ones(tgt_vocab, dtype=torch.bool), persistent=False)
 
     def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> dict:
         """What every decoder step reads: annotations, attention keys, source mask, summary."""
@@ -329,7 +336,8 @@ class Seq2Seq(nn.Module):
         emb = self.drop(self.embed(y_prev))  # (B, E)
         out, enc["state"] = self.rnn(torch.cat([emb, context], 1).unsqueeze(1), state)
         deep = torch.tanh(self.deep(torch.cat([out.squeeze(1), context, emb], 1)))
-        return self.out(self.drop(deep)), alpha
+        logits = self.out(self.drop(deep)).masked_fill(~self.allowed, float("-inf"))
+        return logits, alpha
 
     def forward(
         self,
