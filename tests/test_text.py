@@ -295,3 +295,199 @@ def test_device_tensors_streams_chunks_codes():
     assert x.shape == (3, 3, 69) and x[0, 2].sum() == 0 and x[0, 0, 0] == 1
     ids, lengths = T.pad_ids([[5, 6], [7]])
     assert ids.tolist() == [[5, 6], [7, 0]] and lengths.tolist() == [2, 1]
+
+
+def test_unwrap_instantiation_survives_a_self_caused_error():
+    from nnlab.errors import unwrap_instantiation
+
+    err = TypeError("a constructor's own error")
+    err.__cause__ = err  # what `raise err from err` leaves behind
+    assert unwrap_instantiation(err) is err
+
+
+# -- whole runs on tiny corpora -------------------------------------------------------------------
+FASTER = ("debug=fast", "accelerator=cpu", "threads=1")
+WORDS = "the a cat dog sat ran on under mat log and then it was big small red".split()
+
+
+def tiny_text(path: Path, n: int = 6000, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    lines = [
+        " ".join(rng.choice(WORDS, rng.integers(3, 9))).capitalize() + "." for _ in range(n // 30)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+LM = (
+    "model=char_rnn",
+    "dataset=text",
+    "dataset.vocab_size=40",
+    "dataset.batch_size=4",
+    "dataset.bptt=16",
+    "dataset.eval_batch_size=2",
+    "dataset.eval_bptt=64",
+    "dataset.split_block=400",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "model.embed_dim=8",
+    "model.sample_chars=20",
+    "model.ngram_order=3",
+)
+
+
+def test_char_rnn_run_bpc_baseline_samples_eval_and_sample(tmp_path, capsys, monkeypatch):
+    from conftest import event_tags, read_metrics, run_train
+
+    from nnlab.evaluate import main as eval_main
+    from nnlab.sample import main as sample_main
+
+    corpus = tiny_text(tmp_path / "corpus.txt")
+    run = run_train(tmp_path, *LM, f"dataset.path={corpus}", *FASTER)
+    metrics = read_metrics(run)["metrics"]
+    assert {"test/bpc", "test/bpc_ngram", "test/bpc_ngram3", "val/bpc"} <= set(metrics)
+    assert metrics["test/bpc_ngram3"] < metrics["test/bpc_ngram1"] < math.log2(40)
+    text = event_tags(run).Tensors("samples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "temperature 0.5" in text and "    The " in text
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert sample_main([str(run), "prompt=The cat", "temperature=0.8", "n=30", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The cat") and len(out.rstrip("\n")) == len("The cat") + 30
+    assert sample_main([str(run), "prompt=The cat", "temperature=0.8", "n=30", "seed=3"]) == 0
+    assert capsys.readouterr().out == out  # seeded
+    for argv, says in (
+        (["prompt=Ωmega"], "never saw in training: 'Ω' (U+03A9)"),
+        (["temperature=0"], "must be a number > 0"),
+        (["prompt=x", "out=x.png"], "no text suffix"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            sample_main([str(run), *argv])
+        err = " ".join(capsys.readouterr().err.split())
+        assert exc.value.code == 2 and says in err and "Traceback" not in err
+    assert eval_main([str(run)]) == 0
+    assert "test/bpc_ngram" in capsys.readouterr().out
+
+
+def test_lm_data_errors_are_paragraphs(tmp_path, capsys, monkeypatch):
+    from conftest import run_fails
+
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "latin1.txt").write_bytes("caña\n".encode("latin-1"))
+    short = tiny_text(tmp_path / "short.txt", n=300)
+    for i, (extra, says) in enumerate(
+        (
+            (["dataset.path=" + str(tmp_path / "empty.txt")], "is empty"),
+            (["dataset.path=" + str(tmp_path / "latin1.txt")], "is not UTF-8"),
+            (["dataset.path=" + str(short), "dataset.bptt=500"], "too short"),
+        )
+    ):
+        err, _ = run_fails(tmp_path, capsys, *LM, *extra, *FASTER, name=f"run{i}")
+        assert says in " ".join(err.split())
+    monkeypatch.setattr(T, "FORTUNES_DIR", tmp_path / "no-fortunes")
+    err, _ = run_fails(
+        tmp_path,
+        capsys,
+        "model=char_rnn",
+        "dataset=fortunes",
+        f"dataset.data_dir={tmp_path / 'nothing'}",
+        *FASTER,
+        name="fortunes",
+    )
+    err = " ".join(err.split())
+    assert "apt-get install fortunes" in err and "dataset=text dataset.path=FILE" in err
+
+
+def many_fortunes(folder: Path) -> Path:
+    """Three files whose fortunes differ in their words (and so in their characters)."""
+    rng = np.random.default_rng(1)
+    topics = {
+        "computers": "bug code unix lisp byte",
+        "science": "atom gravity entropy law mass",
+        "zippy": "yow pinhead zippy disco are we having fun yet",
+    }
+    files = {}
+    for name, words in topics.items():
+        vocab = words.split() + ["the", "is", "of"]
+        files[name] = [" ".join(rng.choice(vocab, rng.integers(4, 14))) for _ in range(40)]
+    return write_fortunes(folder, files)
+
+
+@pytest.mark.parametrize("model", ["char_cnn", "bag_of_chars"])
+def test_text_classifiers_on_fortune_files(model, tmp_path):
+    from conftest import event_tags, read_metrics, run_train
+
+    folder = many_fortunes(tmp_path / "fortunes")
+    extra = (
+        ["model.block_length=140", "model.features=8", "model.fc=16"] if model == "char_cnn" else []
+    )
+    run = run_train(
+        tmp_path,
+        f"model={model}",
+        "dataset=fortunes_files",
+        f"dataset.path={folder}",
+        "dataset.files=[computers,science,zippy]",
+        "dataset.num_classes=3",
+        "dataset.max_length=64",
+        "dataset.batch_size=16",
+        *extra,
+        *FASTER,
+    )
+    metrics = read_metrics(run)["metrics"]
+    assert 0 <= metrics["test/acc"] <= 1 and "test/acc_class/zippy" in metrics
+    tags = event_tags(run)
+    assert "confusion_matrix" in tags.Tags()["images"] and "errors" not in tags.Tags()["images"]
+    errors = tags.Tensors("errors/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "| true | predicted | text |" in errors
+
+
+def sword_pairs(root: Path, n: int = 80) -> Path:
+    """A SWORD library whose two modules say the same 80 short verses in 'English' and
+    'Spanish' (a word-for-word code): one book, two chapters."""
+    rng = np.random.default_rng(2)
+    en = "god said let there be light and the earth was good".split()
+    es = dict(zip(en, "dios dijo sea ahí haya luz y la tierra era buena".split()))
+    kjv, sparv = ["", "", '<div osisID="Gen" sID="b1" type="book"/>'], ["", "", ""]
+    for chapter in (1, 2):
+        tag = f'<chapter n="{chapter}" osisID="Gen.{chapter}" sID="Gen.{chapter}"/>'
+        kjv.append(tag)
+        sparv.append(tag)
+        for _ in range(n // 2):
+            words = list(rng.choice(en, rng.integers(3, 8)))
+            kjv.append(" ".join(words).capitalize() + ".")
+            sparv.append(" ".join(es[w] for w in words).capitalize() + ".")
+    for key, entries in (("kjv", kjv), ("sparv", sparv)):
+        module_id = T.SWORD_MODULES[key][0].lower()
+        write_ztext(root / "modules" / "texts" / "ztext" / module_id, entries, per_block=17)
+    return root
+
+
+def test_seq2seq_run_bleu_attention_and_translations(tmp_path):
+    from conftest import event_tags, read_metrics, run_train
+
+    lib = sword_pairs(tmp_path / "sword")
+    run = run_train(
+        tmp_path,
+        "model=seq2seq",
+        "dataset=bible_en_es",
+        f"dataset.data_dir={lib}",
+        "dataset.src_vocab_size=20",
+        "dataset.tgt_vocab_size=24",
+        "dataset.min_count=1",
+        "dataset.val_fraction=0.1",
+        "dataset.test_fraction=0.1",
+        "dataset.batch_size=8",
+        "model.embed_dim=8",
+        "model.hidden_size=8",
+        "model.attn_dim=8",
+        "model.beam_size=2",
+        "model.n_heatmaps=2",
+        "model.heatmap_refs=[Gen.2.5]",
+        *FASTER,
+    )
+    metrics = read_metrics(run)["metrics"]
+    assert {"test/bleu", "test/bleu_greedy", "test/loss", "val/bleu"} <= set(metrics)
+    tags = event_tags(run)
+    assert "attention" in tags.Tags()["images"]
+    table = tags.Tensors("translations/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert table.startswith("| verse | source | reference | translation (greedy) |")

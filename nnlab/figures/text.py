@@ -87,5 +87,6 @@ class TextErrors(TextFigure):
                 rows.append([names[int(y[i])], names[int(pred[i])], texts[start + i]])
             if len(rows) >= model.n_errors:
                 break
-        head = f"The first {len(rows[: model.n_errors])} misclassified of {len(texts)} test texts\n\n"
-        return head + viz.markdown_table(["true", "predicted", "text"], rows[: model.n_errors])
+        rows = rows[: model.n_errors]
+        head = f"The first {len(rows)} misclassified of {len(texts)} test texts\n\n"
+        return head + viz.markdown_table(["true", "predicted", "text"], rows)
