@@ -1,8 +1,9 @@
 """`make bench`: how fast nnlab trains, against a hand-written PyTorch loop and the usual
 DataLoader pipeline.
 
-For each model (ae, lenet, lstm, dcgan) at its default batch size, three ways of training the same
-nn.Module with the same optimiser, batch size and loss on Fashion-MNIST, and the first two in turn:
+For each model (ae, lenet, lstm, dcgan on Fashion-MNIST; char_rnn on the fortunes, in tokens -
+characters - per second) at its default batch size, three ways of training the same nn.Module
+with the same optimiser, batch size and loss, and the first two in turn:
 
   nnlab       the real `nnlab train` path, in this process: the entry point `nnlab.train.main`
               with the default callbacks (checkpoint, lr monitor, progress bar on), TensorBoard
@@ -15,12 +16,14 @@ nn.Module with the same optimiser, batch size and loss on Fashion-MNIST, and the
               uint8 tensors (the datamodule's own), a shuffled permutation per epoch,
               x = images[idx].float() / 255, zero_grad / loss / backward / step (lstm: with the
               model's gradient clipping; dcgan: a D step then a G step, as the model does). Its
-              img/s = images / loop time. It runs with the environment of a process that never
-              imported Lightning (see _ENV_BEFORE_LIGHTNING).
+              img/s = images / loop time. char_rnn: the datamodule's own training streams, cut
+              into the same chunks, the hidden state carried from chunk to chunk and detached.
+              It runs with the environment of a process that never imported Lightning (see
+              _ENV_BEFORE_LIGHTNING).
   dataloader  the torchvision way: a FashionMNIST-style Dataset over the same uint8 tensors that
               turns each sample into a PIL image and back with ToTensor (as
               torchvision.datasets.FashionMNIST does), DataLoader(batch_size, shuffle=True,
-              num_workers=--workers), and the hand loop above.
+              num_workers=--workers), and the hand loop above (image models only).
   interleaved one more nnlab run, in which a callback runs one hand-written step (as above, on a
               second copy of the model) after each nnlab step: the `step-paired` column is
               hand-written time / nnlab time over those pairs. Both paths meet the machine at the
@@ -97,6 +100,11 @@ class Entry:
     max_batches: int | None = (
         None  # training batches per epoch when --limit-batches is not given (slow models)
     )
+    # data(dm, model, device) -> (source(epoch), cut(source, i) -> batch, batches per epoch): what a
+    # hand-written loop trains on; default: the images of the train split in a shuffled order
+    data: Callable | None = None
+    # the items an nnlab batch counts for (the rate's unit): images, or tokens for char_rnn
+    count: Callable = lambda batch: len(batch[0])  # noqa: E731
 
 
 def ae_loss(m, x, y):
@@ -188,6 +196,38 @@ def single_optimizer_step(entry: Entry):
     return step
 
 
+def lm_step(m, opts, x, y, chunk):
+    """char_rnn: next-character cross-entropy over the vocabulary's used slots, the hidden state
+    of the previous chunk carried in (detached; zeros at chunk 0), the gradient norm clipped."""
+    from nnlab.nets.text import detach_state
+
+    (opt,) = opts
+    opt.zero_grad(set_to_none=True)
+    logits, state = m.net(x, None if chunk == 0 else m.bench_state)
+    m.bench_state = detach_state(state)
+    logits = logits.float().masked_fill(~m.allowed(), float("-inf"))
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(m.parameters(), m.default_clip)
+    opt.step()
+    return loss
+
+
+def lm_data(dm, model, device):
+    """char_rnn's batches: the datamodule's training streams (a seeded offset per epoch), cut into
+    its consecutive chunks, (x, y, chunk); the model takes the data's vocabulary."""
+    from nnlab.data.text import StreamBatches, symbols_tensor
+
+    model.symbols.copy_(symbols_tensor(dm.vocab, model.symbols.shape[1]).to(model.symbols.device))
+    loader = StreamBatches(dm.codes("train").to(device), dm.batch_size, dm.bptt, True, dm.seed)
+
+    def cut(rows, i):
+        a, b = loader.spans[i]
+        return rows[:, a:b], rows[:, a + 1 : b + 1], i
+
+    return loader.streams, cut, len(loader)
+
+
 MODELS: dict[str, Entry] = {
     "ae": Entry("ae", ["model=ae"], ae_loss, note="MLP 784-256-32, mse"),
     "lenet": Entry("lenet", ["model=lenet"], lenet_loss, note="LeNet-5 modern, channels_last"),
@@ -206,6 +246,16 @@ MODELS: dict[str, Entry] = {
         model_loss=gan_model_d_loss,
         note="D then G step",
         max_batches=40,
+    ),
+    "char_rnn": Entry(
+        "char_rnn",
+        ["model=char_rnn", "dataset=fortunes"],
+        None,
+        lm_step,
+        note="rates in tokens/s: LSTM 2x256, BPTT 128, clip 1.0",
+        max_batches=60,
+        data=lm_data,
+        count=lambda batch: batch[0].numel(),
     ),
 }
 
@@ -277,45 +327,63 @@ def _sync(device):
 # -- the three ways of training --------------------------------------------------------------------
 @dataclass
 class HandSide:
-    """What a hand-written path trains: the module built from the config, its optimisers, the train
-    split resident on the device (the datamodule's own uint8 tensors), the batch size, the step
-    function, and the number of full batches of an epoch (drop_last, as nnlab's training batches; at
-    most `limit`)."""
+    """What a hand-written path trains: the module built from the config, its optimisers, where the
+    batches come from (`source(epoch)`, then `cut(source, i)` -> the i-th batch: images from the
+    datamodule's own resident uint8 tensors in a shuffled order, or char_rnn's streams), the step
+    function, the number of batches of an epoch (full batches, as nnlab's training batches; at most
+    `limit`) and what a batch counts for (images or tokens)."""
 
     model: torch.nn.Module
     opts: list
-    images: torch.Tensor
-    labels: torch.Tensor
-    bs: int
+    source: Callable
+    cut: Callable
     step: Callable
     n_batches: int
+    count: Callable
+    device: torch.device
 
-    def order(self, seed: int) -> torch.Tensor:
-        return torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed)).to(
-            self.images.device
-        )
+    def order(self, seed: int):
+        return self.source(seed)
 
-    def train_step(self, order: torch.Tensor, i: int):
-        """One step on the i-th batch of `order`: x = images[idx].float() / 255."""
-        idx = order[i * self.bs : (i + 1) * self.bs]
-        return self.step(
-            self.model, self.opts, self.images[idx].float().div_(255.0), self.labels[idx]
-        )
+    def train_step(self, order, i: int) -> int:
+        """One step on the i-th batch of `order`; returns the images (or tokens) it trained on."""
+        batch = self.cut(order, i)
+        self.step(self.model, self.opts, *batch)
+        return self.count(batch)
+
+
+def image_data(dm, model, device, bs: int):
+    """The train split's resident uint8 images, a seeded permutation per epoch, x = images[idx] /
+    255."""
+    images, labels = (t.to(device) for t in dm.raw("train"))
+
+    def source(seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(len(images), generator=g).to(device)
+
+    def cut(order: torch.Tensor, i: int):
+        idx = order[i * bs : (i + 1) * bs]
+        return images[idx].float().div_(255.0), labels[idx]
+
+    return source, cut, max(1, len(images) // bs)
 
 
 def hand_side(entry: Entry, overrides: list[str], device, limit: int | None = None) -> HandSide:
     cfg, dm, model, opts = build(overrides)
-    images, labels = (t.to(device) for t in dm.raw("train"))
-    bs = int(cfg.dataset.batch_size)
-    n_batches = max(1, len(images) // bs)
+    model = model.to(device).train()
+    if entry.data is not None:
+        source, cut, n_batches = entry.data(dm, model, device)
+    else:
+        source, cut, n_batches = image_data(dm, model, device, int(cfg.dataset.batch_size))
     return HandSide(
-        model.to(device).train(),
+        model,
         opts,
-        images,
-        labels,
-        bs,
+        source,
+        cut,
         entry_step(entry),
         min(n_batches, limit) if limit else n_batches,
+        entry.count,
+        device,
     )
 
 
@@ -327,10 +395,9 @@ def run_hand(entry: Entry, overrides: list[str], epochs: int, limit: int | None,
         t0, c0 = time.perf_counter(), time.process_time()
         order = hand.order(epoch)
         for i in range(hand.n_batches):
-            hand.train_step(order, i)
+            n_img += hand.train_step(order, i)
         _sync(device)
         seconds, cpu = seconds + time.perf_counter() - t0, cpu + time.process_time() - c0
-        n_img += hand.n_batches * hand.bs
     return {"img_s": n_img / seconds, "images": n_img, "seconds": seconds, "cpu_img_s": n_img / cpu}
 
 
@@ -396,15 +463,16 @@ class EpochTimer(pl.Callback):
     """Passed to the nnlab run as an extra callback: the time of each training epoch (without
     validation), in `results`."""
 
-    def __init__(self):
+    def __init__(self, count=lambda batch: len(batch[0])):
         self.results: list[dict] = []
+        self.count = count
 
     def on_train_epoch_start(self, trainer, pl_module):
         _sync(pl_module.device)
         self.images, self.t0, self.c0 = 0, time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.images += len(batch[0])
+        self.images += self.count(batch)
         if batch_idx + 1 == trainer.num_training_batches:  # one sync per epoch, at its last batch
             _sync(pl_module.device)
             self.results.append(
@@ -433,7 +501,7 @@ def run_nnlab(
 ) -> dict:
     from nnlab.train import main
 
-    timer = EpochTimer()
+    timer = EpochTimer(entry.count)
     with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
         argv = sys.argv
         sys.argv = [
@@ -499,15 +567,15 @@ class StepPairs(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         hand = self.hand
-        _sync(hand.images.device)
+        _sync(hand.device)
         now = time.perf_counter()
         nnlab_s = now - self.t if self.t is not None and batch_idx > 0 else None
         hand.train_step(self.order, self.i % hand.n_batches)
         self.i += 1
-        _sync(hand.images.device)
+        _sync(hand.device)
         self.t = time.perf_counter()
         if nnlab_s is not None:
-            self.pairs.append((nnlab_s, self.t - now, len(batch[0])))
+            self.pairs.append((nnlab_s, self.t - now, hand.count(batch)))
 
 
 def run_interleaved(
@@ -546,12 +614,12 @@ def run_compile_pairs(
     plain = hand_side(entry, overrides, device, limit)
     compiled = hand_side(entry, [*overrides, "model.compile=true"], device, limit)
     compiled.model.configure_model()
-    n, order = plain.n_batches, plain.order(0)
+    n, order, items = plain.n_batches, plain.order(0), {}
 
     def timed(side: HandSide, i: int) -> float:
         _sync(device)
         t0 = time.perf_counter()
-        side.train_step(order, i)
+        items[i] = side.train_step(order, i)
         _sync(device)
         return time.perf_counter() - t0
 
@@ -562,8 +630,8 @@ def run_compile_pairs(
     pairs = [(timed(plain, i), timed(compiled, i)) for i in range(n)]
     plain_s, compiled_s = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
     return {
-        "img_s": n * plain.bs / compiled_s,
-        "images": n * plain.bs,
+        "img_s": sum(items.values()) / compiled_s,
+        "images": sum(items.values()),
         "seconds": compiled_s,
         "steps": n,
         "warmup_s": warmup_s,
@@ -834,7 +902,8 @@ def main(argv=None) -> dict:
             "dataloader": partial(run_dataloader, *common, args.workers),
             "interleaved": partial(run_interleaved, *common),
         }
-        runs = {p: [] for p in paths}
+        # the DataLoader path is torchvision's image pipeline: image models only
+        runs = {p: [] for p in paths if not (p == "dataloader" and entry.data is not None)}
         if args.compile:
             jobs["nnlab+compile"] = partial(
                 run_nnlab, *common, ["model.compile=true"], warmup_epochs=1

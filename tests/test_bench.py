@@ -148,3 +148,35 @@ def test_compile_pairs_time_a_compiled_copy_against_a_plain_one(bench):
         and result["pair"] == ("compiled", "plain")
     )
     assert result["ratio"] > 0 and all(ms > 0 for ms in result["ms_per_step"])
+
+
+def test_char_rnn_hand_written_step_is_the_models_step(bench, tmp_path):
+    """char_rnn: the hand-written loop cuts the datamodule's own streams into the same chunks and
+    computes the model's loss (state carried from chunk to chunk)."""
+    words = ("the cat sat on the mat and the dog ran under the log " * 200).strip()
+    (tmp_path / "corpus.txt").write_text(words)
+    entry = bench.MODELS["char_rnn"]
+    overrides = [
+        "model=char_rnn",
+        "dataset=text",
+        f"dataset.path={tmp_path / 'corpus.txt'}",
+        "dataset.batch_size=4",
+        "dataset.bptt=16",
+        "dataset.split_block=500",
+        "model.hidden_size=8",
+        "model.num_layers=1",
+        "model.dropout=0",
+        "accelerator=cpu",
+    ]
+    cfg, dm, model, opts = bench.build(overrides)
+    source, cut, n = entry.data(dm, model, torch.device("cpu"))
+    rows = source(0)
+    assert n == len(dm.train_dataloader()) and rows.shape[0] == 4
+    for i in range(2):
+        batch = cut(rows, i)
+        assert batch[2] == i and torch.equal(batch[0][:, 1:], batch[1][:, :-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = model.step(batch, "train")["loss"]
+        assert torch.allclose(bench.lm_step(model, opts, *batch), expected)
+    assert entry.count(batch) == batch[0].numel()
