@@ -1,0 +1,96 @@
+"""Adversarial examples within an L-inf ball of radius eps around images in [0, 1].
+
+    FGSM (Goodfellow, Shlens & Szegedy 2015)   x' = clip_[0,1](x + eps * sign(grad_x L(f(x), y)))
+    PGD  (Madry et al. 2018)                   x_0 = x + U(-eps, eps)^d   (random start)
+         x_{t+1} = Proj(x_t + alpha * sign(grad_x L(f(x_t), y))),   t = 0 .. steps-1
+    where Proj clips to the ball |x' - x|_inf <= eps and to the pixel range [0, 1], and L is the
+    cross-entropy of the logits f(x). alpha defaults to 2.5 * eps / steps (Madry et al.: enough to
+    cross the ball and back from any start).
+
+Both take gradients with respect to the input only (torch.autograd.grad): the model's parameters,
+their .grad and its train/eval mode are left as they were. A model is anything that maps a batch
+of images in [0, 1] to class logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+KINDS = ("none", "fgsm", "pgd")  # model.adversarial.kind and the attacks of `nnlab robustness`
+
+
+def default_step_size(eps: float, steps: int) -> float:
+    """Madry et al.'s rule: 2.5 eps / steps."""
+    return 2.5 * float(eps) / max(1, int(steps))
+
+
+def input_gradient(model, x: torch.Tensor, y: torch.Tensor):
+    """(grad_x of the summed cross-entropy, logits), both detached. Summed, not averaged, so the
+    gradient of one image does not shrink with the batch size (only its sign is used here)."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
+    return grad, logits.detach()
+
+
+def fgsm(model, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """The fast gradient sign method: one step of eps along the sign of the input gradient."""
+    grad, _ = input_gradient(model, x, y)
+    return (x.detach() + float(eps) * grad.sign()).clamp(0.0, 1.0)
+
+
+def pgd(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float | None = None,
+    random_start: bool = True,
+    stop_when_fooled: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Projected gradient descent on the negative loss (L-inf PGD of Madry et al. 2018).
+
+    stop_when_fooled=True (evaluation): an image stops moving at the first iterate the model gets
+    wrong, so the result fools the model wherever any iterate did (each iterate lies in the ball).
+    Training uses the last iterate, as Madry et al."""
+    eps = float(eps)
+    alpha = default_step_size(eps, steps) if step_size is None else float(step_size)
+    x = x.detach()
+    low, high = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
+    x_adv = x.clone()
+    if random_start and eps > 0:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = torch.clamp(x + (2 * noise - 1) * eps, low, high)
+    for _ in range(int(steps)):
+        grad, logits = input_gradient(model, x_adv, y)
+        stepped = torch.clamp(x_adv + alpha * grad.sign(), low, high)
+        if stop_when_fooled:
+            right = (logits.argmax(1) == y).view(-1, *[1] * (x.dim() - 1))
+            stepped = torch.where(right, stepped, x_adv)
+        x_adv = stepped
+    return x_adv
+
+
+def perturb(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    kind: str,
+    eps: float,
+    steps: int = 1,
+    step_size: float | None = None,
+    random_start: bool = True,
+    stop_when_fooled: bool = False,
+) -> torch.Tensor:
+    """One of KINDS by name: 'none' gives x back; 'fgsm' ignores steps, step_size, random_start."""
+    if kind == "none":
+        return x
+    if kind == "fgsm":
+        return fgsm(model, x, y, eps)
+    if kind == "pgd":
+        return pgd(model, x, y, eps, steps, step_size, random_start, stop_when_fooled)
+    raise ValueError(f"unknown attack {kind!r}; use one of {KINDS}")

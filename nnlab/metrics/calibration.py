@@ -1,0 +1,82 @@
+"""Calibration: does a classifier's confidence match its accuracy? (Guo et al. 2017, "On
+Calibration of Modern Neural Networks").
+
+    confidence  c_i = max_k softmax(z_i)_k,  prediction  argmax_k z_i
+    bins        B_m = {i : c_i in ((m-1)/M, m/M]},  m = 1..M  (M = 15, equal width)
+    ECE         = sum_m |B_m| / n * |acc(B_m) - conf(B_m)|
+    temperature scaling: softmax(z / T), with T > 0 fitted on held-out data by minimising the
+                negative log-likelihood; it leaves every prediction (argmax) as it was.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def reliability_bins(
+    confidences: torch.Tensor, correct: torch.Tensor, n_bins: int = 15
+) -> dict[str, torch.Tensor]:
+    """Per bin ((m-1)/M, m/M]: 'count', mean 'confidence', 'accuracy' (0 where empty), 'edges'."""
+    conf = confidences.detach().double().flatten().cpu()
+    hits = correct.detach().double().flatten().cpu()
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    index = torch.bucketize(conf, edges[1:-1], right=False)  # edges[m-1] < c <= edges[m]
+    count = torch.bincount(index, minlength=n_bins).double()
+    conf_sum = torch.bincount(index, weights=conf, minlength=n_bins)
+    hit_sum = torch.bincount(index, weights=hits, minlength=n_bins)
+    safe = count.clamp(min=1)
+    return {
+        "count": count,
+        "confidence": conf_sum / safe,
+        "accuracy": hit_sum / safe,
+        "edges": edges,
+    }
+
+
+def expected_calibration_error(
+    confidences: torch.Tensor, correct: torch.Tensor, n_bins: int = 15
+) -> float:
+    """ECE from per-item confidences and 0/1 correctness (M equal-width bins)."""
+    bins = reliability_bins(confidences, correct, n_bins)
+    n = bins["count"].sum().clamp(min=1)
+    return float((bins["count"] / n * (bins["accuracy"] - bins["confidence"]).abs()).sum())
+
+
+def confidence_and_correct(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max softmax probability of logits / T and whether the argmax is the label."""
+    probs = F.softmax(logits.detach().float() / float(temperature), dim=1)
+    conf, pred = probs.max(1)
+    return conf, (pred == labels).float()
+
+
+def ece_of_logits(
+    logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15, temperature: float = 1.0
+) -> float:
+    return expected_calibration_error(*confidence_and_correct(logits, labels, temperature), n_bins)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
+    """T minimising the NLL of softmax(logits / T) on (held-out) data.
+
+    The NLL is convex in b = 1/T (a log-sum-exp of functions linear in b, minus a linear term),
+    so L-BFGS on b from b = 1 finds the global minimum."""
+    z = logits.detach().double().cpu()
+    y = labels.detach().cpu()
+    b = torch.ones((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(z * b, y)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    b_value = float(b.detach())
+    if not b_value > 0:  # a degenerate set (e.g. every prediction wrong): leave the logits alone
+        return 1.0
+    return 1.0 / b_value
