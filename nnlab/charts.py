@@ -267,9 +267,11 @@ def captioned_grid(
     captions: Sequence[Sequence[Sequence[tuple[str, tuple]]]],
     column_titles: Sequence[str] = (),
     min_width: int = 84,
+    caption_span: int = 1,
 ) -> torch.Tensor:
-    """Rows of (C, H, W) tiles in [0, 1], each with caption lines [(text, colour), ...] below it,
-    and an optional title over each column. Tiles are enlarged (nearest) to >= min_width px."""
+    """Rows of (C, H, W) tiles in [0, 1], each with caption lines [(text, colour), ...] below it
+    (cut to the width of `caption_span` tiles: leave the next ones uncaptioned), and an optional
+    title over each column. Tiles are enlarged (nearest) to >= min_width px."""
     from PIL import Image, ImageDraw
 
     fnt = font(12)
@@ -293,7 +295,7 @@ def captioned_grid(
             x0, y0 = pad + j * (tw + pad), head + pad + i * (th + cap + pad)
             canvas.paste(Image.fromarray(pixels).resize((tw, th), Image.NEAREST), (x0, y0))
             for k, (text, colour) in enumerate(captions[i][j] if captions else []):
-                while text and draw.textlength(text, font=fnt) > tw:
+                while text and draw.textlength(text, font=fnt) > caption_span * (tw + pad) - pad:
                     text = text[:-1]
                 draw.text((x0 + 1, y0 + th + 2 + 13 * k), text, fill=colour, font=fnt)
     return to_tensor(canvas)

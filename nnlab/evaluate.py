@@ -55,14 +55,14 @@ def parse_args(
     return target, own, overrides
 
 
-def write_eval(run_dir: Path, dataset: str, entry: dict) -> None:
-    """Add the evaluation to the run's metrics.json, atomically."""
+def write_eval(run_dir: Path, dataset: str, entry: dict, section: str = "eval") -> None:
+    """Add the evaluation to the run's metrics.json under section.dataset, atomically."""
     path = run_dir / "metrics.json"
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         data = {}
-    data.setdefault("eval", {})[dataset] = entry
+    data.setdefault(section, {})[dataset] = entry
     tmp = path.with_suffix(f".json.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, path)

@@ -80,3 +80,26 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     if not b_value > 0:  # a degenerate set (e.g. every prediction wrong): leave the logits alone
         return 1.0
     return 1.0 / b_value
+
+
+def calibration_report(
+    test_logits: torch.Tensor,
+    test_labels: torch.Tensor,
+    val_logits: torch.Tensor | None = None,
+    val_labels: torch.Tensor | None = None,
+    n_bins: int = 15,
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """ECE and NLL of the test logits; with validation logits also the temperature fitted on them
+    and the test ECE and NLL after scaling. Returns (metrics, {'T=1': bins, 'T=t': bins})."""
+    z, y = test_logits.detach().float().cpu(), test_labels.detach().cpu()
+    metrics = {"ece": ece_of_logits(z, y, n_bins), "nll": float(F.cross_entropy(z, y))}
+    bins = {"T = 1": reliability_bins(*confidence_and_correct(z, y), n_bins)}
+    if val_logits is not None:
+        t = fit_temperature(val_logits, val_labels)
+        metrics.update(
+            temperature=t,
+            ece_scaled=ece_of_logits(z, y, n_bins, t),
+            nll_scaled=float(F.cross_entropy(z / t, y)),
+        )
+        bins[f"T = {t:.2f}"] = reliability_bins(*confidence_and_correct(z, y, t), n_bins)
+    return metrics, bins
