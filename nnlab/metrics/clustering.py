@@ -42,13 +42,14 @@ def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def kmeans(
-    x: torch.Tensor, k: int, n_init: int = 10, max_iter: int = 100, tol: float = 1e-6, seed: int = 0
+    x: torch.Tensor, k: int, n_init: int = 3, max_iter: int = 100, tol: float = 1e-6, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(assignments (N,) int64, centres (k, d), inertia): the best of n_init runs, on x's device."""
     x = x.detach().float().flatten(1)
     if not 1 <= k <= len(x):
         raise ValueError(f"k-means needs 1 <= k <= N, got k={k} for N={len(x)}")
     g = torch.Generator().manual_seed(int(seed))
+    tol = tol * float(x.var(0).sum())  # relative to the data's total variance
     best = None
     for _ in range(int(n_init)):
         centres = _kmeans_pp(x, k, g)
@@ -60,7 +61,7 @@ def kmeans(
             new = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
             shift = float((new - centres).pow(2).sum())
             centres = new
-            if shift <= tol * float(x.var(0).sum()):
+            if shift <= tol:
                 break
         dist = _sq_distances(x, centres)
         inertia, assign = dist.min(1)
@@ -125,3 +126,22 @@ def clustering_scores(true: torch.Tensor, pred: torch.Tensor) -> dict[str, float
         "nmi": normalized_mutual_info(true, pred),
         "ari": adjusted_rand_index(true, pred),
     }
+
+
+def clustering_report(
+    views: dict[str, torch.Tensor], labels: torch.Tensor, k: int, n_init: int = 3, seed: int = 0
+) -> dict[str, float]:
+    """k-means with k clusters on each view of the same items ({'codes': ..., 'pixels': ...,
+    'pca': ...}), scored against the labels: {'<view>_acc', '<view>_nmi', '<view>_ari'}."""
+    out = {}
+    for name, x in views.items():
+        assign, _, _ = kmeans(x, k, n_init=n_init, seed=seed)
+        out.update({f"{name}_{key}": v for key, v in clustering_scores(labels, assign).items()})
+    return out
+
+
+def class_histogram(predictions: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
+    """(counts per class, entropy in nats) of predicted classes: log k when every class is
+    predicted equally often (a GAN's mode coverage as a classifier sees its samples)."""
+    counts = torch.bincount(predictions.detach().flatten().cpu().long(), minlength=k)[:k]
+    return counts, entropy(counts)
