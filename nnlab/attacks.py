@@ -21,7 +21,41 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from nnlab.errors import ConfigError, check_choice
+
 KINDS = ("none", "fgsm", "pgd")  # model.adversarial.kind and the attacks of `nnlab robustness`
+TRAINING_KEYS = {"kind": "none", "eps": 0.1, "steps": 7, "step_size": None, "random_start": True}
+
+
+def training_attack(spec: dict | None) -> dict:
+    """model.adversarial checked and completed: {kind, eps, steps, step_size, random_start}."""
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(TRAINING_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"model.adversarial has no key {unknown[0]!r}; its keys are {', '.join(TRAINING_KEYS)}."
+        )
+    spec = {**TRAINING_KEYS, **spec}
+    check_choice("model.adversarial.kind", spec["kind"], KINDS)
+    eps, steps, size = spec["eps"], spec["steps"], spec["step_size"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
+        raise ConfigError(
+            f"model.adversarial.eps={eps!r} must be a number in [0, 1] (an L-inf budget on pixels "
+            "in [0, 1]), e.g. model.adversarial.eps=0.1."
+        )
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(
+            f"model.adversarial.steps={steps!r} must be a positive integer (PGD iterations per "
+            "batch), e.g. model.adversarial.steps=7."
+        )
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, (int, float)) or size <= 0
+    ):
+        raise ConfigError(
+            f"model.adversarial.step_size={size!r} must be a positive number or null (2.5 * eps / "
+            "steps), e.g. model.adversarial.step_size=0.03."
+        )
+    return spec
 
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -31,9 +65,10 @@ def default_step_size(eps: float, steps: int) -> float:
 
 def input_gradient(model, x: torch.Tensor, y: torch.Tensor):
     """(grad_x of the summed cross-entropy, logits), both detached. Summed, not averaged, so the
-    gradient of one image does not shrink with the batch size (only its sign is used here)."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
+    gradient of one image does not shrink with the batch size (only its sign is used here).
+    Works inside Lightning's validation and test too (inference mode), on a normal copy of x."""
+    with torch.inference_mode(False), torch.enable_grad():
+        x, y = x.detach().clone().requires_grad_(True), y.clone()
         logits = model(x)
         (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
     return grad, logits.detach()

@@ -5,7 +5,8 @@ and the `errors` image (misclassified test images labelled true->pred, as in LeN
     lenet   LeNet-5 (LeCun et al. 1998), classic (tanh, average pooling) or modern (ReLU, max pooling)
     lstm    a many-to-one RNN / GRU / LSTM reading the image row by row (BPTT over the rows)
 
-Both minimise the cross-entropy  L = -log softmax(f(x))_y.
+Both minimise the cross-entropy  L = -log softmax(f(x))_y;  with model.adversarial.kind=pgd (or
+fgsm) the loss at the worst point of the eps-ball instead (Madry et al. 2018), see nnlab/attacks.py.
 `load_classifier(path)` gives a trained LeNet back (eval mode) as a feature extractor (FID).
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from nnlab import viz
+from nnlab.attacks import perturb, training_attack
 from nnlab.errors import CheckpointError, ConfigError, NNLabError
 from nnlab.models.base import NNLabModule
 from nnlab.nets.lenet import VARIANTS, LeNet5
@@ -154,8 +156,11 @@ def _metric_key(name: str) -> str:
 class ClassifierBase(NNLabModule):
     family = "classifier"
 
-    def __init__(self, name, num_classes=10, n_errors=64, gradient_clip_val=None, **kwargs):
+    def __init__(
+        self, name, num_classes=10, n_errors=64, gradient_clip_val=None, adversarial=None, **kwargs
+    ):
         super().__init__(name, **kwargs)
+        self.adversarial = training_attack(adversarial)
         self.num_classes, self.n_errors = int(num_classes), int(n_errors)
         self.default_clip = gradient_clip_val
         self.net = self.build_net()
@@ -177,10 +182,19 @@ class ClassifierBase(NNLabModule):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self(x).argmax(1)
 
+    def attacked(self, x: torch.Tensor, y: torch.Tensor, stop_when_fooled=False) -> torch.Tensor:
+        """x under model.adversarial's attack (x itself for kind=none). Adversarial training
+        (Madry et al. 2018) minimises the loss at this worst point of the eps-ball around x."""
+        a = self.adversarial
+        return perturb(
+            self, x, y, a["kind"], a["eps"], a["steps"], a["step_size"], a["random_start"],
+            stop_when_fooled,
+        )
+
     # -- the Lightning steps -------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = F.cross_entropy(self(x), y)
+        loss = F.cross_entropy(self(self.attacked(x, y)), y)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
         return loss
 
@@ -191,6 +205,9 @@ class ClassifierBase(NNLabModule):
         acc.update(preds, y)
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(x))
         self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=stage == "val", batch_size=len(x))
+        if self.adversarial["kind"] != "none":  # robust accuracy under the training attack
+            right = (self(self.attacked(x, y, True)).argmax(1) == y) & (preds == y)
+            self.log(f"{stage}/adv_acc", right.float().mean(), on_epoch=True, batch_size=len(x))
         return x, y, preds
 
     def validation_step(self, batch, batch_idx):
