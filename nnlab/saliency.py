@@ -18,9 +18,10 @@ from nnlab.charts import RED, captioned_grid, heat
 
 
 def saliency(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The gradient magnitude of each image's class-`target` logit, max over channels."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
+    """The gradient magnitude of each image's class-`target` logit, max over channels (also
+    inside Lightning's test stage, which runs in inference mode: on normal copies)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        x, target = x.detach().clone().requires_grad_(True), target.clone()
         logits = model(x)
         score = logits.gather(1, target.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(score, x)

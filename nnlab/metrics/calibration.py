@@ -63,18 +63,17 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     The NLL is convex in b = 1/T (a log-sum-exp of functions linear in b, minus a linear term),
     so L-BFGS on b from b = 1 finds the global minimum."""
-    z = logits.detach().double().cpu()
-    y = labels.detach().cpu()
-    b = torch.ones((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+    with torch.inference_mode(False), torch.enable_grad():  # also inside Lightning's test stage
+        z, y = logits.detach().double().cpu().clone(), labels.detach().cpu().clone()
+        b = torch.ones((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
 
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(z * b, y)
-        loss.backward()
-        return loss
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(z * b, y)
+            loss.backward()
+            return loss
 
-    with torch.enable_grad():
         opt.step(closure)
     b_value = float(b.detach())
     if not b_value > 0:  # a degenerate set (e.g. every prediction wrong): leave the logits alone
