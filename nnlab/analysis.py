@@ -158,3 +158,26 @@ class ModeCoverage(pl.Callback):
             title = f"classes of {self.n} samples, as LeNet-5 labels them"
             image = charts.bar_chart(_classes(pl_module, k), counts, title, "samples", note)
             viz.log_image(pl_module, "mode_coverage", image)
+
+
+ANALYSES = {
+    "nnlab.analysis.Calibration": Calibration,
+    "nnlab.analysis.Clustering": Clustering,
+    "nnlab.analysis.Saliency": Saliency,
+    "nnlab.analysis.ModeCoverage": ModeCoverage,
+}
+
+
+def callbacks_for(cfg) -> list[pl.Callback]:
+    """The analyses for `nnlab eval` of a run, so that it reproduces the run's test metrics: each
+    with the run's settings (plain values from its callbacks config; only these four classes can be
+    built, whatever the run folder says), the defaults for those the run does not mention."""
+    from omegaconf import OmegaConf
+
+    settings = {}
+    for entry in (cfg.get("callbacks") or {}).values():
+        target = entry.get("_target_") if hasattr(entry, "get") else None
+        if target in ANALYSES:
+            values = OmegaConf.to_container(entry, resolve=True)
+            settings[target] = {k: v for k, v in values.items() if k != "_target_"}
+    return [cls(**settings.get(target, {})) for target, cls in ANALYSES.items()]

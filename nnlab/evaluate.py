@@ -91,6 +91,7 @@ def evaluate(argv: list[str]) -> dict[str, float]:
     import pytorch_lightning as pl
     import torch
 
+    from nnlab.analysis import callbacks_for
     from nnlab.checkpoints import load_for_inference
     from nnlab.train import check_device
 
@@ -111,6 +112,7 @@ def evaluate(argv: list[str]) -> dict[str, float]:
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_test_batches=limit if limit is not None else 1.0,
+        callbacks=callbacks_for(cfg),  # the test-time analyses, as in the run's own test stage
     )
     datamodule.prepare_data()
     trainer.test(model, datamodule=datamodule, verbose=False)
