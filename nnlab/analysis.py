@@ -26,11 +26,8 @@ from nnlab import charts, viz
 
 def _split(pl_module, split: str, n: int | None = None):
     """(float images in [0, 1] on the module's device, labels) of the first n of a split."""
-    dm = pl_module.datamodule
-    dm.setup("test")
-    images, labels = dm.splits[split]
-    n = len(images) if n is None else min(int(n), len(images))
-    return images[:n].to(pl_module.device).float() / 255.0, labels[:n].to(pl_module.device)
+    images, labels = pl_module.datamodule.images(split, n)
+    return images.to(pl_module.device), labels.to(pl_module.device)
 
 
 def _batched(fn, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
@@ -77,7 +74,7 @@ class Calibration(pl.Callback):
                 charts.reliability_diagram(b, f"test, {name}", ece)
                 for (name, b), ece in zip(bins.items(), eces)
             ]
-            viz.log_image(pl_module, "reliability", charts.hconcat(panels))
+            viz.log_image(trainer, "reliability", charts.hconcat(panels))
 
 
 class Clustering(pl.Callback):
@@ -128,7 +125,7 @@ class Saliency(pl.Callback):
         x, y = _split(pl_module, "test", self.n)
         classes = _classes(pl_module, pl_module.num_classes)
         image = saliency.figure(pl_module, x, y, classes, self.patch, self.stride)
-        viz.log_image(pl_module, "saliency", image)
+        viz.log_image(trainer, "saliency", image)
 
 
 class ModeCoverage(pl.Callback):
@@ -143,7 +140,7 @@ class ModeCoverage(pl.Callback):
 
         if not isinstance(pl_module, AdversarialBase) or pl_module.conditional:
             return
-        clf = pl_module.classifier()  # None (with a log line) when no classifier is configured
+        clf = pl_module.quality.classifier()  # None (and one log line) without classifier_ckpt
         if clf is None:
             return
         from nnlab.metrics.clustering import class_histogram
@@ -151,13 +148,13 @@ class ModeCoverage(pl.Callback):
         torch.manual_seed(0)
         samples = pl_module.sample(self.n)
         k = int(clf.num_classes)
-        counts, h = class_histogram(_batched(clf, samples).argmax(1), k)
+        counts, h = class_histogram(_batched(clf.to(samples.device), samples).argmax(1), k)
         pl_module.log("test/mode_entropy", h, on_epoch=True)
         if trainer.is_global_zero:
             note = f"entropy {h:.3f} nats (log {k} = {math.log(k):.3f}: every class equally)"
             title = f"classes of {self.n} samples, as LeNet-5 labels them"
             image = charts.bar_chart(_classes(pl_module, k), counts, title, "samples", note)
-            viz.log_image(pl_module, "mode_coverage", image)
+            viz.log_image(trainer, "mode_coverage", image)
 
 
 ANALYSES = {
@@ -170,14 +167,14 @@ ANALYSES = {
 
 def callbacks_for(cfg) -> list[pl.Callback]:
     """The analyses for `nnlab eval` of a run, so that it reproduces the run's test metrics: each
-    with the run's settings (plain values from its callbacks config; only these four classes can be
-    built, whatever the run folder says), the defaults for those the run does not mention."""
+    with the settings in cfg["callbacks"] when given (plain values; only these four classes can be
+    built, whatever a run folder says), else with the defaults of configs/callbacks/default.yaml."""
     from omegaconf import OmegaConf
 
     settings = {}
-    for entry in (cfg.get("callbacks") or {}).values():
+    for entry in ((cfg or {}).get("callbacks") or {}).values():
         target = entry.get("_target_") if hasattr(entry, "get") else None
         if target in ANALYSES:
-            values = OmegaConf.to_container(entry, resolve=True)
+            values = OmegaConf.to_container(OmegaConf.create(dict(entry)), resolve=True)
             settings[target] = {k: v for k, v in values.items() if k != "_target_"}
     return [cls(**settings.get(target, {})) for target, cls in ANALYSES.items()]

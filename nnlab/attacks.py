@@ -15,13 +15,13 @@ of images in [0, 1] to class logits.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nnlab.errors import ConfigError, check_choice
+from nnlab.viz import eval_mode
 
 KINDS = ("none", "fgsm", "pgd")  # model.adversarial.kind and the attacks of `nnlab robustness`
 TRAINING_KEYS = {"kind": "none", "eps": 0.1, "steps": 7, "step_size": None, "random_start": True}
@@ -133,17 +133,6 @@ def perturb(
     if kind == "pgd":
         return pgd(model, x, y, eps, steps, step_size, random_start, stop_when_fooled)
     raise ValueError(f"unknown attack {kind!r}; use one of {KINDS}")
-
-
-@contextmanager
-def eval_mode(model):
-    """The model in eval mode inside the block, its own mode restored afterwards (even on error)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def robust_accuracy(

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from nnlab.viz import to_tensor
+
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189)]
 GRID, INK, RED = (228, 228, 228), (0, 0, 0), (200, 0, 0)
 
@@ -19,13 +21,6 @@ def font(size: int = 12):
     from PIL import ImageFont
 
     return ImageFont.load_default(size=size)
-
-
-def to_tensor(canvas) -> torch.Tensor:
-    import numpy as np
-
-    array = np.asarray(canvas.convert("RGB"), dtype=np.uint8).copy()
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255
 
 
 def hconcat(images: Sequence[torch.Tensor], pad: int = 8) -> torch.Tensor:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from nnlab.errors import ConfigError, run_command
-from nnlab.evaluate import _int_option, parse_args, write_eval
+from nnlab.evaluate import int_option, parse_args
 
 USAGE = """\
 usage: nnlab robustness RUN_OR_CKPT [attacks=fgsm,pgd] [eps=0,0.05,0.1,0.2,0.3] [steps=20]
@@ -123,41 +123,35 @@ def settings(opts: dict[str, str]) -> dict:
     return {
         "attacks": chosen,
         "eps": _float_list(opts["eps"], "eps"),
-        "steps": _int_option(opts["steps"], "steps"),
+        "steps": int_option(opts["steps"], "steps"),
         "step_size": step_size,
         "ood": None if opts["ood"].lower() in ("none", "") else opts["ood"],
         "calibrate": _flag(opts["calibrate"], "calibrate"),
-        "n": _int_option(opts["n"], "n") if opts["n"] else None,
-        "iw_k": _int_option(opts["iw_k"], "iw_k") if opts["iw_k"] else None,
+        "n": int_option(opts["n"], "n") if opts["n"] else None,
+        "iw_k": int_option(opts["iw_k"], "iw_k") if opts["iw_k"] else None,
         "out": opts["out"],
         "checkpoint": opts["checkpoint"],
         "accelerator": opts["accelerator"],
-        "threads": _int_option(opts["threads"], "threads") if opts["threads"] else None,
-        "seed": _int_option(opts["seed"], "seed", minimum=0),
+        "threads": int_option(opts["threads"], "threads") if opts["threads"] else None,
+        "seed": int_option(opts["seed"], "seed", minimum=0),
     }
 
 
 def _device(name: str):
     import torch
 
-    from nnlab.errors import DeviceError
+    from nnlab.device import check_device
 
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise DeviceError(
-            f"accelerator={name}: no CUDA GPU is visible to torch on this machine. Use "
-            "accelerator=cpu (or auto, which picks the GPU when there is one)."
-        )
-    return torch.device("cuda")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(name)  # gpu without one: a DeviceError paragraph
+    return torch.device("cpu" if name == "cpu" else "cuda")
 
 
 def _test_images(datamodule, split: str, n: int | None, device):
-    """(float images in [0, 1], labels) of a split, on the device."""
-    datamodule.setup("test")
-    images, labels = datamodule.splits[split]
-    n = len(images) if n is None else min(n, len(images))
-    return images[:n].to(device).float() / 255.0, labels[:n].to(device)
+    """(float images in [0, 1], labels) of the first n images of a split, on the device."""
+    images, labels = datamodule.images(split, n)
+    return images.to(device), labels.to(device)
 
 
 def _logits(model, images, batch_size: int):
@@ -172,9 +166,12 @@ def _logits(model, images, batch_size: int):
 def _ood_datamodule(name: str, shape, seed: int):
     from hydra.utils import instantiate
 
-    from nnlab.checkpoints import compose_group
+    from nnlab.errors import check_choice
+    from nnlab.inference import compose
+    from nnlab.run_folder import group_options
 
-    cfg = compose_group("dataset", name)
+    check_choice("ood", name, group_options("dataset"))
+    cfg = compose([f"dataset={name}"]).dataset
     if list(cfg.shape) != list(shape):
         raise ConfigError(
             f"ood={name}: its images have shape {list(cfg.shape)}, but the model reads images of "
@@ -351,16 +348,32 @@ def robustness(argv: list[str]) -> dict[str, float]:
     target, opts, overrides = parse_args(argv, USAGE, OPTIONS)
     s = settings(opts)
     import torch
-    from torchvision.utils import save_image
 
-    from nnlab.checkpoints import load_for_inference
-    from nnlab.models.classifiers import ClassifierBase
-    from nnlab.models.vae import VAE
+    from nnlab.run_folder import RunLock, is_run_dir, run_dir_of
 
     if s["threads"]:
         torch.set_num_threads(s["threads"])
+    path = Path(target).expanduser()
+    run = path if is_run_dir(path) else run_dir_of(path) if path.is_file() else None
+    lock = RunLock(run, "nnlab robustness").acquire() if run is not None else None
+    try:
+        return _measure(target, overrides, s, opts)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _measure(target, overrides, s, opts) -> dict[str, float]:
+    import torch
+    from torchvision.utils import save_image
+
+    from nnlab.inference import load_for_inference
+    from nnlab.models.classifiers import ClassifierBase
+    from nnlab.models.vae import VAE
+    from nnlab.run_record import RunRecord
+
     cfg, model, dm, ckpt_path, run_dir = load_for_inference(target, overrides, s["checkpoint"])
-    name = cfg.model.get("name", type(model).__name__)
+    name = cfg.get("name", type(model).__name__)
     is_classifier, is_vae = isinstance(model, ClassifierBase), isinstance(model, VAE)
     if s["attacks"] not in ("auto", "none") and not is_classifier:
         raise ConfigError(
@@ -427,7 +440,7 @@ def robustness(argv: list[str]) -> dict[str, float]:
             "figures": str(out),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        write_eval(run_dir, dm.name, entry, section="robustness")
+        RunRecord.add_eval(run_dir, dm.name, entry, section="robustness")
         print(f"written to {run_dir / 'metrics.json'} (robustness.{dm.name})")
     return metrics
 

@@ -67,9 +67,9 @@ def test_datamodule_serves_digits_at_the_fashion_shape(tmp_path):
         "digits", format="digits", data_dir=str(tmp_path), shape=(1, 28, 28), val_fraction=0.1
     )
     dm.setup()
-    x, y = dm.fixed_batch("test", 30)
+    x, y = dm.images("test", 30)
     assert x.shape == (30, 1, 28, 28) and 0 <= float(x.min()) and float(x.max()) <= 1
-    assert len(dm.splits["train"][0]) + len(dm.splits["val"][0]) == N_TRAIN
+    assert len(dm.raw("train")[0]) + len(dm.raw("val")[0]) == N_TRAIN
     bad = ImageDataModule("digits", format="digits", data_dir=str(tmp_path), shape=(3, 28, 28))
     with pytest.raises(DataError, match="greyscale"):
         bad.setup()
