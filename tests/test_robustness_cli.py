@@ -67,9 +67,14 @@ def test_vae_ood_likelihood(tmp_path, digits_dir, monkeypatch, capsys):
     m = read_metrics(run)["robustness"]["synthetic"]["metrics"]
     assert set(m) == {"ood_digits/loglik_in", "ood_digits/loglik_out", "ood_digits/auroc_loglik"}
     assert (tmp_path / "figs" / "ood_loglik.png").is_file()
-    # an attack on a model that is not a classifier
+    # an attack on a model that is not a classifier; saliency maps of one
     _, err = _robustness(capsys, str(run), "attacks=pgd", code=2)
     assert "not a classifier" in err and "attacks=none" in err
+    from nnlab.sample import main as sample_main
+
+    with pytest.raises(SystemExit):
+        sample_main([str(run), "saliency=true", f"out={tmp_path / 's.png'}"])
+    assert "not a classifier" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -86,3 +91,14 @@ def test_bad_options_are_one_paragraph(lenet_run, capsys, option, words):
     quiet = ("attacks=none", "calibrate=false", "ood=none")
     _, err = _robustness(capsys, str(lenet_run), *quiet, option, code=2)
     assert words in err and err.count("\n") <= 4
+
+
+def test_sample_saliency(lenet_run, tmp_path, capsys):
+    from nnlab.sample import main as sample_main
+
+    out = tmp_path / "saliency.png"
+    assert sample_main([str(lenet_run), "saliency=true", "n=4", "label=1", f"out={out}"]) == 0
+    from PIL import Image
+
+    width, height = Image.open(out).size
+    assert width > 3 * 2 * 84 and height > 2 * 84  # two rows of two image | maps triples

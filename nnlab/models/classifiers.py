@@ -76,7 +76,14 @@ class ClassifierBase(NNLabModule):
         (Madry et al. 2018) minimises the loss at this worst point of the eps-ball around x."""
         a = self.adversarial
         return perturb(
-            self, x, y, a["kind"], a["eps"], a["steps"], a["step_size"], a["random_start"],
+            self,
+            x,
+            y,
+            a["kind"],
+            a["eps"],
+            a["steps"],
+            a["step_size"],
+            a["random_start"],
             stop_when_fooled,
         )
 
