@@ -94,14 +94,13 @@ def run(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None, state=No
         stop = min(start + tbptt, t)
         chunk_len = (lengths - start).clamp(0, stop - start)
         alive = (chunk_len > 0).nonzero().flatten()
-        if start > 0:
-            state = _detach(state)  # truncation: no gradient flows back past this point
         out = x.new_zeros(b, stop - start, rnn.hidden_size * (2 if rnn.bidirectional else 1))
         if len(alive):
-            sub_out, sub_state = run(
-                rnn, x[alive, start:stop], chunk_len[alive], _select(state, alive.to(x.device))
-            )
             rows = alive.to(x.device)
+            carried = _select(state, rows)
+            if start > 0:  # truncation: no gradient flows back past this chunk's first step
+                carried = _detach(carried)
+            sub_out, sub_state = run(rnn, x[alive, start:stop], chunk_len[alive], carried)
             out = out.index_copy(0, rows, sub_out)
             state = _scatter(state, rows, sub_state)
         outs.append(out)

@@ -1,0 +1,151 @@
+"""The recurrent family: packed nets, truncated BPTT, the unrolled diagnostics, the forecasting
+baselines in closed form, and the figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nnlab.metrics import forecast as F
+from nnlab.nets.sequence import CELLS, ForecastNet, SequenceNet, last_layer_state, run, unroll
+from nnlab.viz_sequences import forecast_image, gates_image, grad_flow_image, nice_ticks
+
+
+def _padded(b=4, t=9, f=5, lengths=(9, 3, 6, 1), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, f, generator=g)
+    lengths = torch.tensor(lengths)
+    for i, n in enumerate(lengths):
+        x[i, n:] = 0
+    return x, lengths
+
+
+# -- packing: padding never changes the answer -------------------------------------------------
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padding_does_not_change_the_logits(cell, bidirectional):
+    torch.manual_seed(0)
+    net = SequenceNet([5], 3, cell=cell, hidden_size=8, num_layers=2, bidirectional=bidirectional)
+    net.eval()
+    x, lengths = _padded()
+    logits = net(x, lengths)
+    more = torch.cat([x, torch.randn(4, 7, 5)], dim=1)  # longer padding, and not even zeros
+    torch.testing.assert_close(net(more, lengths), logits)
+    alone = net(x[2:3, :6], lengths[2:3])  # the sequence on its own, no padding at all
+    torch.testing.assert_close(alone[0], logits[2], rtol=1e-5, atol=1e-6)
+
+
+def test_images_are_still_read_row_by_row_with_the_old_keys():
+    net = SequenceNet((1, 28, 28), 10, cell="lstm", hidden_size=16)
+    assert sorted(net.state_dict()) == sorted(
+        ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0"]
+        + ["head.weight", "head.bias"]
+    )
+    x = torch.rand(3, 1, 28, 28)
+    rows = (SequenceNet.rows(x) - 0.5) / 0.5
+    _, (h_n, _) = net.rnn(rows)
+    torch.testing.assert_close(net(x), net.head(h_n[-1]))
+
+
+# -- truncated BPTT ---------------------------------------------------------------------------
+def test_tbptt_keeps_the_forward_pass_and_cuts_the_gradient():
+    torch.manual_seed(0)
+    net = SequenceNet([5], 3, cell="gru", hidden_size=8).eval()
+    x, lengths = _padded()
+    torch.testing.assert_close(net(x, lengths, tbptt=2), net(x, lengths))
+    x = x.clone().requires_grad_(True)
+    net(x, lengths, tbptt=4).sum().backward()
+    # sequence 0 (length 9) ends in the chunk [8, 9): no gradient reaches steps 0..7
+    assert x.grad[0, :8].abs().sum() == 0 and x.grad[0, 8].abs().sum() > 0
+    # sequence 2 (length 6) ends in the chunk [4, 8): steps 4 and 5 get gradient, 0..3 none
+    assert x.grad[2, :4].abs().sum() == 0 and x.grad[2, 4:6].abs().sum() > 0
+    x.grad = None
+    net(x, lengths).sum().backward()  # untruncated: the gradient reaches the first step
+    assert x.grad[0, 0].abs().sum() > 0
+
+
+def test_forecast_net_many_to_many_and_tbptt_state():
+    net = ForecastNet(2, horizon=3, cell="lstm", hidden_size=6)
+    x = torch.randn(2, 10, 2)
+    out, state = net(x)
+    assert out.shape == (2, 10, 3) and state[0].shape == (1, 2, 6)
+    chunked, _ = net(x, tbptt=4)
+    torch.testing.assert_close(chunked, out)
+
+
+# -- BPTT you can see -------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_unroll_is_the_same_network_step_by_step(cell):
+    torch.manual_seed(1)
+    net = SequenceNet([5], 3, cell=cell, hidden_size=7, num_layers=2, bidirectional=True).eval()
+    x, lengths = _padded()
+    out, state = run(net.rnn, x, lengths)
+    out2, state2, states, gates = unroll(net.rnn, x, lengths)
+    torch.testing.assert_close(out2, out)
+    torch.testing.assert_close(net.head(last_layer_state(net.rnn, state2)), net(x, lengths))
+    assert len(states) == 9 and states[0].shape == (4, 7)
+    assert set(gates) == {
+        "lstm": {"input", "forget", "cell", "output"},
+        "gru": {"reset", "update", "new"},
+    }.get(cell, set())
+    for name, g in gates.items():
+        assert g.shape == (4, 9, 7)
+        if name not in ("cell", "new"):
+            assert 0 <= g.min() and g.max() <= 1  # sigmoid gates
+
+
+def test_grad_wrt_each_hidden_state_matches_the_chain_rule():
+    """For a linear 1-unit RNN h_t = w h_{t-1} + x_t (relu on positives) and L = h_T,
+    dL/dh_t = w^(T-t): the picture's y values decay geometrically for |w| < 1."""
+    rnn = torch.nn.RNN(1, 1, nonlinearity="relu", batch_first=True, bias=False)
+    with torch.no_grad():
+        rnn.weight_ih_l0.fill_(1.0)
+        rnn.weight_hh_l0.fill_(0.5)
+    x = torch.ones(1, 6, 1)
+    _, h_n, states, _ = unroll(rnn, x)
+    grads = torch.autograd.grad(h_n.sum(), states)
+    torch.testing.assert_close(
+        torch.stack([g.flatten() for g in grads]).flatten(), 0.5 ** torch.arange(5, -1, -1.0)
+    )
+
+
+# -- forecasting: spans and baselines in closed form --------------------------------------------
+def test_origins_cover_the_span_once():
+    y = torch.arange(20.0)
+    assert F.origins(12, 20, 3) == [12, 15, 18]
+    targets = F.span_targets(y, 12, 20, 3)
+    assert targets[:2].flatten().tolist() == list(range(12, 18))
+    assert targets[2, :2].tolist() == [18, 19] and torch.isnan(targets[2, 2])
+
+
+def test_baselines_closed_form():
+    season = torch.tensor([1.0, 5.0, 3.0, 2.0])
+    y = season.repeat(5) + torch.arange(20.0) * 0  # a pure period-4 season
+    o = F.origins(12, 20, 4)
+    torch.testing.assert_close(F.seasonal_naive(y, o, 4, 4), season.repeat(2, 1))
+    torch.testing.assert_close(F.seasonal_naive(y, [12], 6, 4), season[[0, 1, 2, 3, 0, 1]][None])
+    assert F.persistence(y, [12], 3).tolist() == [[2.0, 2.0, 2.0]]
+    # an AR(2) recursion is recovered exactly and forecast recursively
+    ar = [0.0, 1.0]
+    for _ in range(40):
+        ar.append(0.5 + 0.6 * ar[-1] - 0.3 * ar[-2])
+    ar = torch.tensor(ar, dtype=torch.float64)
+    coef = F.fit_ar(ar[:30], 2)
+    torch.testing.assert_close(coef, torch.tensor([0.5, 0.6, -0.3], dtype=torch.float64))
+    torch.testing.assert_close(F.ar_forecast(ar, coef, [30], 5)[0], ar[30:35])
+    errs = F.errors(torch.tensor([[2.0, 4.0]]), torch.tensor([[1.0, float("nan")]]))
+    assert errs["mae"] == 1 and errs["rmse"] == 1 and errs["mape"] == 100
+
+
+# -- the figures ------------------------------------------------------------------------------
+def test_figures_are_images():
+    assert nice_ticks(0, 1) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    x = np.arange(48)
+    img = forecast_image(x, np.sin(x / 3) + 2, 36, {"lstm": np.ones(12), "ar9": np.zeros(12)})
+    assert img.shape[0] == 3 and 0 <= img.min() and img.max() <= 1 and img.std() > 0
+    flow = grad_flow_image({"rnn": 0.5 ** np.arange(30.0)[::-1], "lstm": np.ones(30)})
+    assert flow.shape[0] == 3 and flow.std() > 0
+    gates = {k: np.random.rand(20, 8) for k in ("input", "forget", "cell", "output")}
+    img = gates_image(np.random.randn(20, 3), gates)
+    assert img.shape[0] == 3 and img.shape[1] > 200
