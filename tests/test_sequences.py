@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from nnlab.data.sequences import ForecastSeries, bucket_order, channel_stats, pad_sequences
+from nnlab.errors import ConfigError
 from nnlab.metrics import forecast as F
 from nnlab.nets.sequence import CELLS, ForecastNet, SequenceNet, last_layer_state, run, unroll
 from nnlab.viz_sequences import forecast_image, gates_image, grad_flow_image, nice_ticks
@@ -149,3 +151,48 @@ def test_figures_are_images():
     gates = {k: np.random.rand(20, 8) for k in ("input", "forget", "cell", "output")}
     img = gates_image(np.random.randn(20, 3), gates)
     assert img.shape[0] == 3 and img.shape[1] > 200
+
+
+# -- the data tools ---------------------------------------------------------------------------
+def test_padding_stats_and_bucketing():
+    series = [np.ones((3, 2)), 3 * np.ones((1, 2)), np.zeros((5, 2))]
+    x, lengths = pad_sequences(series)
+    assert x.shape == (3, 5, 2) and lengths.tolist() == [3, 1, 5] and x[1, 1:].abs().sum() == 0
+    mean, _ = channel_stats(x, lengths)  # padding excluded: (3*1 + 1*3 + 5*0) / 9
+    torch.testing.assert_close(mean, torch.full((2,), 6 / 9))
+    lengths = torch.randint(1, 100, (50,))
+    order = torch.randperm(50)
+    bucketed = bucket_order(order, lengths, 10)
+    assert sorted(bucketed.tolist()) == list(range(50))
+    for part, orig in zip(bucketed.split(10), order.split(10)):
+        assert set(part.tolist()) == set(orig.tolist())  # the same items per chunk, by length
+        assert (lengths[part].diff() >= 0).all()
+
+
+def test_forecast_series_scales_on_train_only_and_inverts():
+    values = np.exp(np.linspace(4, 6, 60)) * (1.2 + np.sin(np.arange(60) * np.pi / 6))
+    series = ForecastSeries(
+        "s", values, window=8, horizon=5, val_size=10, test_size=10, transform="log", relative=True
+    )
+    changed = values.copy()
+    changed[-10:] *= 100  # the test span does not move the scaling
+    other = ForecastSeries("s", changed, 8, 5, 10, 10, "log", True)
+    assert (other.mean, other.scale) == (series.mean, series.scale)
+    ends = series.train_ends()
+    inputs, targets = series.windows(ends)
+    assert inputs.shape == (len(ends), 8, 1) and targets.shape == (len(ends), 8, 5)
+    assert int(ends.max()) + 5 < series.val_start and not torch.isnan(targets).any()
+    o = series.origins("test")
+    assert o == [50, 55]
+    ahead = torch.tensor(o).unsqueeze(1) + torch.arange(5)
+    perfect = series.z[ahead] - series.z[torch.tensor(o) - 1].unsqueeze(1)
+    truth = F.span_targets(series.y, 50, 60, 5)
+    torch.testing.assert_close(series.to_values(perfect, o), truth, rtol=1e-4, atol=0)
+
+
+def test_forecast_series_config_mistakes():
+    values = np.arange(1.0, 41.0)
+    with pytest.raises(ConfigError, match="dataset.window=30 \\+ dataset.horizon=5"):
+        ForecastSeries("s", values, 30, 5, 5, 5)
+    with pytest.raises(ConfigError, match="dataset.transform=log"):
+        ForecastSeries("s", values - 1, 4, 1, 5, 5, transform="log")

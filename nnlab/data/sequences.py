@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from nnlab.data.sources import PACKAGED_DATA
-from nnlab.errors import DataError
+from nnlab.errors import ConfigError, DataError
 
 # the pinned wheels `make data` unpacks (keep in step with the Makefile's data block)
 WHEELS = {"aeon": "1.6.0", "sktime": "1.2.0", "statsmodels": "0.15.0"}
@@ -343,3 +344,144 @@ def locate_series(name: str, data_dir: str | Path, packaged: Path | None = None)
         + ". "
         + _fix_lines([package])
     )
+
+
+# -- resident tensors for classification ------------------------------------------------------
+def pad_sequences(series: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x float32 (N, T_max, F) with zeros after each length, lengths int64 (N,))."""
+    lengths = torch.tensor([len(s) for s in series], dtype=torch.int64)
+    x = torch.zeros(len(series), int(lengths.max()), series[0].shape[1])
+    for i, s in enumerate(series):
+        x[i, : len(s)] = torch.from_numpy(np.asarray(s, np.float32))
+    return x, lengths
+
+
+def channel_stats(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation over the real steps only (padding excluded)."""
+    mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)  # (N, T)
+    real = x[mask]  # (sum of lengths, F)
+    return real.mean(0), real.std(0).clamp_min(1e-8)
+
+
+def bucket_order(order: torch.Tensor, lengths: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The shuffled `order`, sorted by length within consecutive chunks of `chunk` items (on
+    order's device): consecutive batches then hold sequences of similar length, and the padding
+    stays small, while the chunks keep the epoch random."""
+    if chunk <= 1:
+        return order
+    out = []
+    for part in order.split(chunk):
+        out.append(part[torch.argsort(lengths[part], stable=True)])
+    return torch.cat(out)
+
+
+# -- a forecasting series, split in time ----------------------------------------------------------
+TRANSFORMS = {
+    "none": (lambda u: u, lambda u: u),
+    "log": (torch.log, torch.exp),
+    "sqrt": (torch.sqrt, lambda u: u.clamp_min(0) ** 2),
+}
+
+
+class ForecastSeries:
+    """A series cut in time: train [0, val_start) | val [val_start, test_start) | test [.., N).
+
+    The values are transformed (none | log | sqrt) and standardised with the training span's
+    statistics only. A window is `window` consecutive steps ending at step e; at every step s
+    of it the target is the next `horizon` values. relative=true feeds the step-to-step changes
+    z(s) - z(s-1) and makes the targets z(s+h) - z(s) (what changes from the last value seen),
+    which carries a trend past the training span's range; relative=false feeds z(s) and
+    predicts z(s+h). Everything is indexed on the device of `device`."""
+
+    def __init__(
+        self,
+        name: str,
+        values: np.ndarray,
+        window: int,
+        horizon: int,
+        val_size: int,
+        test_size: int,
+        transform: str = "none",
+        relative: bool = False,
+        device: torch.device | str = "cpu",
+    ):
+        n = len(values)
+        self.name, self.window, self.horizon = name, int(window), int(horizon)
+        self.relative, self.transform = bool(relative), transform
+        self.val_start, self.test_start = n - int(test_size) - int(val_size), n - int(test_size)
+        train = self.val_start
+        need = self.window + self.horizon + int(self.relative)
+        if train < need:
+            raise ConfigError(
+                f"The series '{name}' has {n} points; after dataset.test_size={test_size} and "
+                f"dataset.val_size={val_size}, {train} remain for training, but one training "
+                f"window needs dataset.window={window} + dataset.horizon={horizon}"
+                + (" + 1 (relative=true reads differences)" if self.relative else "")
+                + f" = {need}. Shorten dataset.window or the validation/test spans."
+            )
+        y = torch.as_tensor(np.asarray(values, np.float64))
+        if transform in ("log", "sqrt") and bool((y <= 0 if transform == "log" else y < 0).any()):
+            sign = "positive" if transform == "log" else "non-negative"
+            raise ConfigError(
+                f"dataset.transform={transform} needs {sign} values, but '{name}' has others (min "
+                f"{float(y.min()):g}). Use dataset.transform=none."
+            )
+        forward, self._inverse = TRANSFORMS[transform]
+        u = forward(y)
+        self.mean = float(u[:train].mean())
+        self.scale = float(
+            (u[1:train] - u[: train - 1]).std() if self.relative else u[:train].std()
+        )
+        self.scale = max(self.scale, 1e-8)
+        self.device = torch.device(device)
+        self.y = y.to(self.device)  # the original values (float64)
+        self.z = ((u - self.mean) / self.scale).float().to(self.device)
+        diff = torch.cat([self.z.new_zeros(1), self.z[1:] - self.z[:-1]])
+        self.inputs = (diff if self.relative else self.z).unsqueeze(1)  # (N, 1)
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def spans(self) -> dict[str, tuple[int, int]]:
+        return {
+            "train": (0, self.val_start),
+            "val": (self.val_start, self.test_start),
+            "test": (self.test_start, len(self)),
+        }
+
+    def _steps(self, ends: torch.Tensor) -> torch.Tensor:
+        """(B, W): the step indices of the windows ending at `ends`."""
+        return ends.unsqueeze(1) + torch.arange(1 - self.window, 1, device=ends.device)
+
+    def windows(self, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs (B, W, 1) of the windows ending at `ends` and, at every step s, the targets
+        (B, W, H); targets past the series end are NaN (never inside the training span)."""
+        steps = self._steps(ends)
+        ahead = steps.unsqueeze(2) + torch.arange(1, self.horizon + 1, device=ends.device)
+        targets = self.z[ahead.clamp(max=len(self) - 1)]
+        targets = targets.masked_fill(ahead >= len(self), float("nan"))
+        if self.relative:
+            targets = targets - self.z[steps].unsqueeze(2)
+        return self.inputs[steps], targets
+
+    def train_ends(self) -> torch.Tensor:
+        """The ends e of all training windows: every step and target inside the training span."""
+        first = self.window - 1 + int(self.relative)
+        return torch.arange(first, self.val_start - self.horizon, device=self.device)
+
+    def origins(self, split: str) -> list[int]:
+        from nnlab.metrics.forecast import origins
+
+        return origins(*self.spans()[split], self.horizon)
+
+    def at_origins(self, origin_list: list[int]) -> torch.Tensor:
+        """The model's inputs (B, W, 1) for forecasts from these origins (history up to o-1)."""
+        return self.windows(torch.tensor(origin_list, device=self.device) - 1)[0]
+
+    def to_values(self, pred: torch.Tensor, origin_list: list[int]) -> torch.Tensor:
+        """The model's outputs (B, H) at the origins -> forecasts in the series' units (float64)."""
+        pred = pred.double()
+        if self.relative:
+            last = torch.tensor(origin_list, device=pred.device) - 1
+            pred = pred + self.z[last].double().unsqueeze(1)
+        return self._inverse(pred * self.scale + self.mean)
