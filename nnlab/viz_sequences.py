@@ -69,14 +69,16 @@ def line_chart(
     size: tuple[int, int] = (640, 320),
     vlines: dict[str, float] | None = None,
     colours: dict[str, tuple] | None = None,
+    left: int = 64,
 ) -> torch.Tensor:
     """lines: {name: (x, y)} (sequences of numbers; NaN breaks a line). vlines: {label: x}
-    dashed vertical markers. Returns a (3, H, W) image in [0, 1]."""
+    dashed vertical markers. The legend is a row above the plot. Returns a (3, H, W) image in
+    [0, 1]."""
     from PIL import Image, ImageDraw
 
     font = _font()
     w, h = size
-    left, right, top, bottom = 64, 16, 24, 40
+    right, top, bottom = 16, 38, 40
     canvas = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(canvas)
     data = {}
@@ -138,13 +140,13 @@ def line_chart(
                 run = []
             else:
                 run.append(p)
-    # legend, top left inside the plot
-    ly = top + 4
+    # the legend: one row above the plot
+    lx = left
     for k, name in enumerate(data):
         colour = (colours or {}).get(name, PALETTE[k % len(PALETTE)])
-        draw.line([left + 8, ly + 6, left + 26, ly + 6], fill=colour, width=3)
-        draw.text((left + 30, ly), name, fill="black", font=font)
-        ly += 13
+        draw.line([lx, top - 8, lx + 18, top - 8], fill=colour, width=3)
+        draw.text((lx + 22, top - 14), name, fill="black", font=font)
+        lx += 22 + draw.textlength(name, font=font) + 14
     draw.text((left, 6), title, fill="black", font=font)
     draw.text(
         (left + pw / 2 - draw.textlength(xlabel, font=font) / 2, h - 14),
@@ -234,6 +236,7 @@ def gates_image(
         "step t",
         "",
         size=(left + width + 16, 220),
+        left=left,
     )
     chart_img = Image.fromarray((chart.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
     total = 24 + sum(hh + 8 for hh in heights) + chart_img.height

@@ -11,12 +11,12 @@ from conftest import FAST, event_tags, read_metrics, run_train
 from nnlab.errors import CheckpointError, ConfigError
 from nnlab.models.classifiers import (
     LeNet,
-    SequenceClassifier,
     error_labels,
     errors_grid,
     load_classifier,
     pick_errors,
 )
+from nnlab.models.sequences import SequenceClassifier
 from nnlab.nets.lenet import LeNet5
 from nnlab.nets.sequence import SequenceNet
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnlab.data.batches import TensorBatches
+from nnlab.data.datamodule import ResidentDataModule
 from nnlab.data.sources import PACKAGED_DATA
 from nnlab.errors import ConfigError, DataError
 
@@ -267,6 +269,27 @@ def read_series_csv(path: str | Path, column: str | None = None) -> tuple[list[s
     return times, np.array(values, dtype=np.float64)
 
 
+def decimal_years(times: list[str]) -> np.ndarray:
+    """Time labels as decimal years for the plots: '1949-03' -> 1949.17, '1700' -> 1700,
+    '19580329' -> 1958.24; anything else -> 0, 1, 2, ..."""
+    import datetime as dt
+
+    out = []
+    for text in times:
+        text = text.strip().strip('"')
+        try:
+            if len(text) == 8 and text.isdigit():
+                day = dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+                out.append(day.year + (day.timetuple().tm_yday - 1) / 365.25)
+            elif len(text) == 7 and text[4] == "-":
+                out.append(int(text[:4]) + (int(text[5:]) - 1) / 12)
+            else:
+                out.append(float(text))
+        except ValueError:
+            return np.arange(len(times), dtype=np.float64)
+    return np.array(out, dtype=np.float64)
+
+
 # -- where the files are ----------------------------------------------------------------------
 def _installed_data(package: str) -> Path | None:
     """The data folder of an installed aeon/sktime/statsmodels (found without importing it)."""
@@ -485,3 +508,329 @@ class ForecastSeries:
             last = torch.tensor(origin_list, device=pred.device) - 1
             pred = pred + self.z[last].double().unsqueeze(1)
         return self._inverse(pred * self.scale + self.mean)
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int):
+    """(train indices, val indices): val_fraction of every class held out (at least one item of
+    each class with two or more), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in torch.unique(labels):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = min(len(idx) - 1, max(1, round(val_fraction * len(idx)))) if len(idx) > 1 else 0
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def synthetic_sequences(n: int, channels: int, num_classes: int, max_length: int, seed: int):
+    """Random sequences of random lengths in [max_length/4, max_length] whose class is the
+    frequency of a noisy sine in every channel (a task that needs the whole sequence): a list of
+    (length, channels) float32 arrays and int64 labels. For tests and smoke runs."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n)
+    series = []
+    for label in labels:
+        length = int(rng.integers(max(2, max_length // 4), max_length + 1))
+        t = np.arange(length)[:, None]
+        phase = rng.uniform(0, 2 * np.pi, (1, channels))
+        wave = np.sin(2 * np.pi * (label + 1) * t / (2 * max_length) * 2 + phase)
+        series.append((wave + 0.3 * rng.standard_normal((length, channels))).astype(np.float32))
+    return series, labels.astype(np.int64)
+
+
+# -- the datamodules ------------------------------------------------------------------------------
+class SequenceBatches(TensorBatches):
+    """(x (B, T_b, F), lengths (B,) int64 on the CPU, y (B,)) batches of resident padded
+    sequences; T_b is the batch's longest length. Training batches are bucketed: the shuffled
+    permutation is sorted by length within chunks of `bucket` batches."""
+
+    def __init__(self, x, labels, batch_size, lengths=None, bucket: int = 1, **kwargs):
+        super().__init__(x, labels, batch_size, **kwargs)
+        self.lengths_cpu = lengths.cpu()
+        self.lengths = lengths.to(x.device)
+        self.bucket = int(bucket)
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        order = super().indices(epoch)
+        if self.shuffle and self.bucket > 1:
+            order = bucket_order(order, self.lengths, self.bucket * self.batch_size)
+        return order
+
+    def batch(self, idx: torch.Tensor):
+        lengths = self.lengths_cpu[idx.cpu()]
+        return self.images[idx, : int(lengths.max())], lengths, self.labels[idx]
+
+
+class SequenceDataModule(ResidentDataModule):
+    """UEA/UCR classification sets (and synthetic sequences): each split resident on the device as
+    (x padded with zeros (N, T_max, F), lengths (N,), labels (N,)); batches (x, lengths, y)."""
+
+    def __init__(
+        self,
+        name: str,
+        inputs: str = "sequences",
+        format: str = "ts",
+        data_dir: str = "data",
+        shape=(1,),
+        num_classes: int = 2,
+        classes=None,
+        standardize: bool = True,
+        batch_size: int = 32,
+        eval_batch_size: int = 512,
+        bucket: int = 8,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        n_train: int = 256,
+        n_test: int = 64,
+        max_length: int = 40,
+        seed: int = 0,
+    ):
+        super().__init__()
+        from nnlab.errors import check_choice
+
+        check_choice("dataset.format", format, ("ts", "synthetic"))
+        self.name, self.format, self.data_dir = name, format, Path(data_dir)
+        self.shape = tuple(int(s) for s in shape)
+        self.num_classes, self.names = int(num_classes), list(classes) if classes else None
+        self.standardize = bool(standardize)
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.bucket, self.val_fraction = int(bucket), float(val_fraction)
+        self.split_seed, self.seed = int(split_seed), int(seed)
+        self.synthetic = dict(n_train=int(n_train), n_test=int(n_test), max_length=int(max_length))
+        self.files: dict[str, Path] | None = None
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.classes: list[str] = self.names or [str(i) for i in range(self.num_classes)]
+        self.filled = 0
+
+    def prepare_data(self) -> None:
+        if self.format == "ts" and self.files is None:
+            self.files = locate_ts(self.name, self.data_dir)
+
+    def _read(self) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+        if self.format == "synthetic":
+            n = self.synthetic
+            return {
+                split: synthetic_sequences(
+                    n[f"n_{split}"],
+                    self.shape[0],
+                    self.num_classes,
+                    n["max_length"],
+                    self.split_seed + k,
+                )
+                for k, split in enumerate(("train", "test"))
+            }
+        self.prepare_data()
+        data = {split: read_ts(path) for split, path in self.files.items()}
+        train = data["train"]
+        if (train.channels, len(train.classes)) != (self.shape[0], self.num_classes):
+            raise ConfigError(
+                f"{self.name} has {train.channels} channel(s) per step and {len(train.classes)} "
+                f"classes, but dataset.shape={list(self.shape)} and dataset.num_classes="
+                f"{self.num_classes}. Pass dataset.shape=[{train.channels}] "
+                f"dataset.num_classes={len(train.classes)}."
+            )
+        if data["test"].classes != train.classes or data["test"].channels != train.channels:
+            raise DataError(
+                f"{self.files['test']} does not match {self.files['train']} (classes or channels). "
+                "Use the TRAIN and TEST files of the same problem."
+            )
+        self.classes = self.names or train.classes
+        out = {}
+        for split, d in data.items():
+            series = []
+            for s in d.series:
+                filled, n = fill_missing(s)
+                self.filled += n
+                series.append(filled)
+            out[split] = (series, d.labels)
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:
+            return
+        raw = self._read()
+        x, lengths = pad_sequences(raw["train"][0])
+        labels = torch.as_tensor(raw["train"][1])
+        train, val = stratified_split(labels, self.val_fraction, self.split_seed)
+        test_x, test_lengths = pad_sequences(raw["test"][0])
+        splits = {
+            "train": (x[train], lengths[train], labels[train]),
+            "val": (x[val], lengths[val], labels[val]),
+            "test": (test_x, test_lengths, torch.as_tensor(raw["test"][1])),
+        }
+        if self.standardize:
+            mean, std = channel_stats(*splits["train"][:2])
+            for k, (xs, ls, ys) in splits.items():
+                real = (torch.arange(xs.shape[1]).unsqueeze(0) < ls.unsqueeze(1)).unsqueeze(2)
+                splits[k] = (((xs - mean) / std) * real, ls, ys)
+        device = self.device
+        self._splits = {
+            k: (xs[:, : int(ls.max())].to(device).contiguous(), ls, ys.to(device))
+            for k, (xs, ls, ys) in splits.items()
+        }
+
+    def _batches(self, split: str, shuffle: bool):
+        self.setup()
+        x, lengths, labels = self._splits[split]
+        return self.resident_batches(
+            x, labels, shuffle, cls=SequenceBatches, lengths=lengths, bucket=self.bucket
+        )
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int = 0):
+        """Resident already; the lengths stay on the CPU (pack_padded_sequence wants them there)."""
+        x, lengths, y = batch
+        return x.to(device, non_blocking=True), lengths, y.to(device, non_blocking=True)
+
+    # -- the public face -----------------------------------------------------------------------
+    def sequences(self, split: str, n: int | None = None):
+        """(x, lengths on the CPU, labels) of a split's first n sequences, cropped to their
+        longest: the same ones every call."""
+        self.setup()
+        x, lengths, labels = self._splits[split]
+        n = len(lengths) if n is None else min(int(n), len(lengths))
+        return x[:n, : int(lengths[:n].max())], lengths[:n], labels[:n]
+
+    def split_size(self, split: str) -> int:
+        self.setup()
+        return len(self._splits[split][1])
+
+
+class SeriesDataModule(ResidentDataModule):
+    """One forecasting series (ForecastSeries) on the device. Training batches are windows
+    (inputs (B, W, 1), targets (B, W, H)); validation and test batches are the forecast origins
+    of their span (inputs (B, W, 1), origins (B,)); `span(split)` gives the truth and baselines."""
+
+    def __init__(
+        self,
+        name: str,
+        inputs: str = "series",
+        format: str = "csv",
+        data_dir: str = "data",
+        column: str | None = None,
+        units: str = "",
+        period: int = 12,
+        horizon: int = 1,
+        window: int = 24,
+        test_size: int = 24,
+        val_size: int = 12,
+        transform: str = "none",
+        relative: bool = False,
+        ar_order: int = 1,
+        batch_size: int = 32,
+        eval_batch_size: int = 1024,
+        n_points: int = 200,
+        seed: int = 0,
+    ):
+        super().__init__()
+        from nnlab.errors import check_choice
+
+        check_choice("dataset.format", format, ("csv", "synthetic"))
+        check_choice("dataset.transform", transform, tuple(TRANSFORMS))
+        if format == "csv":
+            check_choice("dataset.name", name, tuple(SERIES_FILES))
+        for key, value in (
+            ("horizon", horizon),
+            ("window", window),
+            ("test_size", test_size),
+            ("val_size", val_size),
+            ("period", period),
+            ("ar_order", ar_order),
+        ):
+            if int(value) < 1:
+                raise ConfigError(
+                    f"dataset.{key}={value} must be a positive integer, e.g. dataset.{key}=1."
+                )
+        self.name, self.format, self.data_dir = name, format, Path(data_dir)
+        self.column = column or (SERIES_FILES[name][2] if name in SERIES_FILES else None)
+        self.units, self.period, self.ar_order = units, int(period), int(ar_order)
+        self.horizon, self.window = int(horizon), int(window)
+        self.test_size, self.val_size = int(test_size), int(val_size)
+        self.transform, self.relative = transform, bool(relative)
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.n_points, self.seed = int(n_points), int(seed)
+        self.path: Path | None = None
+        self.series: ForecastSeries | None = None
+        self.filled = 0
+        self._spans: dict[str, dict] = {}
+
+    def prepare_data(self) -> None:
+        if self.format == "csv" and self.path is None:
+            self.path = locate_series(self.name, self.data_dir)
+
+    def _read(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.format == "synthetic":  # a trend, a season of `period` and noise
+            rng = np.random.default_rng(self.seed)
+            t = np.arange(self.n_points)
+            values = 10 + 0.05 * t + 2 * np.sin(2 * np.pi * t / self.period)
+            return t.astype(np.float64), values + 0.3 * rng.standard_normal(self.n_points)
+        self.prepare_data()
+        times, values = read_series_csv(self.path, self.column)
+        values, self.filled = fill_missing(values)
+        if self.filled:
+            import logging
+
+            logging.getLogger(__name__).info(
+                "%s: %d of %d values were missing; filled by linear interpolation between their "
+                "neighbours.",
+                self.name,
+                self.filled,
+                len(values),
+            )
+        return decimal_years(times[: len(values)]), values
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.series is not None:
+            return
+        self.x, values = self._read()
+        self.series = ForecastSeries(
+            self.name,
+            values,
+            self.window,
+            self.horizon,
+            self.val_size,
+            self.test_size,
+            self.transform,
+            self.relative,
+            self.device,
+        )
+        ends = self.series.train_ends()
+        self._train = self.series.windows(ends)
+
+    def _batches(self, split: str, shuffle: bool):
+        self.setup()
+        if split == "train":
+            return self.resident_batches(*self._train, shuffle)
+        origins = self.series.origins(split)
+        inputs = self.series.at_origins(origins)
+        return self.resident_batches(inputs, torch.tensor(origins, device=self.device), shuffle)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int = 0):
+        return tuple(t.to(device, non_blocking=True) for t in batch)
+
+    # -- the public face -----------------------------------------------------------------------
+    def span(self, split: str) -> dict:
+        """{'start', 'stop', 'origins', 'truth' (n_origins, H) float64 with NaN past the span,
+        'baselines' {name: (n_origins, H)}} of the val or test span. The baselines see the whole
+        history before the span's start (the AR model is fitted on it)."""
+        from nnlab.metrics import forecast as F
+
+        self.setup()
+        if split not in self._spans:
+            start, stop = self.series.spans()[split]
+            y = self.series.y.cpu()
+            self._spans[split] = {
+                "start": start,
+                "stop": stop,
+                "origins": self.series.origins(split),
+                "truth": F.span_targets(y, start, stop, self.horizon),
+                "baselines": F.baselines(
+                    y, start, start, stop, self.horizon, self.period, self.ar_order
+                ),
+            }
+        return self._spans[split]
+
+    def to_values(self, pred: torch.Tensor, origins) -> torch.Tensor:
+        """The model's scaled outputs (B, H) at these origins -> forecasts in the series' units."""
+        return self.series.to_values(pred, [int(o) for o in origins])

@@ -3,7 +3,8 @@ loss, accuracy (torchmetrics), the confusion matrix, per-class test accuracy, th
 and the `errors` image (misclassified test images labelled true->pred, as in LeNet-5's figure).
 
     lenet   LeNet-5 (LeCun et al. 1998), classic (tanh, average pooling) or modern (ReLU, max pooling)
-    lstm    a many-to-one RNN / GRU / LSTM reading the image row by row (BPTT over the rows)
+    lstm    a many-to-one RNN / GRU / LSTM (nnlab/models/sequences.py: sequences, and images
+            read row by row)
 
 Both minimise the cross-entropy  L = -log softmax(f(x))_y.
 `load_classifier(path)` gives a trained LeNet back (eval mode) as a feature extractor (FID).
@@ -24,7 +25,6 @@ from nnlab import viz
 from nnlab.errors import CheckpointError, ConfigError, NNLabError
 from nnlab.models.base import NNLabModule
 from nnlab.nets.lenet import VARIANTS, LeNet5
-from nnlab.nets.sequence import CELLS, SequenceNet
 
 
 # -- the errors grid and the confusion matrix, as images ----------------------------------------
@@ -323,40 +323,6 @@ class LeNet(ClassifierBase):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate (F6, 84-d) features of images in [0, 1] of the dataset's shape."""
         return self.net.features(self._layout(x))
-
-
-class SequenceClassifier(ClassifierBase):
-    """Many-to-one RNN/GRU/LSTM over the image rows: H steps of C*W features."""
-
-    def __init__(
-        self,
-        name,
-        cell="lstm",
-        hidden_size=128,
-        num_layers=1,
-        bidirectional=False,
-        dropout=0.0,
-        **kwargs,
-    ):
-        if cell not in CELLS:
-            raise ConfigError(f"model.cell='{cell}' is unknown; use one of {', '.join(CELLS)}.")
-        if int(hidden_size) < 1 or int(num_layers) < 1:
-            raise ConfigError(
-                "model.hidden_size and model.num_layers must be positive integers, e.g. model.hidden_size=128."
-            )
-        if not 0 <= float(dropout) < 1:
-            raise ConfigError(f"model.dropout={dropout} must be in [0, 1), e.g. model.dropout=0.1.")
-        self.rnn_args = dict(
-            cell=cell,
-            hidden_size=int(hidden_size),
-            num_layers=int(num_layers),
-            bidirectional=bool(bidirectional),
-            dropout=float(dropout),
-        )
-        super().__init__(name, **kwargs)
-
-    def build_net(self) -> nn.Module:
-        return SequenceNet(self.input_shape, self.num_classes, **self.rnn_args)
 
 
 # -- a trained LeNet back from its run (the feature extractor for FID) ------------------------------

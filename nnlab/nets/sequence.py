@@ -255,3 +255,33 @@ def unroll(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None = None
     h_n = torch.stack(finals_h)
     state = (h_n, torch.stack(finals_c)) if cell == "lstm" else h_n
     return layer_in, state, states, gates
+
+
+def hidden_grad_norms(rnn: nn.RNNBase, x: torch.Tensor, lengths, loss_of_state):
+    """||dL/dh_t|| of the top layer's forward direction, for every sequence and step: (B, T),
+    NaN past each sequence's length; and that direction's gates {name: (B, T, H)}.
+
+    `loss_of_state(final_state)` maps the final state (as `run` returns it) to the scalar loss.
+    The derivative is the total one, through the recurrence: dL/dh_t = sum over the paths from
+    h_t to L (Werbos 1990), which is what vanishes or explodes as t moves away from the loss."""
+    b, t = x.shape[:2]
+    lengths = torch.full((b,), t) if lengths is None else lengths.cpu()
+    _, state, states, gates = unroll(rnn, x, lengths)
+    grads = torch.autograd.grad(loss_of_state(state), states, allow_unused=True)
+    norms = torch.stack(
+        [g.norm(dim=1) if g is not None else x.new_zeros(b) for g in grads], dim=1
+    ).detach()
+    past = torch.arange(t).unsqueeze(0) >= lengths.unsqueeze(1)
+    return norms.masked_fill(past.to(norms.device), float("nan")), gates
+
+
+def align_at_end(values: torch.Tensor, lengths) -> torch.Tensor:
+    """(B, T) per-step values -> (T,) mean over the sequences, aligned at each one's last step
+    (index T-1 is every sequence's last step; NaN where no sequence reaches back that far)."""
+    b, t = values.shape
+    lengths = torch.full((b,), t) if lengths is None else lengths.cpu()
+    out = torch.full((b, t), float("nan"), dtype=values.dtype)
+    values = values.cpu()
+    for i, n in enumerate(lengths.tolist()):
+        out[i, t - n :] = values[i, :n]
+    return torch.nanmean(out, dim=0)
