@@ -146,6 +146,11 @@ def check_inputs(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value."""
     check_inputs(cfg)
+    cell = OmegaConf.select(cfg, "model.cell", default=None)
+    if cell is not None:  # the recurrent cells of nnlab/nets/sequence.py (CELLS)
+        from nnlab.errors import check_choice
+
+        check_choice("model.cell", cell, ("lstm", "gru", "rnn"))
     for key, (check, must, example) in RULES.items():
         value = _select(cfg, key)
         if value is None and OmegaConf.select(cfg, key, default="__absent__") == "__absent__":

@@ -154,7 +154,12 @@ def line_chart(
         fill="black",
         font=font,
     )
-    draw.text((4, 6), ylabel, fill=(90, 90, 90), font=font)
+    if ylabel:  # rotated, along the y axis
+        tw = int(draw.textlength(ylabel, font=font)) + 4
+        label = Image.new("RGB", (tw, 12), "white")
+        ImageDraw.Draw(label).text((2, 0), ylabel, fill=(90, 90, 90), font=font)
+        label = label.rotate(90, expand=True)
+        canvas.paste(label, (2, int(top + ph / 2 - label.height / 2)))
     return to_tensor(canvas)
 
 
@@ -166,6 +171,7 @@ def forecast_image(
     title: str = "",
     ylabel: str = "",
     show_from: int = 0,
+    xlabel: str = "time",
 ) -> torch.Tensor:
     """The series (history up to span_start in grey, the truth after it in black) and each
     forecast of the span [span_start, span_start + len) in colour."""
@@ -180,7 +186,7 @@ def forecast_image(
         lines[name] = (x[span_start : span_start + len(values)], values)
         colours[name] = PALETTE[k % len(PALETTE)]
     return line_chart(
-        lines, title, "time", ylabel, vlines={"forecast from here": x[span_start]}, colours=colours
+        lines, title, xlabel, ylabel, vlines={"forecast from here": x[span_start]}, colours=colours
     )
 
 
@@ -225,7 +231,8 @@ def gates_image(
     rows = [("input (per channel)", inputs.T, None)]
     for name, g in gates.items():
         g = np.asarray(g, np.float64)[:, :max_units]
-        rows.append((f"{name} gate", g.T, (0.0, 1.0) if name != "cell" else (-1.0, 1.0)))
+        rng = (-1.0, 1.0) if name in ("cell", "new") else (0.0, 1.0)  # tanh | sigmoid
+        rows.append((f"{name} gate ({rng[0]:g}..{rng[1]:g})", g.T, rng))
     heights = [max(24, min(96, 3 * r[1].shape[0])) for r in rows]
     chart = line_chart(
         {

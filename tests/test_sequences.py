@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import event_tags, read_metrics, run_fails, run_train
 
 from nnlab.data.sequences import ForecastSeries, bucket_order, channel_stats, pad_sequences
 from nnlab.errors import ConfigError
@@ -196,3 +197,159 @@ def test_forecast_series_config_mistakes():
         ForecastSeries("s", values, 30, 5, 5, 5)
     with pytest.raises(ConfigError, match="dataset.transform=log"):
         ForecastSeries("s", values - 1, 4, 1, 5, 5, transform="log")
+
+
+# -- end to end through the real entry point: .ts files and a CSV in their real formats ------------
+def write_ts(folder, name="Tiny", n_train=36, n_test=18, channels=3, classes=3, seed=0):
+    """<name>_TRAIN.ts and _TEST.ts like JapaneseVowels: variable length, multivariate."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("TRAIN", n_train), ("TEST", n_test)):
+        lines = [
+            "#a tiny variable-length set",
+            f"@problemName {name}",
+            "@timeStamps false",
+            "@missing false",
+            "@univariate false",
+            f"@dimensions {channels}",
+            "@equalLength false",
+            "@classLabel true " + " ".join(str(k + 1) for k in range(classes)),
+            "@data",
+        ]
+        for i in range(n):
+            label, length = i % classes, int(rng.integers(3, 12))
+            chans = [
+                ",".join(f"{v:.4f}" for v in label + rng.standard_normal(length))
+                for _ in range(channels)
+            ]
+            lines.append(":".join(chans) + f":{label + 1}")
+        (folder / f"{name}_{split}.ts").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+TINY = ("dataset=uea", "dataset.name=Tiny", "dataset.shape=[3]", "dataset.num_classes=3")
+
+
+@pytest.fixture(scope="module")
+def seq_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seq")
+    data = write_ts(root / "data")
+    return run_train(
+        root,
+        "model=lstm",
+        *TINY,
+        f"dataset.data_dir={data}",
+        "model.hidden_size=8",
+        "dataset.batch_size=8",
+        "debug=fast",
+        "accelerator=cpu",
+    )
+
+
+def test_lstm_classifies_ts_sequences_and_shows_bptt(seq_run):
+    record = read_metrics(seq_run)
+    assert record["status"] == "finished" and 0 <= record["metrics"]["test/acc"] <= 1
+    tags = event_tags(seq_run).Tags()
+    assert {"bptt/grad_flow", "bptt/gates", "confusion_matrix"} <= set(tags["images"])
+    assert {"train/clipped", "val/grad_decay", "train/grad_norm"} <= set(tags["scalars"])
+
+
+def test_sequence_batches_are_bucketed_and_cropped(tmp_path):
+    from nnlab.data.sequences import SequenceDataModule
+
+    dm = SequenceDataModule(
+        "Tiny", data_dir=write_ts(tmp_path), shape=[3], num_classes=3, batch_size=4, bucket=3
+    )
+    dm.setup()
+    batches = list(dm.train_dataloader())
+    x, lengths, y = batches[0]
+    assert x.shape[1] == int(lengths.max()) and lengths.device.type == "cpu"
+    assert len(y) == 4 and x.dtype == torch.float32
+    assert sum(len(b[2]) for b in batches) == dm.split_size("train") // 4 * 4  # drop_last
+    for x, lengths, _ in batches:  # zero padding after each length (standardised real steps)
+        for row, n in zip(x, lengths):
+            assert row[n:].abs().sum() == 0
+    with pytest.raises(ConfigError, match="dataset.shape=\\[3\\] dataset.num_classes=3"):
+        SequenceDataModule("Tiny", data_dir=tmp_path, shape=[2], num_classes=3).setup()
+
+
+def test_tbptt_and_gru_on_synthetic_sequences(tmp_path):
+    run = run_train(
+        tmp_path,
+        "model=lstm",
+        "dataset=uea",
+        "dataset.format=synthetic",
+        "dataset.shape=[2]",
+        "dataset.num_classes=3",
+        "model.cell=gru",
+        "model.tbptt_steps=4",
+        "model.hidden_size=8",
+        "debug=fast",
+        "accelerator=cpu",
+    )
+    assert read_metrics(run)["status"] == "finished"
+
+
+def write_airline(folder, n=72):
+    folder.mkdir(parents=True, exist_ok=True)
+    t = np.arange(n)
+    values = (100 + 2 * t) * (1 + 0.2 * np.sin(2 * np.pi * t / 12))
+    rows = [f"{1949 + k // 12}-{k % 12 + 1:02d},{v:.0f}" for k, v in zip(t, values)]
+    (folder / "Airline.csv").write_text("Date,Passengers\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+AIR = ("dataset.horizon=6", "dataset.window=12", "dataset.test_size=12", "dataset.val_size=6")
+
+
+@pytest.fixture(scope="module")
+def forecast_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fc")
+    data = write_airline(root / "data")
+    return run_train(
+        root,
+        "experiment=airline",
+        f"dataset.data_dir={data}",
+        *AIR,
+        "model.hidden_size=8",
+        "trainer.check_val_every_n_epoch=1",
+        "debug=fast",
+        "accelerator=cpu",
+    )
+
+
+def test_forecaster_reports_itself_beside_the_baselines(forecast_run):
+    metrics = read_metrics(forecast_run)["metrics"]
+    for name in ("", "_persistence", "_seasonal_naive", "_ar12"):
+        for m in ("mae", "rmse", "mape"):
+            assert np.isfinite(metrics[f"test/{m}{name}"])
+    assert metrics["test/mae_seasonal_naive"] < metrics["test/mae_persistence"]  # a clean season
+    assert {"forecast/test", "forecast/val"} <= set(event_tags(forecast_run).Tags()["images"])
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (("model=lenet", "dataset=japanese_vowels"), "model=lenet reads images"),
+        (("model=forecaster", "dataset=fashion_mnist"), "model=forecaster reads series"),
+        (("model=lstm", "dataset=airline"), "holds windows of one time series"),
+        (("experiment=airline", "dataset.horizon=0"), "dataset.horizon=0"),
+        (("experiment=airline", "dataset.window=200"), "dataset.window=200"),
+        (("experiment=airline", "dataset.transform=box"), "dataset.transform"),
+        (("experiment=japanese_vowels", "model.cell=lsmt"), "Did you mean model.cell=lstm"),
+    ],
+)
+def test_config_mistakes_are_one_paragraph(tmp_path, capsys, overrides, match):
+    data = write_airline(tmp_path / "data")
+    err, _ = run_fails(tmp_path, capsys, *overrides, f"dataset.data_dir={data}", "accelerator=cpu")
+    assert match in err.replace("\n  ", " ")
+
+
+def test_malformed_ts_is_a_data_error(tmp_path, capsys):
+    data = write_ts(tmp_path / "data")
+    path = data / "Tiny_TRAIN.ts"
+    path.write_text(path.read_text().replace(":2\n", ":1,2:2\n", 1))
+    err, _ = run_fails(
+        tmp_path, capsys, "model=lstm", *TINY, f"dataset.data_dir={data}", "accelerator=cpu"
+    )
+    assert "data error" in err and "Tiny_TRAIN.ts, line" in err

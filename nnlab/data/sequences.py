@@ -708,6 +708,7 @@ class SeriesDataModule(ResidentDataModule):
         inputs: str = "series",
         format: str = "csv",
         data_dir: str = "data",
+        shape=(1,),
         column: str | None = None,
         units: str = "",
         period: int = 12,
@@ -742,6 +743,12 @@ class SeriesDataModule(ResidentDataModule):
                 raise ConfigError(
                     f"dataset.{key}={value} must be a positive integer, e.g. dataset.{key}=1."
                 )
+        if list(shape) != [1]:
+            raise ConfigError(
+                f"dataset.shape={list(shape)}: a forecasting series has one value per step; "
+                "use dataset.shape=[1]."
+            )
+        self.shape = (1,)
         self.name, self.format, self.data_dir = name, format, Path(data_dir)
         self.column = column or (SERIES_FILES[name][2] if name in SERIES_FILES else None)
         self.units, self.period, self.ar_order = units, int(period), int(ar_order)

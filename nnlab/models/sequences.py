@@ -247,11 +247,12 @@ class Forecaster(NNLabModule):
                 "dataset.horizon=1 (the model reads it from there)."
             )
         args = _recurrent_args(cell, hidden_size, num_layers, dropout, tbptt_steps)
-        super().__init__(name, input_shape=None, **kwargs)
+        super().__init__(name, **kwargs)
         self.horizon, self.many_to_many = int(horizon), bool(many_to_many)
         self.tbptt = int(tbptt_steps) if tbptt_steps else None
         self.default_clip = gradient_clip_val
-        self.net = ForecastNet(1, self.horizon, dropout=float(dropout), **args)
+        features = self.input_shape[0] if self.input_shape else 1
+        self.net = ForecastNet(features, self.horizon, dropout=float(dropout), **args)
         self.extra_metrics: dict[str, float] = {}
         self._preds: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -325,9 +326,15 @@ class Forecaster(NNLabModule):
             values,
             span["start"],
             lines,
-            f"{dm.name}: {stage} span, {dm.horizon}-step forecasts from every {dm.horizon}th point",
+            f"{dm.name}: {stage} span, "
+            + (
+                "one-step-ahead forecasts, each from the true history"
+                if dm.horizon == 1
+                else f"{dm.horizon}-step forecasts from every {dm.horizon}th point"
+            ),
             dm.units,
             show_from=show_from,
+            xlabel="year" if dm.format == "csv" else "step",
         )
 
     @torch.no_grad()
