@@ -11,8 +11,8 @@ Both train with backpropagation through time (Werbos 1990), optionally truncated
 (model.tbptt_steps; Williams & Peng 1990), with the gradient norm clipped by default (Pascanu et
 al. 2013) and the clipped share of steps logged (train/clipped).
 BPTT you can see: every validation epoch the classifier logs ||dL/dh_t|| for each step t of a
-fixed validation batch (`bptt/grad_flow`, and val/grad_decay = log10 of the first step's norm
-over the last's) and an LSTM's (GRU's) gate activations over one sequence (`bptt/gates`).
+fixed validation batch (`bptt/grad_flow`, and val/grad_decay = log10 of the earliest step's
+norm over the last step's: negative when the gradient vanishes) and an LSTM's (GRU's) gate activations over one sequence (`bptt/gates`).
 """
 
 from __future__ import annotations
