@@ -11,8 +11,9 @@ Both train with backpropagation through time (Werbos 1990), optionally truncated
 (model.tbptt_steps; Williams & Peng 1990), with the gradient norm clipped by default (Pascanu et
 al. 2013) and the clipped share of steps logged (train/clipped).
 BPTT you can see: every validation epoch the classifier logs ||dL/dh_t|| for each step t of a
-fixed validation batch (`bptt/grad_flow`, and val/grad_decay = log10 of the earliest step's
-norm over the last step's: negative when the gradient vanishes) and an LSTM's (GRU's) gate activations over one sequence (`bptt/gates`).
+fixed validation batch (`bptt/grad_flow`; val/grad_decay = log10 of the earliest step's norm over
+the last step's, negative when the gradient vanishes) and an LSTM's (GRU's) gate activations over
+one sequence (`bptt/gates`).
 """
 
 from __future__ import annotations
@@ -83,8 +84,12 @@ class SequenceClassifier(ClassifierBase):
         tbptt_steps=None,
         inputs=("images", "sequences"),
         grad_flow_batch=32,
+        input_noise=0.0,
         **kwargs,
     ):
+        if float(input_noise) < 0:
+            raise ConfigError(f"model.input_noise={input_noise} must be >= 0 (0: off).")
+        self.input_noise = float(input_noise)
         self.rnn_args = _recurrent_args(cell, hidden_size, num_layers, dropout, tbptt_steps)
         self.rnn_args.update(bidirectional=bool(bidirectional), dropout=float(dropout))
         if tbptt_steps is not None and bidirectional:
@@ -115,6 +120,9 @@ class SequenceClassifier(ClassifierBase):
     # -- the steps ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         x, lengths, y = self.unpack(batch)
+        if self.input_noise and lengths is not None:  # jitter the real steps, not the padding
+            real = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device).unsqueeze(1)
+            x = x + self.input_noise * torch.randn_like(x) * real.unsqueeze(2)
         loss = F.cross_entropy(self(x, lengths), y)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
         return loss
