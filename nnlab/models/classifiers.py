@@ -372,3 +372,13 @@ def load_classifier(path) -> LeNet:
             "Pass the run folder of `nnlab train model=lenet` (e.g. experiment=lenet_fashion)."
         ) from None
     return model.eval()
+
+
+def __getattr__(name: str):
+    """Runs made before the recurrent family moved to nnlab/models/sequences.py name
+    nnlab.models.classifiers.SequenceClassifier in their config: the same class."""
+    if name == "SequenceClassifier":
+        from nnlab.models.sequences import SequenceClassifier
+
+        return SequenceClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
