@@ -87,8 +87,8 @@ def line_chart(
         if log_y:
             ys = np.where(ys > 0, np.log10(np.where(ys > 0, ys, 1)), np.nan)
         data[name] = (xs, ys)
-    xs_all = np.concatenate(
-        [d[0] for d in data.values()] + [np.array(list((vlines or {}).values()))]
+    xs_all = np.concatenate(  # the x range of the points that are drawn (finite y)
+        [d[0][np.isfinite(d[1])] for d in data.values()] + [np.array(list((vlines or {}).values()))]
     )
     ys_all = np.concatenate([d[1] for d in data.values()])
     ys_all = ys_all[np.isfinite(ys_all)]

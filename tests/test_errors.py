@@ -47,7 +47,7 @@ def _train_fails(capsys, *argv) -> str:
         ),
         (
             "dataset=nosuch",
-            "dataset=nosuch is not an option of the config group 'dataset'. The options are: cifar10,",
+            "dataset=nosuch is not an option of the config group 'dataset'. The options are: airline, cifar10,",
         ),
         ("accelerator=gpux", "Did you mean accelerator=gpu?"),
     ],
