@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nnlab.errors import check_choice
+
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 # the gates of each cell, in PyTorch's order in weight_ih/weight_hh (the candidate g/n included)
 GATES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update", "new")}
@@ -32,8 +34,7 @@ GATES = {"lstm": ("input", "forget", "cell", "output"), "gru": ("reset", "update
 
 def recurrent(cell, input_size, hidden_size, num_layers=1, bidirectional=False, dropout=0.0):
     """The recurrent stack (batch_first); dropout acts between stacked layers."""
-    if cell not in CELLS:
-        raise ValueError(f"unknown cell '{cell}'; use one of {tuple(CELLS)}")
+    check_choice("cell", cell, CELLS, error=ValueError)
     return CELLS[cell](
         input_size,
         hidden_size,
