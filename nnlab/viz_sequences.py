@@ -15,28 +15,16 @@ import math
 import numpy as np
 import torch
 
-# line colours: dark blue, orange, green, red, purple, brown, pink, grey (tab10)
-PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-]
+from nnlab import viz
+
+PALETTE = viz.PALETTE  # the house's line colours (tab10)
+to_tensor = viz.to_tensor
 
 
 def _font():
     from PIL import ImageFont
 
     return ImageFont.load_default()
-
-
-def to_tensor(canvas) -> torch.Tensor:
-    array = np.asarray(canvas.convert("RGB"), dtype=np.uint8).copy()
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -187,6 +175,29 @@ def forecast_image(
         colours[name] = PALETTE[k % len(PALETTE)]
     return line_chart(
         lines, title, xlabel, ylabel, vlines={"forecast from here": x[span_start]}, colours=colours
+    )
+
+
+def forecast_figure(data, span: dict, pred: torch.Tensor, name: str, stage: str) -> torch.Tensor:
+    """The forecast plot of a span of a SeriesDataModule (`data.span(stage)`): the model's
+    forecasts `pred` (n_origins, H) under `name`, and the span's baselines."""
+    n = span["stop"] - span["start"]
+    lines = {name: pred.flatten()[:n].numpy()}
+    lines.update({k: v.flatten()[:n].numpy() for k, v in span["baselines"].items()})
+    how = (
+        "one-step-ahead forecasts, each from the true history"
+        if data.horizon == 1
+        else f"{data.horizon}-step forecasts from every {data.horizon}th point"
+    )
+    return forecast_image(
+        np.asarray(data.x)[: span["stop"]],
+        data.series.y.cpu().numpy()[: span["stop"]],
+        span["start"],
+        lines,
+        f"{data.name}: {stage} span, {how}",
+        data.units,
+        show_from=max(0, span["start"] - max(4 * n, 3 * data.period)),
+        xlabel="year" if data.format == "csv" else "step",
     )
 
 

@@ -67,9 +67,10 @@ class ClassifierBase(NNLabModule):
         return self(x).argmax(1)
 
     def step(self, batch, stage: str) -> dict:
-        """The cross-entropy; on val/test also the accuracy (and on test the confusion matrix)."""
-        x, y = batch
-        logits = self(x)
+        """The cross-entropy; on val/test also the accuracy (and on test the confusion matrix).
+        A batch is (inputs..., labels): (images, y), or (x, lengths, y) for sequences."""
+        *inputs, y = batch
+        logits = self(*inputs)
         loss = F.cross_entropy(logits, y)
         if stage == "train":
             return {"loss": loss}

@@ -10,15 +10,14 @@
 Both train with backpropagation through time (Werbos 1990), optionally truncated
 (model.tbptt_steps; Williams & Peng 1990), with the gradient norm clipped by default (Pascanu et
 al. 2013) and the clipped share of steps logged (train/clipped).
-BPTT you can see: every validation epoch the classifier logs ||dL/dh_t|| for each step t of a
-fixed validation batch (`bptt/grad_flow`; val/grad_decay = log10 of the earliest step's norm over
-the last step's, negative when the gradient vanishes) and an LSTM's (GRU's) gate activations over
-one sequence (`bptt/gates`).
+BPTT you can see: `bptt_profile` gives ||dL/dh_t|| for each step t of a batch and an LSTM's (GRU's)
+gate activations over its first sequence; the figure callbacks of nnlab/figures/sequences.py draw
+them every validation epoch (`bptt/grad_flow`, `bptt/gates`) and the forecasts (`forecast/val`,
+`forecast/test`).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +26,7 @@ from nnlab import viz
 from nnlab.errors import ConfigError, check_choice
 from nnlab.metrics import forecast as fc
 from nnlab.models.base import NNLabModule
-from nnlab.models.classifiers import ClassifierBase, confusion_image
+from nnlab.models.classifiers import ClassifierBase
 from nnlab.nets.sequence import (
     CELLS,
     ForecastNet,
@@ -36,7 +35,7 @@ from nnlab.nets.sequence import (
     hidden_grad_norms,
     last_layer_state,
 )
-from nnlab.viz_sequences import forecast_image, gates_image, grad_flow_image
+from nnlab.viz_sequences import forecast_figure, gates_image, grad_flow_image
 
 
 def _recurrent_args(cell, hidden_size, num_layers, dropout, tbptt_steps):
@@ -65,6 +64,7 @@ def clip_and_log(module, optimizer, clip, algorithm=None) -> None:
         if grads:
             norm = torch.nn.utils.get_total_norm(grads)
             module.log("train/clipped", (norm > clip).float(), on_step=False, on_epoch=True)
+            # (an epoch mean: the share of this epoch's steps whose gradient norm was clipped)
     module.clip_gradients(
         optimizer, gradient_clip_val=clip, gradient_clip_algorithm=algorithm or "norm"
     )
@@ -112,35 +112,14 @@ class SequenceClassifier(ClassifierBase):
     def predict(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self(x, lengths).argmax(1)
 
-    @staticmethod
-    def unpack(batch):
-        """(x, lengths, y) from a sequence batch, (x, None, y) from an image batch."""
-        return batch if len(batch) == 3 else (batch[0], None, batch[1])
-
-    # -- the steps ---------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
-        x, lengths, y = self.unpack(batch)
-        if self.input_noise and lengths is not None:  # jitter the real steps, not the padding
+    def step(self, batch, stage: str) -> dict:
+        """The classifiers' step on (images, y) or (x, lengths, y); in training, model.input_noise
+        jitters the real steps of sequences (never the padding)."""
+        if stage == "train" and self.input_noise and len(batch) == 3:
+            x, lengths, y = batch
             real = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device).unsqueeze(1)
-            x = x + self.input_noise * torch.randn_like(x) * real.unsqueeze(2)
-        loss = F.cross_entropy(self(x, lengths), y)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(y))
-        return loss
-
-    def _eval_step(self, batch, stage: str, acc):
-        x, lengths, y = self.unpack(batch)
-        logits = self(x, lengths)
-        preds = logits.argmax(1)
-        acc.update(preds, y)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
-        self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
-        return x, y, preds
-
-    def test_step(self, batch, batch_idx):
-        if len(batch) == 2:  # images: the errors grid as for every classifier
-            return super().test_step(batch, batch_idx)
-        _, y, preds = self._eval_step(batch, "test", self.test_acc)
-        self.test_cm.update(preds, y)
+            batch = (x + self.input_noise * torch.randn_like(x) * real.unsqueeze(2), lengths, y)
+        return super().step(batch, stage)
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
@@ -151,56 +130,25 @@ class SequenceClassifier(ClassifierBase):
     # -- BPTT you can see ----------------------------------------------------------------------
     def bptt_profile(self, x, lengths, y):
         """(mean ||dL/dh_t|| aligned at the sequences' ends (T,), gates of sequence 0
-        {name: (T_0, H)}) for one batch, in eval mode (no dropout), without touching .grad."""
+        {name: (T_0, H)}) for one batch, in eval mode (no dropout), without touching .grad.
+        x: sequences (B, T, F) with lengths, or images (lengths None)."""
         x = self.net.steps(x)
 
         def loss_of_state(state):
             return F.cross_entropy(self.net.head(last_layer_state(self.net.rnn, state)), y)
 
-        with torch.enable_grad(), viz_eval(self):
+        with torch.enable_grad(), viz.eval_mode(self):
             norms, gates = hidden_grad_norms(self.net.rnn, x, lengths, loss_of_state)
         n0 = int(lengths[0]) if lengths is not None else x.shape[1]
         return align_at_end(norms, lengths), {k: v[0, :n0].cpu() for k, v in gates.items()}
 
-    def on_validation_epoch_end(self):
-        dm = self.datamodule
-        if self.trainer.sanity_checking or dm is None or not self.trainer.is_global_zero:
-            return
-        if hasattr(dm, "sequences"):
-            x, lengths, y = dm.sequences("val", self.grad_flow_batch)
+    def bptt_batch(self, data, split: str = "val"):
+        """The fixed batch the BPTT pictures use: (x, lengths or None, y) on the model's device."""
+        if hasattr(data, "sequences"):
+            x, lengths, y = data.sequences(split, self.grad_flow_batch)
         else:
-            x, y = dm.fixed_batch("val", self.grad_flow_batch)
-            lengths = None
-        flow, gates = self.bptt_profile(x.to(self.device), lengths, y.to(self.device))
-        cell = self.rnn_args["cell"]
-        title = (
-            f"{cell}, epoch {self.current_epoch}: mean ||dL/dh_t|| of the top layer over "
-            f"{len(y)} validation sequences (aligned at their ends)"
-        )
-        viz.log_image(self, "bptt/grad_flow", grad_flow_image({cell: flow.numpy()}, title))
-        first = flow[torch.isfinite(flow) & (flow > 0)]
-        if len(first) > 1:
-            decay = torch.log10(first[0] / first[-1])
-            self.log("val/grad_decay", decay, on_epoch=True, sync_dist=False)
-        if gates:
-            n0 = int(lengths[0]) if lengths is not None else x.shape[1]
-            inputs = self.net.steps(x[:1])[0, :n0].cpu().numpy()
-            image = gates_image(
-                inputs,
-                {k: v.numpy() for k, v in gates.items()},
-                f"{cell} gates on validation sequence 0 (class "
-                f"{self._class_names()[int(y[0])]}), epoch {self.current_epoch}",
-            )
-            viz.log_image(self, "bptt/gates", image)
-
-    def on_test_epoch_end(self):
-        if self._errors or not hasattr(self.datamodule, "sequences"):
-            return super().on_test_epoch_end()
-        cm = self.test_cm.compute()
-        classes = self._class_names()
-        per_class = cm.diag().float() / cm.sum(1).clamp(min=1)
-        self.extra_metrics = {f"test/acc_class/{c}": float(a) for c, a in zip(classes, per_class)}
-        viz.log_image(self, "confusion_matrix", confusion_image(cm, classes))
+            (x, y), lengths = data.images(split, self.grad_flow_batch), None
+        return x.to(self.device), lengths, y.to(self.device)
 
     @torch.no_grad()
     def sample_grid(self, n=64, label=None, interpolate=False, datamodule=None) -> torch.Tensor:
@@ -209,27 +157,13 @@ class SequenceClassifier(ClassifierBase):
         dm = datamodule or self.datamodule
         if not hasattr(dm, "sequences"):
             return super().sample_grid(n, label, interpolate, datamodule)
-        x, lengths, y = dm.sequences("test", self.grad_flow_batch)
-        flow, gates = self.bptt_profile(x.to(self.device), lengths, y.to(self.device))
+        x, lengths, y = self.bptt_batch(dm, "test")
+        flow, gates = self.bptt_profile(x, lengths, y)
+        cell = self.rnn_args["cell"]
         if not gates:
-            return grad_flow_image({self.rnn_args["cell"]: flow.numpy()})
+            return grad_flow_image({cell: flow.numpy()})
         inputs = x[0, : int(lengths[0])].cpu().numpy()
-        return gates_image(inputs, {k: v.numpy() for k, v in gates.items()})
-
-
-class viz_eval:  # noqa: N801 - used as a context manager, like torch.no_grad
-    """Eval mode inside the block, the previous mode restored after it (even on error)."""
-
-    def __init__(self, module: nn.Module):
-        self.module, self.was_training = module, module.training
-
-    def __enter__(self):
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc):
-        self.module.train(self.was_training)
-        return False
+        return gates_image(inputs, {k: v.numpy() for k, v in gates.items()}, f"{cell} gates")
 
 
 class Forecaster(NNLabModule):
@@ -261,21 +195,24 @@ class Forecaster(NNLabModule):
         self.default_clip = gradient_clip_val
         features = self.input_shape[0] if self.input_shape else 1
         self.net = ForecastNet(features, self.horizon, dropout=float(dropout), **args)
-        self.extra_metrics: dict[str, float] = {}
-        self._preds: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._preds: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Windows (B, W, 1) -> the scaled forecasts at every step (B, W, H)."""
         return self.net(x, tbptt=self.tbptt if self.training else None)[0]
 
-    def training_step(self, batch, batch_idx):
+    def step(self, batch, stage: str) -> dict:
+        """train: the mean squared error over the window's steps (many-to-one: its last step) on
+        (windows, targets). val/test: the forecasts from the batch's origins are kept; the span's
+        errors are logged at the epoch's end (on_validation_epoch_end, on_test_epoch_end)."""
+        if stage != "train":
+            self._preds.append(self.forecast(*batch))
+            return {}
         x, targets = batch  # (B, W, 1), (B, W, H)
         out = self(x)
         if not self.many_to_many:  # many-to-one: only the window's last step is scored
             out, targets = out[:, -1:], targets[:, -1:]
-        loss = F.mse_loss(out, targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
-        return loss
+        return {"loss": F.mse_loss(out, targets)}
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
@@ -289,61 +226,33 @@ class Forecaster(NNLabModule):
         dm = datamodule or self.datamodule
         return dm.to_values(self(x)[:, -1], origins.tolist()).cpu()
 
-    def validation_step(self, batch, batch_idx):
-        self._preds.append((batch[1].cpu(), self.forecast(*batch)))
-
-    test_step = validation_step
+    def forecast_span(self, data, split: str) -> tuple[dict, torch.Tensor]:
+        """(the span of `split` with its truth and baselines, the model's forecasts of it)."""
+        span = data.span(split)
+        with viz.eval_mode(self):
+            x = data.series.at_origins(span["origins"]).to(self.device)
+            pred = self.forecast(x, torch.tensor(span["origins"]), data)
+        return span, pred
 
     def on_validation_epoch_start(self):
         self._preds = []
 
     on_test_epoch_start = on_validation_epoch_start
 
-    def _span_metrics(self, stage: str) -> dict:
+    def _log_span(self, stage: str, baselines: bool = False) -> None:
         span = self.datamodule.span(stage)
-        pred = torch.cat([p for _, p in self._preds])
-        self._preds = []
-        scores = {f"{stage}/{k}": v for k, v in fc.errors(pred, span["truth"]).items()}
-        return scores, span, pred
+        pred, self._preds = torch.cat(self._preds), []
+        terms = fc.errors(pred, span["truth"])
+        if baselines:  # e.g. test/mae_seasonal_naive beside test/mae
+            for name, base in span["baselines"].items():
+                terms.update({f"{k}_{name}": v for k, v in fc.errors(base, span["truth"]).items()})
+        self.log_terms(stage, {k: v.float() for k, v in terms.items()})
 
     def on_validation_epoch_end(self):
-        scores, span, pred = self._span_metrics("val")
-        for k, v in scores.items():
-            self.log(k, v.float(), prog_bar=k.endswith("mae"))
-        if not self.trainer.sanity_checking:
-            viz.log_image(self, "forecast/val", self.plot(span, pred, "val"))
+        self._log_span("val")
 
     def on_test_epoch_end(self):
-        scores, span, pred = self._span_metrics("test")
-        for name, base in span["baselines"].items():  # e.g. test/mae_seasonal_naive
-            for k, v in fc.errors(base, span["truth"]).items():
-                scores[f"test/{k}_{name}"] = v
-        for k, v in scores.items():
-            self.log(k, v.float())
-        viz.log_image(self, "forecast/test", self.plot(span, pred, "test"))
-
-    def plot(self, span: dict, pred: torch.Tensor, stage: str, datamodule=None) -> torch.Tensor:
-        dm = datamodule or self.datamodule
-        n = span["stop"] - span["start"]
-        lines = {self.hparams.get("cell", "rnn"): pred.flatten()[:n].numpy()}
-        lines.update({k: v.flatten()[:n].numpy() for k, v in span["baselines"].items()})
-        values = dm.series.y.cpu().numpy()[: span["stop"]]
-        show_from = max(0, span["start"] - max(4 * n, 3 * dm.period))
-        return forecast_image(
-            np.asarray(dm.x)[: span["stop"]],
-            values,
-            span["start"],
-            lines,
-            f"{dm.name}: {stage} span, "
-            + (
-                "one-step-ahead forecasts, each from the true history"
-                if dm.horizon == 1
-                else f"{dm.horizon}-step forecasts from every {dm.horizon}th point"
-            ),
-            dm.units,
-            show_from=show_from,
-            xlabel="year" if dm.format == "csv" else "step",
-        )
+        self._log_span("test", baselines=True)
 
     @torch.no_grad()
     def sample_grid(self, n=64, label=None, interpolate=False, datamodule=None) -> torch.Tensor:
@@ -352,8 +261,5 @@ class Forecaster(NNLabModule):
         if dm is None:
             raise ConfigError("The forecaster's sample is its test forecast: it needs the data.")
         dm.setup("test")
-        span = dm.span("test")
-        with viz_eval(self):
-            origins = torch.tensor(span["origins"], device=self.device)
-            pred = self.forecast(dm.series.at_origins(span["origins"]), origins, dm)
-        return self.plot(span, pred, "test", dm)
+        span, pred = self.forecast_span(dm, "test")
+        return forecast_figure(dm, span, pred, self.hparams.get("cell", "rnn"), "test")
