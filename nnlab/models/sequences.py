@@ -55,22 +55,35 @@ def _recurrent_args(cell, hidden_size, num_layers, dropout, tbptt_steps):
     return dict(cell=cell, hidden_size=int(hidden_size), num_layers=int(num_layers))
 
 
-def clip_and_log(module, optimizer, clip, algorithm=None) -> None:
-    """Clip the gradient norm at `clip` and log the share of steps that were clipped."""
-    if not clip:
-        return
-    if (algorithm or "norm") == "norm":
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.nn.utils.get_total_norm(grads)
-            module.log("train/clipped", (norm > clip).float(), on_step=False, on_epoch=True)
-            # (an epoch mean: the share of this epoch's steps whose gradient norm was clipped)
-    module.clip_gradients(
-        optimizer, gradient_clip_val=clip, gradient_clip_algorithm=algorithm or "norm"
-    )
+class ClippedShare:
+    """Mixin for recurrent models: clip the gradient norm at the model's default (the YAML's
+    gradient_clip_val; trainer.gradient_clip_val wins when set) and log train/clipped, the share
+    of an epoch's steps whose norm was over it (counted on the device, logged once an epoch)."""
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
+        clip = gradient_clip_val if gradient_clip_val is not None else self.default_clip
+        if not clip:
+            return
+        if (gradient_clip_algorithm or "norm") != "norm":
+            self.clip_gradients(optimizer, clip, gradient_clip_algorithm)
+            return
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)  # one pass: both
+        counts = torch.stack([(norm > clip).float(), torch.ones_like(norm)])
+        self._clipped = (
+            counts if getattr(self, "_clipped", None) is None else self._clipped + counts
+        )
+
+    def on_train_epoch_start(self):
+        self._clipped = None
+
+    def on_train_epoch_end(self):
+        if getattr(self, "_clipped", None) is not None:
+            self.log("train/clipped", self._clipped[0] / self._clipped[1], on_epoch=True)
 
 
-class SequenceClassifier(ClassifierBase):
+class SequenceClassifier(ClippedShare, ClassifierBase):
     """Many-to-one RNN/GRU/LSTM: sequences (x, lengths) or images (H steps of one row each)."""
 
     def __init__(
@@ -121,12 +134,6 @@ class SequenceClassifier(ClassifierBase):
             batch = (x + self.input_noise * torch.randn_like(x) * real.unsqueeze(2), lengths, y)
         return super().step(batch, stage)
 
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ):
-        clip = gradient_clip_val if gradient_clip_val is not None else self.default_clip
-        clip_and_log(self, optimizer, clip, gradient_clip_algorithm)
-
     # -- BPTT you can see ----------------------------------------------------------------------
     def bptt_profile(self, x, lengths, y):
         """(mean ||dL/dh_t|| aligned at the sequences' ends (T,), gates of sequence 0
@@ -166,7 +173,7 @@ class SequenceClassifier(ClassifierBase):
         return gates_image(inputs, {k: v.numpy() for k, v in gates.items()}, f"{cell} gates")
 
 
-class Forecaster(NNLabModule):
+class Forecaster(ClippedShare, NNLabModule):
     """Many-to-many RNN/GRU/LSTM forecaster of the next `horizon` values at every step."""
 
     def __init__(
@@ -213,12 +220,6 @@ class Forecaster(NNLabModule):
         if not self.many_to_many:  # many-to-one: only the window's last step is scored
             out, targets = out[:, -1:], targets[:, -1:]
         return {"loss": F.mse_loss(out, targets)}
-
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ):
-        clip = gradient_clip_val if gradient_clip_val is not None else self.default_clip
-        clip_and_log(self, optimizer, clip, gradient_clip_algorithm)
 
     # -- forecasts of the val and test spans -----------------------------------------------------
     def forecast(self, x: torch.Tensor, origins: torch.Tensor, datamodule=None) -> torch.Tensor:
