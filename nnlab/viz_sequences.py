@@ -196,7 +196,7 @@ def forecast_figure(data, span: dict, pred: torch.Tensor, name: str, stage: str)
         lines,
         f"{data.name}: {stage} span, {how}",
         data.units,
-        show_from=max(0, span["start"] - max(4 * n, 3 * data.period)),
+        show_from=max(0, span["start"] - max(n, 3 * data.period)),  # as much history as span
         xlabel="year" if data.format == "csv" else "step",
     )
 
