@@ -29,6 +29,10 @@ RESOLVABLE = ("model", "dataset", "trainer.max_epochs", "trainer.accelerator", "
 COMPANIONS = {
     ("dataset", "movielens"): ["model=rbm_cf"],
     ("dataset", "synthetic_ratings"): ["model=rbm_cf"],
+    # sequences are read by lstm, series by the forecaster (issue 17)
+    **{("dataset", d): ["model=lstm"] for d in ("uea", "japanese_vowels", "plaid")},
+    **{("dataset", d): ["model=forecaster"] for d in ("airline", "sunspots", "co2")},
+    ("model", "forecaster"): ["dataset=airline"],
 }
 
 

@@ -4,7 +4,8 @@ and the misclassified test images (labelled true->pred, as in LeNet-5's figure).
 
     lenet   LeNet-5 (LeCun et al. 1998), classic (tanh, average pooling) or modern (ReLU, max
     pooling)
-    lstm    a many-to-one RNN / GRU / LSTM reading the image row by row (BPTT over the rows)
+    lstm    a many-to-one RNN / GRU / LSTM (nnlab/models/sequences.py: variable-length
+            sequences, and images read row by row)
 
 Both minimise the cross-entropy  L = -log softmax(f(x))_y.
 `load_classifier(path)` gives a trained LeNet back (eval mode) as a feature extractor (FID).
@@ -24,7 +25,6 @@ from nnlab import viz
 from nnlab.errors import ConfigError, NNLabError, check_choice
 from nnlab.models.base import NNLabModule
 from nnlab.nets.lenet import VARIANTS, LeNet5
-from nnlab.nets.sequence import CELLS, SequenceNet
 
 
 # -- the misclassified images (the `errors` figure and `nnlab sample`) ---------------------------
@@ -67,9 +67,10 @@ class ClassifierBase(NNLabModule):
         return self(x).argmax(1)
 
     def step(self, batch, stage: str) -> dict:
-        """The cross-entropy; on val/test also the accuracy (and on test the confusion matrix)."""
-        x, y = batch
-        logits = self(x)
+        """The cross-entropy; on val/test also the accuracy (and on test the confusion matrix).
+        A batch is (inputs..., labels): (images, y), or (x, lengths, y) for sequences."""
+        *inputs, y = batch
+        logits = self(*inputs)
         loss = F.cross_entropy(logits, y)
         if stage == "train":
             return {"loss": loss}
@@ -180,40 +181,6 @@ class LeNet(ClassifierBase):
         return self.net.features(self._layout(x))
 
 
-class SequenceClassifier(ClassifierBase):
-    """Many-to-one RNN/GRU/LSTM over the image rows: H steps of C*W features."""
-
-    def __init__(
-        self,
-        name,
-        cell="lstm",
-        hidden_size=128,
-        num_layers=1,
-        bidirectional=False,
-        dropout=0.0,
-        **kwargs,
-    ):
-        check_choice("model.cell", cell, CELLS)
-        if int(hidden_size) < 1 or int(num_layers) < 1:
-            raise ConfigError(
-                "model.hidden_size and model.num_layers must be positive integers, e.g. "
-                "model.hidden_size=128."
-            )
-        if not 0 <= float(dropout) < 1:
-            raise ConfigError(f"model.dropout={dropout} must be in [0, 1), e.g. model.dropout=0.1.")
-        self.rnn_args = dict(
-            cell=cell,
-            hidden_size=int(hidden_size),
-            num_layers=int(num_layers),
-            bidirectional=bool(bidirectional),
-            dropout=float(dropout),
-        )
-        super().__init__(name, **kwargs)
-
-    def build_net(self) -> nn.Module:
-        return SequenceNet(self.input_shape, self.num_classes, **self.rnn_args)
-
-
 # -- a trained LeNet back from its run (the feature extractor for FID) -----------------------------
 def load_classifier(path) -> LeNet:
     """A trained LeNet in eval mode on the CPU, from a run folder (its best checkpoint, else last)
@@ -221,3 +188,13 @@ def load_classifier(path) -> LeNet:
     from nnlab.inference import load_weights
 
     return load_weights(path, LeNet, name="lenet", what="a LeNet-5")
+
+
+def __getattr__(name: str):
+    """Runs made before the recurrent family moved to nnlab/models/sequences.py name
+    nnlab.models.classifiers.SequenceClassifier in their config: the same class."""
+    if name == "SequenceClassifier":
+        from nnlab.models.sequences import SequenceClassifier
+
+        return SequenceClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
