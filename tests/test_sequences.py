@@ -12,7 +12,7 @@ from nnlab.data.sequences import ForecastSeries, bucket_order, channel_stats, pa
 from nnlab.errors import ConfigError
 from nnlab.metrics import forecast as F
 from nnlab.nets.sequence import CELLS, ForecastNet, SequenceNet, last_layer_state, run, unroll
-from nnlab.viz_sequences import forecast_image, gates_image, grad_flow_image, nice_ticks
+from nnlab.viz.sequences import forecast_image, gates_image, grad_flow_image, nice_ticks
 
 
 def _padded(b=4, t=9, f=5, lengths=(9, 3, 6, 1), seed=0):

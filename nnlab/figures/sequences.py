@@ -1,4 +1,4 @@
-"""The recurrent family's figures (drawn by nnlab/viz_sequences.py):
+"""The recurrent family's figures (drawn by nnlab/viz/sequences.py):
 
 bptt/grad_flow   every validation epoch: mean ||dL/dh_t|| of the top layer against the steps
                  before the end, over a fixed validation batch (log scale); also the scalar
@@ -16,7 +16,7 @@ import torch
 from nnlab import viz
 from nnlab.figures import FigureCallback
 from nnlab.models.sequences import Forecaster, SequenceClassifier
-from nnlab.viz_sequences import forecast_figure, gates_image, grad_flow_image
+from nnlab.viz.sequences import forecast_figure, gates_image, grad_flow_image
 
 
 class _BPTT(FigureCallback):

@@ -35,7 +35,7 @@ from nnlab.nets.sequence import (
     hidden_grad_norms,
     last_layer_state,
 )
-from nnlab.viz_sequences import forecast_figure, gates_image, grad_flow_image
+from nnlab.viz.sequences import forecast_figure, gates_image, grad_flow_image
 
 
 def _recurrent_args(cell, hidden_size, num_layers, dropout, tbptt_steps):
