@@ -21,7 +21,8 @@ import math
 import pytorch_lightning as pl
 import torch
 
-from nnlab import charts, viz
+from nnlab import viz
+from nnlab.viz import charts
 
 
 def _split(pl_module, split: str, n: int | None = None):

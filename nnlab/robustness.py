@@ -185,8 +185,8 @@ def _ood_datamodule(name: str, shape, seed: int):
 
 # -- classifiers -------------------------------------------------------------------------------
 def _attack_section(model, x, y, s, classes, batch_size, figures) -> dict[str, float]:
-    from nnlab import charts
     from nnlab.attacks import robust_accuracy
+    from nnlab.viz import charts
 
     metrics, curves = {}, {}
     eps_values = s["eps"] if 0.0 in s["eps"] else [0.0, *s["eps"]]
@@ -232,7 +232,7 @@ def adversarial_grid(model, clean, adv, labels, eps, title, classes):
     import torch
     import torch.nn.functional as F
 
-    from nnlab.charts import RED, captioned_grid
+    from nnlab.viz.charts import RED, captioned_grid
 
     with torch.no_grad():
         p_clean, p_adv = F.softmax(model(clean), 1), F.softmax(model(adv), 1)
@@ -263,7 +263,7 @@ def _titled(image, title: str):
     """A line of text above an image."""
     from PIL import Image, ImageDraw
 
-    from nnlab.charts import INK, font, to_tensor
+    from nnlab.viz.charts import INK, font, to_tensor
 
     pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     body = Image.fromarray(pixels)
@@ -274,8 +274,8 @@ def _titled(image, title: str):
 
 
 def _calibration_section(model, x, y, datamodule, batch_size, figures) -> dict[str, float]:
-    from nnlab import charts
     from nnlab.metrics.calibration import calibration_report
+    from nnlab.viz import charts
 
     val_x, val_y = _test_images(datamodule, "val", None, x.device)
     metrics, bins = calibration_report(
@@ -291,8 +291,8 @@ def _calibration_section(model, x, y, datamodule, batch_size, figures) -> dict[s
 
 
 def _ood_section(model, x, ood_x, in_name, ood_name, batch_size, figures) -> dict[str, float]:
-    from nnlab import charts
     from nnlab.metrics.ood import auroc, max_softmax
+    from nnlab.viz import charts
 
     s_in, s_out = (
         max_softmax(_logits(model, x, batch_size)),
@@ -317,8 +317,8 @@ def _vae_ood_section(model, x, ood_x, in_name, ood_name, k, figures) -> dict[str
     import torch
     from tqdm.auto import tqdm
 
-    from nnlab import charts
     from nnlab.metrics.ood import auroc
+    from nnlab.viz import charts
 
     def loglik(images, desc):
         chunk = max(1, model.iw_chunk // k)

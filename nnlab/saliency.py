@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from nnlab.charts import RED, captioned_grid, heat
+from nnlab.viz.charts import RED, captioned_grid, heat
 
 
 def saliency(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

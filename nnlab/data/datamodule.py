@@ -56,11 +56,12 @@ class ResidentDataModule(pl.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def resident_batches(
-        self, items: torch.Tensor, labels: torch.Tensor, shuffle: bool
+        self, items: torch.Tensor, labels: torch.Tensor, shuffle: bool, cls=TensorBatches, **extra
     ) -> TensorBatches:
+        """`cls` (a TensorBatches) over the resident split; `extra` goes to its constructor."""
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return TensorBatches(
+        return cls(
             items,
             labels,
             self.batch_size if shuffle else self.eval_batch_size,
@@ -70,6 +71,7 @@ class ResidentDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world,
             epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+            **extra,
         )
 
     def train_dataloader(self):
