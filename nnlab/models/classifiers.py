@@ -7,7 +7,8 @@ and the misclassified test images (labelled true->pred, as in LeNet-5's figure).
     lstm    a many-to-one RNN / GRU / LSTM (nnlab/models/sequences.py: variable-length
             sequences, and images read row by row)
 
-Both minimise the cross-entropy  L = -log softmax(f(x))_y.
+Both minimise the cross-entropy  L = -log softmax(f(x))_y;  with model.adversarial.kind=pgd (or
+fgsm) the loss at the worst point of the eps-ball instead (Madry et al. 2018), see nnlab/attacks.py.
 `load_classifier(path)` gives a trained LeNet back (eval mode) as a feature extractor (FID).
 Its figures (`confusion_matrix`, `errors`) are callbacks in nnlab/figures/classifiers.py.
 """
@@ -22,6 +23,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from nnlab import viz
+from nnlab.attacks import perturb, training_attack
 from nnlab.errors import ConfigError, NNLabError, check_choice
 from nnlab.models.base import NNLabModule
 from nnlab.nets.lenet import VARIANTS, LeNet5
@@ -45,8 +47,11 @@ def _metric_key(name: str) -> str:
 
 # -- the family's base ----------------------------------------------------------------------------
 class ClassifierBase(NNLabModule):
-    def __init__(self, name, num_classes=10, n_errors=64, gradient_clip_val=None, **kwargs):
+    def __init__(
+        self, name, num_classes=10, n_errors=64, gradient_clip_val=None, adversarial=None, **kwargs
+    ):
         super().__init__(name, **kwargs)
+        self.adversarial = training_attack(adversarial)
         self.num_classes, self.n_errors = int(num_classes), int(n_errors)
         self.default_clip = gradient_clip_val
         self.net = self.build_net()
@@ -66,20 +71,47 @@ class ClassifierBase(NNLabModule):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self(x).argmax(1)
 
+    def attacked(self, inputs: list, y: torch.Tensor, stop_when_fooled=False) -> list:
+        """The inputs with the images (the first) under model.adversarial's attack, unchanged
+        for kind=none. Adversarial training (Madry et al. 2018) minimises the loss at this worst
+        point of the eps-ball around the images (pixels in [0, 1])."""
+        a = self.adversarial
+        if a["kind"] == "none":
+            return inputs
+        x, rest = inputs[0], inputs[1:]
+        adv = perturb(
+            lambda images: self(images, *rest),
+            x,
+            y,
+            a["kind"],
+            a["eps"],
+            a["steps"],
+            a["step_size"],
+            a["random_start"],
+            stop_when_fooled,
+        )
+        return [adv, *rest]
+
     def step(self, batch, stage: str) -> dict:
-        """The cross-entropy; on val/test also the accuracy (and on test the confusion matrix).
-        A batch is (inputs..., labels): (images, y), or (x, lengths, y) for sequences."""
+        """The cross-entropy (in training of the attacked images under model.adversarial); on
+        val/test also the accuracy, the robust accuracy under the training attack when there is
+        one, and on test the confusion matrix. A batch is (inputs..., labels): (images, y), or
+        (x, lengths, y) for sequences."""
         *inputs, y = batch
+        if stage == "train":
+            return {"loss": F.cross_entropy(self(*self.attacked(inputs, y)), y)}
         logits = self(*inputs)
         loss = F.cross_entropy(logits, y)
-        if stage == "train":
-            return {"loss": loss}
         preds = logits.argmax(1)
         acc = self.val_acc if stage == "val" else self.test_acc
         acc.update(preds, y)
         if stage == "test":
             self.test_cm.update(preds, y)
-        return {"loss": loss, "acc": acc}
+        out = {"loss": loss, "acc": acc}
+        if self.adversarial["kind"] != "none":  # right both clean and under the training attack
+            right = (self(*self.attacked(inputs, y, True)).argmax(1) == y) & (preds == y)
+            out["adv_acc"] = right.float().mean()
+        return out
 
     def on_test_epoch_start(self):
         self.test_cm.reset()
