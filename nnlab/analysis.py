@@ -31,6 +31,21 @@ def _split(pl_module, split: str, n: int | None = None):
     return images.to(pl_module.device), labels.to(pl_module.device)
 
 
+def _logits(trainer, pl_module, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of a whole val or test split through the datamodule's own loader and
+    batch hooks, so images and variable-length sequences alike."""
+    dm = trainer.datamodule
+    loader = dm.test_dataloader() if split == "test" else dm.val_dataloader()
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            batch = dm.transfer_batch_to_device(batch, pl_module.device, 0)
+            *inputs, y = dm.on_after_batch_transfer(batch, 0)
+            logits.append(pl_module(*inputs))
+            labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
 def _batched(fn, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([fn(x[i : i + batch]) for i in range(0, len(x), batch)])
@@ -59,14 +74,9 @@ class Calibration(pl.Callback):
             return
         from nnlab.metrics.calibration import calibration_report
 
-        x, y = _split(pl_module, "test")
-        val = None
-        if self.temperature:
-            vx, vy = _split(pl_module, "val")
-            val = (_batched(pl_module, vx), vy)
-        metrics, bins = calibration_report(
-            _batched(pl_module, x), y, *(val or (None, None)), n_bins=self.n_bins
-        )
+        logits, y = _logits(trainer, pl_module, "test")
+        val = _logits(trainer, pl_module, "val") if self.temperature else (None, None)
+        metrics, bins = calibration_report(logits, y, *val, n_bins=self.n_bins)
         for key, value in metrics.items():
             pl_module.log(f"test/{key}", value, on_epoch=True)
         if trainer.is_global_zero:
@@ -119,7 +129,10 @@ class Saliency(pl.Callback):
         self.n, self.patch, self.stride = int(n), int(patch), int(stride)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if not _is_classifier(pl_module) or not trainer.is_global_zero or self.n < 1:
+        from nnlab.data.datamodule import ImageDataModule
+
+        images = isinstance(pl_module.datamodule, ImageDataModule)
+        if not _is_classifier(pl_module) or not images or not trainer.is_global_zero or self.n < 1:
             return
         from nnlab import saliency
 
