@@ -447,12 +447,13 @@ def main(callbacks: Sequence = ()) -> None:
     """`nnlab train`: resume=<run dir> becomes Hydra arguments first (nnlab/run_folder.py); an
     explicit run folder is locked before Hydra writes into it. `callbacks`: extra Lightning
     callbacks for every run (objects; the configs' callbacks are built from the allowlist)."""
-    from nnlab.config_check import check_group_choices
+    from nnlab.config_check import check_group_choices, check_override_keys
     from nnlab.run_folder import claim_run_folder, prepare_argv
 
     try:
         sys.argv = prepare_argv(sys.argv)
         check_group_choices(sys.argv[1:])
+        check_override_keys(sys.argv[1:])
         lock = claim_run_folder(sys.argv)
     except NNLabError as err:
         report_and_exit(err)
