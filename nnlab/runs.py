@@ -260,10 +260,13 @@ def read_events(run_dir: Path) -> dict[str, Any]:
                     continue
                 if value.tag not in scalars or event.step >= scalars[value.tag][0]:
                     scalars[value.tag] = (event.step, float(number))
-    metrics = {tag: v for tag, (_, v) in scalars.items() if tag != "epoch"}
+    epoch = scalars.get(
+        "train/epoch", scalars.get("epoch")
+    )  # nnlab.viz.TensorBoardLogger: train/epoch
+    metrics = {t: v for t, (_, v) in scalars.items() if t not in ("epoch", "train/epoch")}
     return {
         "metrics": metrics,
-        "epochs": int(scalars["epoch"][1]) + 1 if "epoch" in scalars else None,
+        "epochs": int(epoch[1]) + 1 if epoch else None,
         "wall_time_s": round(max(times) - min(times), 3) if times else None,
         "status": "finished" if any(t.startswith("test/") for t in metrics) else "interrupted",
     }

@@ -8,6 +8,7 @@ draws it, and logs it on rank 0 only.
     confusion_image             a confusion matrix as a heat map with counts
     eval_mode                   a module in eval mode for a block, its mode restored even on error
     tensorboards / log_image    the run's TensorBoard writers (rank 0), an image to each of them
+    TensorBoardLogger           Lightning's, with its `epoch` scalar as train/epoch
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import math
 
 import torch
+from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from torchvision.utils import make_grid
 
 from nnlab import lightning_compat as compat
@@ -203,11 +205,9 @@ def eval_mode(module: torch.nn.Module):
 def tensorboards(trainer) -> list:
     """The TensorBoard SummaryWriters of a run: on rank 0 only (elsewhere, and without a
     TensorBoard logger, none)."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-
     if trainer is None or not trainer.is_global_zero:
         return []
-    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, LightningTensorBoardLogger)]
 
 
 def log_image(trainer, tag: str, image: torch.Tensor, step: int | None = None) -> None:
@@ -216,3 +216,14 @@ def log_image(trainer, tag: str, image: torch.Tensor, step: int | None = None) -
     step = compat.logged_step(trainer) if step is None and writers else step
     for writer in writers:
         writer.add_image(tag, image, step)
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger; the `epoch` scalar Lightning adds to every write becomes
+    train/epoch, so that TensorBoard's first groups are the learning rates and the losses (it
+    sorts its groups by name), not a lone `epoch` chart."""
+
+    def log_metrics(self, metrics, step=None) -> None:
+        if "epoch" in metrics:
+            metrics = {("train/epoch" if k == "epoch" else k): v for k, v in metrics.items()}
+        super().log_metrics(metrics, step)

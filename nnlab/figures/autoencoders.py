@@ -72,7 +72,7 @@ class HiddenActivations(FigureCallback):
 
     def write(self, trainer, model, figure) -> None:
         for writer in viz.tensorboards(trainer):
-            writer.add_histogram(self.tag, figure, trainer.global_step)
+            writer.add_histogram(self.full_tag, figure, trainer.global_step)
 
 
 class PretrainReconstructions(FigureCallback):

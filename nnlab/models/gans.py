@@ -260,6 +260,8 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
         )
 
     # -- the game (manual optimisation: D then, every d_steps batches, G) ------------------------
+    optimizer_names = ("generator", "discriminator")  # the learning rates' tags: lr/generator
+
     def configure_optimizers(self):
         default = {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.5, 0.999]}
         spec = dict(self.hparams.get("optimizer") or default)
