@@ -180,11 +180,11 @@ def summary_lines(
     if monitor and best_score is not None and epoch is not None:
         lines.append(f"  best {monitor} {best_score:.4g} at epoch {epoch + 1} (tested)")
     if retested:
-        lines.append(
-            "  This run had finished all its epochs, so the resume only tested it again. To train "
-            "longer, resume it with a larger trainer.max_epochs (e.g. trainer.max_epochs="
-            f"{(epochs or 0) * 2 or 10})."
-        )
+        lines += [
+            "  the run had finished all its epochs: this resume only tested it again; to train",
+            f"  longer: nnlab train resume={shown_path(run_dir)} trainer.max_epochs="
+            f"{(epochs or 0) * 2 or 10}",
+        ]
     where = shown_path(run_dir)
     lines.append(f"  run folder  {where}")
     nexts = [f"nnlab sample {where} out=samples.png", f"nnlab eval {where}"]

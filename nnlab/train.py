@@ -38,8 +38,10 @@ from nnlab.errors import (
 )
 from nnlab.report import summary_lines, write_hparams
 from nnlab.run_record import RunRecord
+from nnlab.sweeps import job_argv, register_resolver
 
 log = logging.getLogger("nnlab")
+register_resolver()  # names a sweep's job folders (configs/hydra/default.yaml)
 
 # the config keys shown in TensorBoard's HParams tab (besides everything under model.)
 HPARAM_KEYS = (
@@ -141,9 +143,12 @@ class RunGuard:
     reason, as one paragraph for nnlab's own errors), or interrupted (Ctrl-C, SIGTERM, including
     the SystemExit Lightning turns Ctrl-C into) with the resume command.
 
-    A new run's record is written at once, so a config mistake is recorded as failed. A resume
-    touches the record only in `started()`, after the config, the data and the checkpoint passed:
-    a resume that cannot start leaves the run as it was."""
+    A new run's record is written at once; when the run then fails on one of nnlab's errors (a
+    config, data, device or checkpoint mistake) before its first training step, the run folder is
+    removed again (nothing ran; the paragraph says why), except for the jobs of a sweep, whose
+    records the sweep's summary lists. A resume touches the record only in `started()`, after the
+    config, the data and the checkpoint passed: a resume that cannot start leaves the run as it
+    was."""
 
     def __init__(self, run_dir: Path, cfg: DictConfig, sweeping: bool = False):
         self.run_dir = run_dir
@@ -246,7 +251,10 @@ class RunGuard:
             # a config, data or device mistake of a new run, before it trained: the run folder
             # would only say "failed" (the paragraph says why); a sweep's job keeps its record
             self.remove = (
-                self.rank_zero and not self.resuming and not self.sweeping and self.trainer is None
+                self.rank_zero
+                and not self.resuming
+                and not self.sweeping
+                and (self.trainer is None or self.trainer.global_step == 0)
             )
             if not self.remove:
                 self._end("failed", error=str(mine).splitlines()[0])
@@ -258,6 +266,7 @@ class RunGuard:
 
 # what a run folder holds before its first training step (Hydra's, nnlab's, the loggers')
 BEFORE_TRAINING = {".hydra", "train.log", "metrics.json", ".nnlab.lock", "checkpoints", "csv"}
+BEFORE_TRAINING |= {"hparams.yaml"}  # and TensorBoard's events.out.tfevents.* files
 
 
 def remove_unused_run_folder(run_dir: Path) -> None:
@@ -271,6 +280,7 @@ def remove_unused_run_folder(run_dir: Path) -> None:
         idle = all(not any(run_dir.joinpath(d).iterdir()) for d in {"checkpoints", "csv"} & names)
     except OSError:
         return
+    names = {n for n in names if not n.startswith("events.out.tfevents.")}
     if not names <= BEFORE_TRAINING or not idle:
         return
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -496,6 +506,10 @@ def main(callbacks: Sequence = ()) -> None:
     callbacks for every run (objects; the configs' callbacks are built from the allowlist)."""
     from nnlab.config_check import check_group_choices, check_override_keys
     from nnlab.run_folder import claim_run_folder, prepare_argv
+    from nnlab.runs import noise_keys
+
+    if not sys.stderr.isatty():  # Optuna's coloured log lines, in a log file: plain text
+        os.environ.setdefault("NO_COLOR", "1")
 
     try:
         sys.argv = [a for a in sys.argv if a not in ("-v", "--verbose")] + (
@@ -504,6 +518,7 @@ def main(callbacks: Sequence = ()) -> None:
         sys.argv = prepare_argv(sys.argv)
         check_group_choices(sys.argv[1:])
         check_override_keys(sys.argv[1:])
+        sys.argv = job_argv(sys.argv, [k for k in noise_keys() if k != "hydra."])
         lock = claim_run_folder(sys.argv)
     except NNLabError as err:
         report_and_exit(err)

@@ -3,6 +3,7 @@ to reach TensorBoard. Models say what to draw (nnlab/figures calls their hooks);
 draws it, and logs it on rank 0 only.
 
     grid / rows / paired_grid   images in [0, 1] -> one (3, H, W) grid (make_grid's padding of 2)
+    labelled                    a grid enlarged, with row and column labels and a title
     scatter_image               2-D codes coloured by class, with a legend
     errors_grid                 misclassified images captioned true->pred
     confusion_image             a confusion matrix as a heat map with counts
@@ -58,9 +59,12 @@ def rows(*batches: torch.Tensor, pad: int = 2) -> torch.Tensor:
     return grid(torch.cat([b[:n] for b in batches]), nrow=n, pad=pad)
 
 
-def paired_grid(batches: list[torch.Tensor], per_row: int = 8) -> torch.Tensor:
+def paired_grid(
+    batches: list[torch.Tensor], per_row: int = 8, labels=None, title: str = ""
+) -> torch.Tensor:
     """Equally long batches (e.g. inputs and reconstructions) as blocks of rows of `per_row`:
-    images 0-7 of each batch, then images 8-15 of each batch, ..."""
+    images 0-7 of each batch, then images 8-15 of each batch, ...; `labels` (one per batch, e.g.
+    input, reconstruction) name the rows (see `labelled`)."""
     n = len(batches[0])
     per_row = max(1, min(per_row, n))
     chunks = []
@@ -68,7 +72,45 @@ def paired_grid(batches: list[torch.Tensor], per_row: int = 8) -> torch.Tensor:
         for b in batches:
             c = b[i : i + per_row]
             chunks.append(torch.cat([c, c.new_ones(per_row - len(c), *c.shape[1:])]))
-    return grid(torch.cat(chunks), nrow=per_row)
+    image = grid(torch.cat(chunks), nrow=per_row)
+    if not labels:
+        return image
+    blocks = math.ceil(n / per_row)
+    return labelled(image, batches[0].shape[-2:], rows=list(labels) * blocks, title=title)
+
+
+def labelled(
+    image: torch.Tensor, tile, rows=(), cols=(), title: str = "", scale: int = 2, pad: int = 2
+) -> torch.Tensor:
+    """A grid image (make_grid's layout: `tile` = (H, W) images, `pad` px apart) enlarged `scale`
+    times, with a label left of each row, one above each column and a title: (3, H', W')."""
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    pixels = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    body = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    body = body.resize((body.width * scale, body.height * scale), Image.NEAREST)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    h, w = (int(t) * scale for t in tile)
+    step_y, step_x = h + pad * scale, w + pad * scale
+    rows, cols = [str(r) for r in rows], [str(c) for c in cols]
+    left = int(max([probe.textlength(r, font=font) for r in rows] + [0])) + (8 if rows else 0)
+    top = (14 if title else 0) + (14 if cols else 0)
+    canvas = Image.new("RGB", (left + body.width, top + body.height), "white")
+    canvas.paste(body, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text(
+            (left + 2, 1), _fit(draw, title, canvas.width - left, font), fill="black", font=font
+        )
+    for i, text in enumerate(rows):
+        y = top + pad * scale + i * step_y + h // 2 - 6
+        draw.text((left - 4 - draw.textlength(text, font=font), y), text, fill="black", font=font)
+    for j, text in enumerate(cols):
+        text = _fit(draw, text, step_x, font)
+        x = left + pad * scale + j * step_x + (w - draw.textlength(text, font=font)) / 2
+        draw.text((x, top - 13), text, fill="black", font=font)
+    return to_tensor(canvas)
 
 
 # -- captioned figures (PIL) ----------------------------------------------------------------------

@@ -88,7 +88,11 @@ class Reconstructions(FigureCallback):
     def draw(self, model, data):
         x, _ = data.images("val", model.n_log_images)
         figure_rows = model.reconstruction_rows(x)
-        return None if figure_rows is None else viz.rows(*figure_rows)
+        if figure_rows is None:
+            return None
+        labels = getattr(model, "reconstruction_labels", None)
+        labels = labels or ("input", *(["output"] * (len(figure_rows) - 1)))
+        return viz.paired_grid(figure_rows, per_row=8, labels=labels)
 
 
 class Samples(FigureCallback):
