@@ -45,11 +45,25 @@ def side(n: int) -> int:
     return max(1, math.isqrt(max(n, 1) - 1) + 1)
 
 
+_COLUMNS: list[int | None] = [None]  # `columns`: images per row of the plain grids
+
+
+@contextlib.contextmanager
+def columns(nrow: int | None):
+    """Inside the block, plain grids (those drawn without an explicit nrow) have nrow images per
+    row (`nnlab sample nrow=16`); None keeps the defaults."""
+    _COLUMNS.append(nrow)
+    try:
+        yield
+    finally:
+        _COLUMNS.pop()
+
+
 def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> torch.Tensor:
     """(N, C, H, W) floats in [0, 1] -> one (3, H', W') grid image on the CPU; nrow images per row
-    (default: side(N))."""
+    (default: `columns`, else side(N))."""
     images = images.detach().float().clamp(0, 1)
-    nrow = side(len(images)) if nrow is None else nrow
+    nrow = nrow or _COLUMNS[-1] or side(len(images))
     return make_grid(images, nrow=nrow, padding=pad, pad_value=1.0).cpu()
 
 
@@ -66,7 +80,7 @@ def paired_grid(
     images 0-7 of each batch, then images 8-15 of each batch, ...; `labels` (one per batch, e.g.
     input, reconstruction) name the rows (see `labelled`)."""
     n = len(batches[0])
-    per_row = max(1, min(per_row, n))
+    per_row = max(1, min(_COLUMNS[-1] or per_row, n))
     chunks = []
     for i in range(0, n, per_row):
         for b in batches:
@@ -184,7 +198,7 @@ def errors_grid(images: torch.Tensor, labels: list[str], nrow: int | None = None
     _, c, h, w = images.shape
     scale = max(1, math.ceil(84 / w))  # tiles ~84+ px wide, room for a caption
     tw, th, cap, pad = w * scale, h * scale, 26, 4
-    nrow = nrow or side(n)
+    nrow = nrow or _COLUMNS[-1] or side(n)
     lines = math.ceil(n / nrow)
     canvas = Image.new("RGB", (nrow * (tw + pad) + pad, lines * (th + cap + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
