@@ -33,12 +33,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nnlab.errors import ConfigError
+
 # the final metric that says most about a run, the first of these it has (a family this list does
 # not know gets its first test/ metric); its baseline is the test/ metric named after it
 # (test/pca_mse, test/fid_floor, test/bpc_ngram, test/mae_seasonal_naive, test/rmse_item_mean)
 KEY_METRICS = (
-    "test/mse", "test/elbo", "test/fid", "test/acc", "test/rmse", "test/bpc", "test/perplexity",
-    "test/bleu", "test/mae", "test/psnr", "test/pseudo_ll", "test/bce", "test/recon",
+    "test/elbo", "test/fid", "test/acc", "test/psnr", "test/mse", "test/rmse", "test/bpc",
+    "test/perplexity", "test/bleu", "test/mae", "test/pseudo_ll", "test/bce", "test/recon",
 )  # fmt: skip
 # besides the key metric and its baseline, worth a column when a family has them
 SECOND_METRICS = ("test/nll_iw", "test/label_acc", "test/psnr", "test/mse", "test/kl")
@@ -437,8 +439,8 @@ def known_keys(runs: list[dict]) -> list[str]:
     return [*columns, *sorted(metrics), *sorted(evals), *sorted(overrides | config)]
 
 
-class UsageError(Exception):
-    """A mistake on `nnlab runs`' command line: one paragraph, exit code 2."""
+class UsageError(ConfigError):
+    """A mistake on `nnlab runs`' command line (or nnlab.runs()): one paragraph, exit code 2."""
 
 
 def check_key(key: str, runs: list[dict], option: str) -> None:
@@ -946,6 +948,11 @@ def _main(argv: list[str]) -> int:
         print_table(runs, metrics, title, wide=args.wide, chosen=bool(args.metrics or args.best))
     return 0
 
+
+# nnlab.runs(...) from Python: this module is also the API function nnlab.api.runs
+from nnlab.api import callable_module  # noqa: E402
+
+callable_module(__name__)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -164,23 +164,29 @@ def draw(request: Request, n: int, label: int | None, interpolate: bool, nrow: i
     return image.detach().float().clamp(0, 1).cpu(), ckpt_path
 
 
+def picture(image, scale: int | None = None):
+    """A (3, H, W) image in [0, 1] as a PIL image, enlarged `scale` times (None: auto)."""
+    from PIL import Image
+
+    pixels = image.mul(255).round().byte().permute(1, 2, 0).numpy()
+    shown = Image.fromarray(pixels)
+    scale = scale or auto_scale(shown.height, shown.width)
+    if scale > 1:
+        shown = shown.resize((shown.width * scale, shown.height * scale), Image.NEAREST)
+    return shown
+
+
 def save_png(image, out: Path, scale: int | None = None) -> tuple[int, int]:
     """A (3, H, W) image in [0, 1] as a PNG (or JPEG), enlarged `scale` times (None: auto);
     returns its (width, height)."""
-    from PIL import Image
-
     from nnlab.errors import StorageError
 
-    pixels = image.mul(255).round().byte().permute(1, 2, 0).numpy()
-    picture = Image.fromarray(pixels)
-    scale = scale or auto_scale(picture.height, picture.width)
-    if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    shown = picture(image, scale)
     try:
-        picture.save(out)
+        shown.save(out)
     except OSError as err:
         raise StorageError(f"Cannot write {out}: {err.strerror or err}.") from None
-    return picture.width, picture.height
+    return shown.width, shown.height
 
 
 def main(argv: list[str] | None = None) -> int:

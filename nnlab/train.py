@@ -535,5 +535,10 @@ def main(callbacks: Sequence = ()) -> None:
             lock.release()
 
 
+# nnlab.train(...) from Python: this module is also the API function nnlab.api.train
+from nnlab.api import callable_module  # noqa: E402
+
+callable_module(__name__)
+
 if __name__ == "__main__":
     main()
