@@ -648,19 +648,21 @@ def _width(cols) -> int:
 
 
 def fit(cols, width: int):
-    """Leave out columns from the right end of the metrics, then the eval and dataset columns,
-    until the table fits `width` characters; the names are cut last (by the table)."""
-    droppable = ("eval", "baseline", "dataset", "wall")
+    """Leave out columns until the table fits `width` characters: the metric columns beyond the
+    first two (from the right), then epochs, wall time, eval, dataset and the baseline; the
+    names are cut last (by the table)."""
+    droppable = ["ep", "wall", "eval", "dataset", "baseline"]
     while _width(cols) > width:
         metrics = [i for i, (h, j, _) in enumerate(cols) if j == "right" and "/" in h]
-        if len(metrics) > 1:
+        if len(metrics) > 2:
             del cols[metrics[-1]]
             continue
-        drop = next((i for i, c in enumerate(cols) if c[0] in droppable), None)
+        headers = [c[0] for c in cols]
+        drop = next((d for d in droppable if d in headers), None)
         if drop is None:
             break
-        droppable = tuple(d for d in droppable if d != cols[drop][0])
-        del cols[drop]
+        droppable.remove(drop)
+        del cols[headers.index(drop)]
     return cols
 
 
@@ -905,8 +907,11 @@ def _main(argv: list[str]) -> int:
         if key:
             check_key(key, runs, option.split(" ")[0])
     runs = [run for run in runs if matches(run, args.filter)]
-    runs.sort(
-        key=_sort_key(args.sort) if args.sort else (lambda run: run["name"]), reverse=args.reverse
+    runs.sort(  # by default in the order they started (a sweep's jobs together)
+        key=_sort_key(args.sort)
+        if args.sort
+        else (lambda run: (run["started"] or "", run["name"])),
+        reverse=args.reverse,
     )
     if args.sort and args.reverse:  # runs without the key stay last
         runs.sort(key=lambda run: _field(run, args.sort) is None)
