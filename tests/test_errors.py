@@ -359,7 +359,7 @@ def test_sample_options_are_checked(tmp_path, capsys):
         ([f"out={tmp_path / 'folder'}"], "isafolder"),
         ([f"out={tmp_path / 'grid.txt'}"], "noimagesuffix"),
         (["n=1000000000"], "<=1024"),
-        (["label=10"], "label='10'isnotvalid"),
+        (["label=10"], "label=10isoutofrange"),
         (["label=-1"], "label='-1'isnotvalid"),
         (["seed=-3"], "seed='-3'isnotvalid"),
     ):
