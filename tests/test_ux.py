@@ -420,3 +420,17 @@ def test_resume_cfg_job_prints_the_runs_config(trained):
     )
     assert proc.returncode == 0, proc.stderr
     assert "name: synthetic" in proc.stdout and f"resume: {run.path}" in proc.stdout
+
+
+def test_the_summary_follows_the_loggers_and_a_resume_that_only_tested(tmp_path):
+    from nnlab.report import summary_lines
+
+    record = {"model": "vae", "dataset": "mnist", "epochs": 5, "wall_time_s": 75.0}
+    record["metrics"] = {"test/elbo": -240.4, "test/nll_iw": 238.3, "test/mse": 0.03}
+    run = tmp_path / "vae" / "mnist" / "run"
+    lines = summary_lines(record, run, "val/loss", 241.0, "best-epoch004.ckpt", ["csv"], True)
+    text = "\n".join(lines)
+    assert lines[0] == "nnlab: vae on mnist finished in 1m15s (5 epochs)"
+    assert "test/elbo -240.4" in text and "best val/loss 241 at epoch 5" in text
+    assert "tensorboard" not in text and "csv/metrics.csv" in text  # logger=csv: no TensorBoard
+    assert "only tested it again" in text and "trainer.max_epochs=10" in text
