@@ -28,9 +28,7 @@ def overrides(model, hook: str) -> bool:
     return getattr(type(model), hook) is not getattr(NNLabModule, hook)
 
 
-# every figure's TensorBoard tag starts with this group: TensorBoard sorts its groups by name, so
-# lr/, test/, train/ and val/ (the losses) come first and the figures after them
-GROUP = "vis"
+GROUP = viz.GROUP  # every figure's tag starts with vis/ (see viz.log_image)
 
 
 class FigureCallback(Callback):

@@ -266,8 +266,15 @@ def tensorboards(trainer) -> list:
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, LightningTensorBoardLogger)]
 
 
+# every image's TensorBoard tag starts with this group: TensorBoard sorts its groups by name, so
+# lr/, test/, train/ and val/ (the losses) come first and the figures after them
+GROUP = "vis"
+
+
 def log_image(trainer, tag: str, image: torch.Tensor, step: int | None = None) -> None:
-    """Send a (3, H, W) image to the run's TensorBoard (rank 0), at the step of its scalars."""
+    """Send a (3, H, W) image to the run's TensorBoard (rank 0) as `vis/<tag>`, at the step of its
+    scalars."""
+    tag = tag if tag.startswith(f"{GROUP}/") else f"{GROUP}/{tag}"
     writers = tensorboards(trainer)
     step = compat.logged_step(trainer) if step is None and writers else step
     for writer in writers:
