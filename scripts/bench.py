@@ -3,7 +3,9 @@ DataLoader pipeline.
 
 For each model (ae, lenet, lstm, dcgan on Fashion-MNIST; char_rnn on the fortunes, in tokens -
 characters - per second) at its default batch size, three ways of training the same nn.Module
-with the same optimiser, batch size and loss, and the first two in turn:
+with the same optimiser, batch size and loss, and the first two in turn (lstm_seq: the LSTM on
+JapaneseVowels' variable-length sequences, nnlab against the hand-written loop over the same
+packed, bucketed batches; its img/s are sequences/s):
 
   nnlab       the real `nnlab train` path, in this process: the entry point `nnlab.train.main`
               with the default callbacks (checkpoint, lr monitor, progress bar on), TensorBoard
@@ -43,8 +45,9 @@ img/s of all measured epochs of a repetition) and the ratios nnlab/hand and nnla
 JSON also has each run's img/s of this process's CPU time (cpu_img_s; not for the dataloader,
 whose workers are other processes): on a loaded machine it shows the overhead without the waits
 for a core. It also times `nnlab --help`, `nnlab train --cfg job`, and (--full-train) the whole
-default `nnlab train`, and the peak memory of a one-epoch `nnlab train` subprocess (ru_maxrss;
-torch.cuda.max_memory_allocated of the in-process nnlab runs on a GPU).
+default `nnlab train`, the peak memory of a one-epoch `nnlab train` subprocess (ru_maxrss;
+torch.cuda.max_memory_allocated of the in-process nnlab runs on a GPU), and the time and peak
+memory of `nnlab sample` on that finished run.
 
     python scripts/bench.py --threads 1           # everything: ~20 min on a loaded 2-core CPU
     python scripts/bench.py --quick --models ae   # seconds: 1 rep, 1 epoch, 50 batches
@@ -103,8 +106,11 @@ class Entry:
     # data(dm, model, device) -> (source(epoch), cut(source, i) -> batch, batches per epoch): what a
     # hand-written loop trains on; default: the images of the train split in a shuffled order
     data: Callable | None = None
-    # the items an nnlab batch counts for (the rate's unit): images, or tokens for char_rnn
-    count: Callable = lambda batch: len(batch[0])  # noqa: E731
+    # the items a batch counts for (the rate's unit): its labels (images, sequences), or tokens
+    count: Callable = lambda batch: len(batch[1])  # noqa: E731
+    # the paths that apply (None: all); variable-length sequences have no torchvision-style
+    # Dataset to compare with, so lstm_seq leaves `dataloader` out
+    paths: tuple[str, ...] | None = None
 
 
 def ae_loss(m, x, y):
@@ -122,6 +128,11 @@ def lenet_loss(m, x, y):
 def rnn_loss(m, x, y):
     """Row-by-row LSTM: cross-entropy of the net's logits."""
     return F.cross_entropy(m.net(x), y)
+
+
+def seq_loss(m, x, y):
+    """LSTM on variable-length sequences: x is (padded steps, lengths), packed by the net."""
+    return F.cross_entropy(m.net(*x), y)
 
 
 def clipped_step(entry_loss):
@@ -237,6 +248,16 @@ MODELS: dict[str, Entry] = {
         rnn_loss,
         clipped_step(rnn_loss),
         note="LSTM 128 over 28 rows, clip 1.0",
+    ),
+    # JapaneseVowels (make data): packed, bucketed batches of 16 sequences of 7-29 steps; the
+    # preset without its one-cycle schedule (a scheduler needs the trainer's step count)
+    "lstm_seq": Entry(
+        "lstm_seq",
+        ["experiment=japanese_vowels", "model.scheduler=null"],
+        seq_loss,
+        clipped_step(seq_loss),
+        note="LSTM 64, JapaneseVowels, packed, clip 1.0 (img/s = sequences/s)",
+        paths=("nnlab", "hand", "interleaved"),
     ),
     "dcgan": Entry(
         "dcgan",
@@ -368,13 +389,40 @@ def image_data(dm, model, device, bs: int):
     return source, cut, max(1, len(images) // bs)
 
 
+def sequence_data(dm, device, bs: int):
+    """Variable-length sequences: the datamodule's own standardised, padded training split in a
+    seeded order bucketed as SequenceBatches buckets it; x = (steps[idx] cropped to the batch's
+    longest, lengths[idx])."""
+    from nnlab.data.sequences import bucket_order
+
+    steps, lengths, labels = dm.sequences("train")
+    steps, labels = steps.to(device), labels.to(device)
+
+    def source(seed: int) -> torch.Tensor:
+        order = torch.randperm(len(steps), generator=torch.Generator().manual_seed(seed))
+        order = order.to(device)
+        if dm.bucket > 1:
+            order = bucket_order(order, lengths.to(device), dm.bucket * bs)
+        return order
+
+    def cut(order: torch.Tensor, i: int):
+        idx = order[i * bs : (i + 1) * bs]
+        batch_lengths = lengths[idx.cpu()]
+        return (steps[idx, : int(batch_lengths.max())], batch_lengths), labels[idx]
+
+    return source, cut, max(1, len(steps) // bs)
+
+
 def hand_side(entry: Entry, overrides: list[str], device, limit: int | None = None) -> HandSide:
     cfg, dm, model, opts = build(overrides)
     model = model.to(device).train()
+    bs = int(cfg.dataset.batch_size)
     if entry.data is not None:
         source, cut, n_batches = entry.data(dm, model, device)
+    elif hasattr(dm, "sequences"):  # the datamodule's own standardised, padded training split
+        source, cut, n_batches = sequence_data(dm, device, bs)
     else:
-        source, cut, n_batches = image_data(dm, model, device, int(cfg.dataset.batch_size))
+        source, cut, n_batches = image_data(dm, model, device, bs)
     return HandSide(
         model,
         opts,
@@ -902,8 +950,7 @@ def main(argv=None) -> dict:
             "dataloader": partial(run_dataloader, *common, args.workers),
             "interleaved": partial(run_interleaved, *common),
         }
-        # the DataLoader path is torchvision's image pipeline: image models only
-        runs = {p: [] for p in paths if not (p == "dataloader" and entry.data is not None)}
+        runs = {p: [] for p in paths if entry.paths is None or p in entry.paths}
         if args.compile:
             jobs["nnlab+compile"] = partial(
                 run_nnlab, *common, ["model.compile=true"], warmup_epochs=1
@@ -967,6 +1014,11 @@ def main(argv=None) -> dict:
                     "trainer.limit_val_batches=2",
                 ]
             cli["peak memory: nnlab train, 1 epoch"] = peak_memory(mem_cmd, env)
+            # the finished one-epoch run above: what a student waits for to see its samples
+            sample_cmd = [nnlab, "sample", f"{tmp}/mem", f"out={tmp}/samples.png"]
+            sample_cmd += [f"threads={threads}"]
+            cli["nnlab sample (the 1-epoch run)"] = wall(sample_cmd, cli_reps, env)
+            cli["peak memory: nnlab sample"] = peak_memory(sample_cmd, env)
             if args.full_train:
                 cli["nnlab train (default, whole run)"] = wall(
                     [nnlab, "train", f"threads={threads}", f"hydra.run.dir={tmp}/full"], 1, env

@@ -180,3 +180,20 @@ def test_char_rnn_hand_written_step_is_the_models_step(bench, tmp_path):
             expected = model.step(batch, "train")["loss"]
         assert torch.allclose(bench.lm_step(model, opts, *batch), expected)
     assert entry.count(batch) == batch[0].numel()
+
+
+def test_sequence_entry_trains_the_same_packed_batches(bench):
+    """lstm_seq: the hand-written loss is the model's on a packed batch, and the hand side draws
+    bucketed batches cropped to their longest sequence, as SequenceBatches does."""
+    entry = bench.MODELS["lstm_seq"]
+    overrides = [*entry.overrides, "dataset.format=synthetic", "dataset.shape=[3]"]
+    hand = bench.hand_side(entry, [*overrides, "accelerator=cpu"], torch.device("cpu"))
+    x, y = hand.cut(hand.order(0), 0)
+    lengths = x[1]
+    assert (lengths.diff() >= 0).all()  # sorted within the bucket
+    assert x[0].shape[1] == int(lengths.max())  # cropped to the longest
+    torch.manual_seed(0)
+    model_loss = hand.model.step((*x, y), "train")["loss"]
+    torch.manual_seed(0)  # the same dropout mask
+    assert torch.allclose(entry.loss(hand.model, x, y), model_loss)
+    assert hand.train_step(hand.order(1), 0) == len(y)

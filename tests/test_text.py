@@ -272,7 +272,7 @@ def test_seq2seq_masks_padding_and_beam_search_agrees_with_greedy(attention, cel
 
 
 def test_attention_image_and_markdown():
-    from nnlab.viz import attention_image, code_block, markdown_table
+    from nnlab.viz.text import attention_image, code_block, markdown_table
 
     img = attention_image(torch.eye(3), ["god", "said", "."], ["dijo", "dios", "."], "Gen.1.3")
     assert img.shape[0] == 3 and img.min() >= 0 and img.max() <= 1
@@ -347,7 +347,7 @@ def test_char_rnn_run_bpc_baseline_samples_eval_and_sample(tmp_path, capsys, mon
     metrics = read_metrics(run)["metrics"]
     assert {"test/bpc", "test/bpc_ngram", "test/bpc_ngram3", "val/bpc"} <= set(metrics)
     assert metrics["test/bpc_ngram3"] < metrics["test/bpc_ngram1"] < math.log2(40)
-    text = event_tags(run).Tensors("samples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    text = event_tags(run).Tensors("vis/samples/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "temperature 0.5" in text and "    The " in text
     capsys.readouterr()
     monkeypatch.chdir(tmp_path)
@@ -436,8 +436,8 @@ def test_text_classifiers_on_fortune_files(model, tmp_path):
     metrics = read_metrics(run)["metrics"]
     assert 0 <= metrics["test/acc"] <= 1 and "test/acc_class/zippy" in metrics
     tags = event_tags(run)
-    assert "confusion_matrix" in tags.Tags()["images"] and "errors" not in tags.Tags()["images"]
-    errors = tags.Tensors("errors/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "vis/confusion_matrix" in tags.Tags()["images"] and "vis/errors" not in tags.Tags()["images"]
+    errors = tags.Tensors("vis/errors/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "| true | predicted | text |" in errors
 
 
@@ -488,6 +488,6 @@ def test_seq2seq_run_bleu_attention_and_translations(tmp_path):
     metrics = read_metrics(run)["metrics"]
     assert {"test/bleu", "test/bleu_greedy", "test/loss", "val/bleu"} <= set(metrics)
     tags = event_tags(run)
-    assert "attention" in tags.Tags()["images"]
-    table = tags.Tensors("translations/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "vis/attention" in tags.Tags()["images"]
+    table = tags.Tensors("vis/translations/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert table.startswith("| verse | source | reference | translation (greedy) |")

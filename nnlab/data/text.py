@@ -847,15 +847,17 @@ class FortuneFilesDataModule(_TextData):
         parts = item_split(
             len(labels), self.val_fraction, self.test_fraction, self.split_seed, labels
         )
-        table = {c: i + 1 for i, c in enumerate(ZHANG_ALPHABET)}
         device = self.device
         for split, idx in parts.items():
             texts = [self._items[i][0] for i in idx]
-            seen = [t.lower() if self.lowercase else t for t in texts]
-            codes, lengths = encode_texts(seen, table, self.max_length)
+            codes, lengths = self._code(texts)
             y = torch.tensor([labels[i] for i in idx])
             self._texts[split] = texts
             self._splits[split] = (codes.to(torch.uint8).to(device), lengths, y.to(device))
+
+    def _code(self, texts: Sequence[str]):
+        seen = [t.lower() if self.lowercase else t for t in texts]
+        return encode_texts(seen, {c: i + 1 for i, c in enumerate(ZHANG_ALPHABET)}, self.max_length)
 
     def _batches(self, split: str, shuffle: bool) -> CharBatches:
         codes, lengths, y = self._stored(split)
@@ -882,6 +884,14 @@ class FortuneFilesDataModule(_TextData):
     def texts(self, split: str) -> list[str]:
         self.setup()
         return self._texts[split]
+
+    def encode(self, text: str):
+        """A text of yours as a batch of one: (one-hot x (1, T, 69), lengths (1,)), and the
+        characters outside the alphabet (read as zero vectors, as in training; space is one)."""
+        codes, lengths = self._code([text])
+        seen = text.lower() if self.lowercase else text
+        skipped = [c for c in seen[: self.max_length] if c not in ZHANG_ALPHABET and c != " "]
+        return one_hot(codes, self.shape[0]).to(self.device), lengths, skipped
 
 
 # -- translation: aligned verses of two Bibles -----------------------------------------------------

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from nnlab import lightning_compat as compat
 from nnlab import viz
-from nnlab.figures import FigureCallback, overrides
+from nnlab.figures import FigureCallback
 from nnlab.models.classifiers import ClassifierBase
-from nnlab.models.text import Translator
+from nnlab.models.text import CharLM, Translator, misclassified
+from nnlab.viz import text as text_viz
 
 
 class TextFigure(FigureCallback):
@@ -17,24 +18,24 @@ class TextFigure(FigureCallback):
         writers = viz.tensorboards(trainer)
         step = compat.logged_step(trainer) if writers else 0
         for writer in writers:
-            writer.add_text(self.tag, figure, step)
+            writer.add_text(self.full_tag, figure, step)
 
 
 class TextSamples(TextFigure):
     """`samples` (TEXT): the model's prompt continued at each of its temperatures, the same
-    seed every epoch (language models: the sample_text hook)."""
+    seed every epoch (the language model's sample_text)."""
 
     tag = "samples"
 
     def applies(self, model) -> bool:
-        return overrides(model, "sample_text")
+        return isinstance(model, CharLM)
 
     def draw(self, model, data):
         hp = model.hparams
         parts = []
         for t in hp.temperatures:
             text = model.sample_text(hp.prompt, float(t), int(hp.sample_chars), seed=0)
-            parts.append(f"**temperature {float(t):g}**\n\n" + viz.code_block(text))
+            parts.append(f"**temperature {float(t):g}**\n\n" + text_viz.code_block(text))
         return "\n\n".join(parts)
 
 
@@ -48,7 +49,7 @@ class Translations(TextFigure):
 
     def draw(self, model, data):
         header = ["verse", "source", "reference", "translation (greedy)"]
-        return viz.markdown_table(header, model.translation_rows())
+        return text_viz.markdown_table(header, model.translation_rows())
 
 
 class AttentionMaps(FigureCallback):
@@ -65,7 +66,7 @@ class AttentionMaps(FigureCallback):
         maps = model.attention_maps()
         if not maps:
             return None
-        return viz.stack([viz.attention_image(w, s, t, c) for w, s, t, c in maps])
+        return text_viz.stack([text_viz.attention_image(w, s, t, c) for w, s, t, c in maps])
 
 
 class TextErrors(TextFigure):
@@ -79,14 +80,6 @@ class TextErrors(TextFigure):
         return isinstance(model, ClassifierBase) and hasattr(model.datamodule, "texts")
 
     def draw(self, model, data):
-        texts, names, rows = data.texts("test"), model.class_names(data), []
-        for start in range(0, len(texts), 256):
-            x, lengths, y = data.sequences("test", 256, start)
-            pred = model.predict(x.to(model.device), lengths)
-            for i in (pred != y.to(pred.device)).nonzero().flatten().tolist():
-                rows.append([names[int(y[i])], names[int(pred[i])], texts[start + i]])
-            if len(rows) >= model.n_errors:
-                break
-        rows = rows[: model.n_errors]
-        head = f"The first {len(rows)} misclassified of {len(texts)} test texts\n\n"
-        return head + viz.markdown_table(["true", "predicted", "text"], rows)
+        rows, total = misclassified(model, data, model.n_errors)
+        head = f"The first {len(rows)} misclassified of {total} test texts\n\n"
+        return head + text_viz.markdown_table(["true", "predicted", "text"], rows)

@@ -54,7 +54,8 @@ class NNLabModule(compat.QuickHookName, pl.LightningModule):
                             one (3, H, W) image in [0, 1] for `nnlab sample`; NotImplementedError
                             where the family has no samples
     sample_text(prompt, temperature, n, seed)
-                            generated text for `nnlab sample RUN prompt=...` (language models)
+                            text for `nnlab sample RUN prompt=...` (text models: generated,
+                            translated)
     extra_metrics           {name: float} computed at test time beyond the logged scalars
                             (e.g. per-class accuracy), merged into metrics.json
     figure hooks            reconstruction_rows(x), sample_images(): what the shared figure
@@ -81,9 +82,10 @@ class NNLabModule(compat.QuickHookName, pl.LightningModule):
         self.save_hyperparameters()
         # None for models whose input is not an image (e.g. the ratings of rbm_cf)
         self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
-        if self.input_shape is not None and len(self.input_shape) != 3:
+        if self.input_shape is not None and len(self.input_shape) not in (1, 3):
             raise ConfigError(
-                f"input_shape must be [channels, height, width], got {list(input_shape)}."
+                "input_shape must be [channels, height, width] (images) or [features] "
+                f"(sequences), got {list(input_shape)}."
             )
         self.monitor = monitor
         self.compile_nets, self._nets_compiled = bool(compile), False
@@ -155,9 +157,9 @@ class NNLabModule(compat.QuickHookName, pl.LightningModule):
         )
 
     def sample_text(
-        self, prompt: str, temperature: float = 1.0, n: int = 300, seed: int = 0
+        self, prompt: str = "", temperature: float | None = None, n: int | None = None, seed=0
     ) -> str:
-        """`prompt` followed by n generated characters, for `nnlab sample RUN prompt=...`."""
+        """`nnlab sample RUN [prompt=...]` for a text model (None: the model's default)."""
         raise NotImplementedError(
             f"model {self.hparams.name} ({type(self).__name__}) does not generate text"
         )

@@ -29,6 +29,7 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import BLEUScore
 
 from nnlab.data.text import symbols_tensor, tensor_symbols
+from nnlab.data.text import words as split_words
 from nnlab.errors import ConfigError
 from nnlab.metrics.ngram import KneserNeyLM
 from nnlab.models.base import NNLabModule
@@ -185,9 +186,13 @@ class CharLM(_Vocabularies, NNLabModule):
 
     # -- samples -----------------------------------------------------------------------------
     def sample_text(
-        self, prompt: str, temperature: float = 1.0, n: int = 300, seed: int = 0
+        self, prompt: str = "", temperature: float | None = None, n: int | None = None, seed=0
     ) -> str:
-        """`prompt` followed by n characters sampled at this temperature (seeded)."""
+        """`prompt` (default: the model's) followed by n characters (default 500) sampled at this
+        temperature (default 1), seeded."""
+        prompt = prompt or str(self.hparams.prompt or "")
+        temperature = 1.0 if temperature is None else temperature
+        n = 500 if n is None else n
         vocab = self.vocab("symbols")
         known = {s: i for i, s in enumerate(vocab) if s is not None}
         unknown = list(dict.fromkeys(c for c in prompt if c not in known))
@@ -212,7 +217,39 @@ class CharLM(_Vocabularies, NNLabModule):
         return prompt + "".join(vocab[int(i)] or "" for i in out)
 
 
-# -- char_cnn, bag_of_chars ------------------------------------------------------------------------
+# -- char_cnn, bag_of_chars (and lstm on the same batches) --------------------------------------
+def misclassified(model, data, n: int) -> tuple[list[list[str]], int]:
+    """The first n misclassified test texts as [true class, predicted class, text], and the
+    number of test texts (any classifier of a text dataset: its texts and sequences)."""
+    texts, names, rows = data.texts("test"), model.class_names(data), []
+    for start in range(0, len(texts), 256):
+        x, lengths, y = data.sequences("test", 256, start)
+        pred = model.predict(x.to(model.device), lengths)
+        for i in (pred != y.to(pred.device)).nonzero().flatten().tolist():
+            rows.append([names[int(y[i])], names[int(pred[i])], texts[start + i]])
+        if len(rows) >= n:
+            break
+    return rows[:n], len(texts)
+
+
+def classifier_text(model, data, prompt: str = "", n: int | None = None) -> str:
+    """`nnlab sample` for a text classifier: the prompt's classes, most likely first (n of them,
+    default 3), or without a prompt the first n (default 8) misclassified test texts."""
+    names = model.class_names(data)
+    if not prompt:
+        rows, total = misclassified(model, data, 8 if n is None else n)
+        lines = [f"The first {len(rows)} misclassified of {total} test texts (true -> predicted):"]
+        return "\n\n".join(lines + [f"[{t} -> {p}]\n{text}" for t, p, text in rows])
+    x, lengths, skipped = data.encode(prompt)
+    probs = model(x.to(model.device), lengths).softmax(1)[0]
+    top = probs.argsort(descending=True)[: min(3 if n is None else n, len(names))].tolist()
+    lines = [f"{names[k]:<16} {float(probs[k]):.3f}" for k in top]
+    if skipped:
+        shown = "".join(dict.fromkeys(skipped))[:40]
+        lines.append(f"(characters outside the alphabet, read as blanks: {shown!r})")
+    return "\n".join(lines)
+
+
 class CharClassifier(ClassifierBase):
     """A classifier of the sequence batch (one-hot x (B, T, F), lengths, y); F = input_shape[0]."""
 
@@ -243,8 +280,8 @@ class CharClassifier(ClassifierBase):
 
     def sample_grid(self, n: int = 64, label=None, interpolate: bool = False, datamodule=None):
         raise NotImplementedError(
-            f"model {self.hparams.name} classifies texts; its misclassified test texts are in "
-            "TensorBoard's TEXT tab (errors)"
+            f"model {self.hparams.name} classifies texts: `nnlab sample RUN` prints misclassified "
+            "test texts (prompt=TEXT classifies a text of yours)"
         )
 
 
@@ -400,6 +437,33 @@ class Translator(_Vocabularies, NNLabModule):
         clip = gradient_clip_val if gradient_clip_val is not None else self.default_clip
         if clip:
             self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
+
+    def sample_text(
+        self, prompt: str = "", temperature: float | None = None, n: int | None = None, seed=0
+    ) -> str:
+        """`nnlab sample`: the prompt's beam-search translation, or without a prompt those of the
+        first n (default 8) validation verses beside their references."""
+        if temperature is not None:
+            raise ConfigError(
+                "temperature= is for language models; seq2seq decodes by beam search "
+                f"(model.beam_size={self.hparams.beam_size})."
+            )
+        dm, beam = self.datamodule, int(self.hparams.beam_size)
+        if prompt:
+            sentence = split_words(prompt)
+            unknown = [w for w in dict.fromkeys(sentence) if w not in dm.src_vocab]
+            src, lengths = dm.encode_source([sentence])
+            said = " ".join(self.translate(src.to(self.device), lengths, beam)[0])
+            note = f"\n(not in the source vocabulary, read as <unk>: {', '.join(unknown)})"
+            return f"{' '.join(sentence)}\n-> {said}" + (note if unknown else "")
+        pairs = dm.pairs("val")[: 8 if n is None else n]
+        src, lengths = dm.encode_source([p[1] for p in pairs])
+        said = self.translate(src.to(self.device), lengths, beam)
+        return "\n\n".join(
+            f"{ref}\n  source:      {' '.join(s)}\n  reference:   {' '.join(t)}\n"
+            f"  translation: {' '.join(o)}"
+            for (ref, s, t), o in zip(pairs, said)
+        )
 
     # -- figure hooks ------------------------------------------------------------------------
     def figure_pairs(self, n: int, refs=()) -> list[tuple[str, list[str], list[str]]]:
