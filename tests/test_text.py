@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -319,6 +320,30 @@ def tiny_text(path: Path, n: int = 6000, seed: int = 0) -> Path:
     return path
 
 
+def resume(run: Path, *extra: str) -> dict:
+    """`nnlab train resume=RUN <extra>` in this process; the run's record afterwards."""
+    from conftest import read_metrics
+
+    from nnlab.train import main
+
+    argv = sys.argv
+    sys.argv = ["nnlab train", f"resume={run}", *extra]
+    try:
+        main()
+    finally:
+        sys.argv = argv
+    return read_metrics(run)
+
+
+def sample_out(capsys, *argv: str) -> str:
+    """`nnlab sample <argv>`'s printed text (exit 0)."""
+    from nnlab.sample import main as sample_main
+
+    capsys.readouterr()
+    assert sample_main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
 LM = (
     "model=char_rnn",
     "dataset=text",
@@ -367,6 +392,9 @@ def test_char_rnn_run_bpc_baseline_samples_eval_and_sample(tmp_path, capsys, mon
         assert exc.value.code == 2 and says in err and "Traceback" not in err
     assert eval_main([str(run)]) == 0
     assert "test/bpc_ngram" in capsys.readouterr().out
+    assert sample_out(capsys, str(run), "n=12").startswith("The ")  # the model's own prompt
+    record = resume(run, "trainer.max_epochs=2")  # trains a second epoch, state carried
+    assert record["status"] == "finished" and record["epochs"] == 2
 
 
 def test_lm_data_errors_are_paragraphs(tmp_path, capsys, monkeypatch):
@@ -414,7 +442,7 @@ def many_fortunes(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("model", ["char_cnn", "bag_of_chars"])
-def test_text_classifiers_on_fortune_files(model, tmp_path):
+def test_text_classifiers_on_fortune_files(model, tmp_path, capsys):
     from conftest import event_tags, read_metrics, run_train
 
     folder = many_fortunes(tmp_path / "fortunes")
@@ -439,6 +467,20 @@ def test_text_classifiers_on_fortune_files(model, tmp_path):
     assert "vis/confusion_matrix" in tags.Tags()["images"] and "vis/errors" not in tags.Tags()["images"]
     errors = tags.Tensors("vis/errors/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "| true | predicted | text |" in errors
+    if model == "char_cnn":  # nnlab sample, eval and resume (one model is enough: same path)
+        from nnlab.evaluate import main as eval_main
+
+        listed = sample_out(capsys, str(run), "n=2")
+        assert listed.startswith("The first ") and " -> " in listed
+        top = sample_out(capsys, str(run), "prompt=Yow! Are we having fun yet? \u00e9", "n=2")
+        lines = top.splitlines()
+        assert lines[0].split()[0] in ("computers", "science", "zippy") and "'\u00e9'" in lines[2]
+        with pytest.raises(SystemExit) as exc:
+            sample_out(capsys, str(run), "temperature=0.5")
+        assert exc.value.code == 2
+        assert "language models" in capsys.readouterr().err
+        assert eval_main([str(run)]) == 0 and "test/acc" in capsys.readouterr().out
+        assert resume(run, "trainer.max_epochs=2")["epochs"] == 2
 
 
 def sword_pairs(root: Path, n: int = 80) -> Path:
@@ -462,7 +504,7 @@ def sword_pairs(root: Path, n: int = 80) -> Path:
     return root
 
 
-def test_seq2seq_run_bleu_attention_and_translations(tmp_path):
+def test_seq2seq_run_bleu_attention_and_translations(tmp_path, capsys):
     from conftest import event_tags, read_metrics, run_train
 
     lib = sword_pairs(tmp_path / "sword")
@@ -491,3 +533,11 @@ def test_seq2seq_run_bleu_attention_and_translations(tmp_path):
     assert "vis/attention" in tags.Tags()["images"]
     table = tags.Tensors("vis/translations/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert table.startswith("| verse | source | reference | translation (greedy) |")
+    from nnlab.evaluate import main as eval_main
+
+    said = sample_out(capsys, str(run), "prompt=God said let there be zebras.")
+    assert said.startswith("god said let there be zebras .\n-> ") and "<unk>: zebras)" in said
+    verses = sample_out(capsys, str(run), "n=2")
+    assert verses.count("translation: ") == 2 and verses.startswith("Gen.")
+    assert eval_main([str(run)]) == 0 and "test/bleu" in capsys.readouterr().out
+    assert resume(run, "trainer.max_epochs=2")["epochs"] == 2
