@@ -372,7 +372,8 @@ def test_char_rnn_run_bpc_baseline_samples_eval_and_sample(tmp_path, capsys, mon
     metrics = read_metrics(run)["metrics"]
     assert {"test/bpc", "test/bpc_ngram", "test/bpc_ngram3", "val/bpc"} <= set(metrics)
     assert metrics["test/bpc_ngram3"] < metrics["test/bpc_ngram1"] < math.log2(40)
-    text = event_tags(run).Tensors("vis/samples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    samples = event_tags(run).Tensors("vis/samples/text_summary")
+    text = samples[-1].tensor_proto.string_val[0].decode()
     assert "temperature 0.5" in text and "    The " in text
     capsys.readouterr()
     monkeypatch.chdir(tmp_path)
@@ -464,7 +465,8 @@ def test_text_classifiers_on_fortune_files(model, tmp_path, capsys):
     metrics = read_metrics(run)["metrics"]
     assert 0 <= metrics["test/acc"] <= 1 and "test/acc_class/zippy" in metrics
     tags = event_tags(run)
-    assert "vis/confusion_matrix" in tags.Tags()["images"] and "vis/errors" not in tags.Tags()["images"]
+    images = tags.Tags()["images"]
+    assert "vis/confusion_matrix" in images and "vis/errors" not in images
     errors = tags.Tensors("vis/errors/text_summary")[-1].tensor_proto.string_val[0].decode()
     assert "| true | predicted | text |" in errors
     if model == "char_cnn":  # nnlab sample, eval and resume (one model is enough: same path)
