@@ -130,17 +130,17 @@ def check_text_options(opts: dict[str, str], text: bool | None) -> None:
     """Options that only text models take, refused for an image model (text False), and the text
     options' values (before torch)."""
     asked = [k for k in ("prompt", "temperature") if opts[k]]
-    if opts["out"].lower().endswith(TEXT_SUFFIXES):
-        asked.append("out=FILE.txt")
-    if text is False and asked:
-        raise ConfigError(
-            f"{', '.join(asked)}: this run's model draws images, not text; prompt=, temperature= "
-            "and out=FILE.txt are for the text models (char_rnn, seq2seq, text classifiers). "
-            "Drop them to get its image grid."
-        )
+    if text is False:
+        if asked:
+            raise ConfigError(
+                f"{', '.join(asked)}: this run's model draws images, not text; prompt= and "
+                "temperature= are for the text models (char_rnn, seq2seq, text classifiers). "
+                "Drop them to get its image grid."
+            )
+        return  # n= and out= are an image grid's
     if opts["temperature"]:
         _temperature(opts["temperature"])
-    if opts["n"]:
+    if opts["n"] and (text or asked):
         int_option(opts["n"], "n", maximum=MAX_CHARS)
     if opts["out"] and (text or asked):
         _out_path(opts["out"], TEXT_SUFFIXES, "text")
