@@ -178,23 +178,37 @@ def robust_accuracy(
         with torch.no_grad():
             clean = [model(images[a:b]).argmax(1) == labels[a:b] for a, b in batches]
         for eps in eps_values:
-            generator = torch.Generator(device=images.device).manual_seed(int(seed))
-            start, right = time.perf_counter(), 0
-            for (a, b), clean_right in zip(batches, clean):
-                x, y = images[a:b], labels[a:b]
-                if kind == "pgd":
-                    adv = pgd(model, x, y, eps, steps, step_size, True, True, generator)
-                else:
-                    adv = perturb(model, x, y, kind, eps)
-                with torch.no_grad():
-                    right += int(((model(adv).argmax(1) == y) & clean_right).sum())
-                if a == 0 and keep:
-                    out["examples"][eps] = adv[:keep]
-                bar.update()
-            if images.device.type == "cuda":
-                torch.cuda.synchronize(images.device)
-            out["seconds"][eps] = time.perf_counter() - start
+            right, seconds, examples = _under_attack(
+                model, images, labels, batches, clean, eps, kind, steps, step_size, seed, keep, bar
+            )
+            if examples is not None:
+                out["examples"][eps] = examples
+            out["seconds"][eps] = seconds
             out["acc"][eps] = right / max(1, n)
             bar.set_postfix({f"acc@{eps:g}": f"{out['acc'][eps]:.3f}"})
     bar.close()
     return out
+
+
+def _under_attack(
+    model, images, labels, batches, clean, eps, kind, steps, step_size, seed, keep, bar
+):
+    """One attack at one eps over every batch (the model already in eval mode): (the images
+    right both clean and attacked, the wall seconds, the first `keep` adversarial images or
+    None). PGD's random starts come from a generator seeded afresh with `seed` at each eps."""
+    generator = torch.Generator(device=images.device).manual_seed(int(seed))
+    start, right, examples = time.perf_counter(), 0, None
+    for (a, b), clean_right in zip(batches, clean):
+        x, y = images[a:b], labels[a:b]
+        if kind == "pgd":
+            adv = pgd(model, x, y, eps, steps, step_size, True, True, generator)
+        else:
+            adv = perturb(model, x, y, kind, eps)
+        with torch.no_grad():
+            right += int(((model(adv).argmax(1) == y) & clean_right).sum())
+        if a == 0 and keep:
+            examples = adv[:keep]
+        bar.update()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize(images.device)
+    return right, time.perf_counter() - start, examples
