@@ -313,7 +313,7 @@ def build(cfg: DictConfig, config: dict[str, Any], run_dir: Path, extra_callback
     import torch
 
     from nnlab.device import check_device, prefer_cached_cuda_check
-    from nnlab.lean import QuietProfiler, skip_idle_hooks
+    from nnlab.lean import QuietProfiler, StepPlan, skip_idle_hooks
     from nnlab.trust import check_optimizer_classes
 
     lightning_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
@@ -339,7 +339,8 @@ def build(cfg: DictConfig, config: dict[str, Any], run_dir: Path, extra_callback
     if not loggers:  # the learning-rate monitor needs a logger; logger=none drops it
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     check_data = pl.callbacks.LambdaCallback(on_train_start=lambda t, m: _check_validation_split(t))
-    callbacks += [*extra_callbacks, check_data]
+    steps = StepPlan(cfg.get("steps_per_execution", 1))
+    callbacks += [*extra_callbacks, check_data, steps]
     trainer = _instantiate(
         trainer_cfg,
         logger=loggers or False,
@@ -348,6 +349,7 @@ def build(cfg: DictConfig, config: dict[str, Any], run_dir: Path, extra_callback
         profiler=trainer_cfg.get("profiler") or QuietProfiler(),
     )
     skip_idle_hooks(trainer.callbacks)
+    steps.attach(trainer, model)  # several optimizer steps per Lightning step, or one
     return datamodule, model, trainer
 
 
