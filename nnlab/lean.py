@@ -246,14 +246,14 @@ class StepPlan(Callback):
         """The batches of the chunk that starts at batch `position` of the epoch: up to n, ending
         early at the epoch's last batch (limit_train_batches), at a validation batch, at a step
         where a checkpoint is due (every_n_steps) and at max_steps; inside an accumulation window
-        only at validation."""
+        only where Lightning would validate or checkpoint there."""
         trainer, model = self.trainer, self.model
         limit = min(length, int(trainer.num_training_batches))
         if position >= limit:
             return 0
         index = compat.batch_index(trainer) + 1  # the fit's count of the batch at `position`
         steps, max_steps = trainer.global_step, trainer.max_steps
-        every = [e for e in map(compat.every_n_train_steps, trainer.callbacks) if e > 0]
+        checkpoints = compat.step_checkpoints(trainer.callbacks)
         val = trainer.val_check_batch
         val = int(val) if isinstance(val, int) or (val and math.isfinite(val)) else 0
         val_over_fit = trainer.check_val_every_n_epoch is None
@@ -265,13 +265,13 @@ class StepPlan(Callback):
                 break
             if val and ((index + count if val_over_fit else p + 1) % val == 0):
                 break
-            if (p + 1) % k:
-                continue  # no optimizer step after this batch
-            steps += model.optimizer_steps_for_batch(index + count - 1)
-            if 0 <= max_steps <= steps or any(steps % e == 0 for e in every):
+            stepping = (p + 1) % k == 0
+            if stepping:
+                steps += model.optimizer_steps_for_batch(index + count - 1)
+            if any(steps % every == 0 and steps != last for every, last in checkpoints):
                 break
-            if count >= self.n:
-                break
+            if stepping and (0 <= max_steps <= steps or count + k > self.n):
+                break  # (a chunk holds whole accumulation windows: at least one)
         return count
 
     def served(self, chunk) -> None:

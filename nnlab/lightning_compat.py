@@ -195,11 +195,19 @@ def log_step_metrics(trainer: pl.Trainer, metrics: dict, step: int) -> None:
     trainer._logger_connector.log_metrics({**metrics, "epoch": trainer.current_epoch}, step=step)
 
 
-def every_n_train_steps(callback) -> int:
-    """A checkpoint callback's step interval (Lightning's every_n_train_steps, or nnlab's
-    ResumableCheckpoint.every_n_steps); 0 when it has none."""
-    own = int(getattr(callback, "every_n_steps", 0) or 0)
-    return own or int(getattr(callback, "_every_n_train_steps", 0) or 0)
+def step_checkpoints(callbacks) -> list[tuple[int, int]]:
+    """(every, last) of each callback that checkpoints every `every` optimizer steps (nnlab's
+    ResumableCheckpoint.every_n_steps, Lightning's every_n_train_steps): it writes after a batch
+    that ends at a global_step that is a multiple of `every` and not `last`, the step of its latest
+    write."""
+    out = []
+    for callback in callbacks:
+        own = int(getattr(callback, "every_n_steps", 0) or 0)
+        if own > 0:
+            out.append((own, callback._last_written_step))
+        elif int(getattr(callback, "_every_n_train_steps", 0) or 0) > 0:
+            out.append((callback._every_n_train_steps, callback._last_global_step_saved))
+    return out
 
 
 # -- the trainer side: checkpoints, loggers, data connectors, loops ----------------------------

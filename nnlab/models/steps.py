@@ -265,7 +265,7 @@ class StepLoop:
         for entry in self.logs:
             scalars.append(
                 {
-                    f"train/{k}": next(numbers) if isinstance(v, torch.Tensor) else float(v)
+                    f"train/{k}": next(numbers) if isinstance(v, torch.Tensor) else _as_logged(v)
                     for k, v in entry.values.items()
                 }
             )
@@ -286,6 +286,11 @@ class StepLoop:
         if bad is not None:
             check, values = bad
             raise check.diverged(values, check.index, check.position)
+
+
+def _as_logged(number) -> float:
+    """A Python number as Lightning's self.log keeps it: a tensor of the default dtype."""
+    return torch.tensor(number, dtype=torch.get_default_dtype()).item()
 
 
 def run_chunk(module, batch):
