@@ -97,7 +97,7 @@ def steps_for(step_seconds: float) -> int:
     OVERHEAD of the call, at most MAX_STEPS_PER_CALL and about MAX_CALL_SECONDS a call."""
     if not step_seconds > 0:
         return MAX_STEPS_PER_CALL
-    n = math.ceil(CALL_SECONDS / (OVERHEAD * step_seconds))
+    n = math.ceil(CALL_SECONDS / (OVERHEAD * step_seconds) - 1e-9)
     n = min(n, max(1, int(MAX_CALL_SECONDS / step_seconds)), MAX_STEPS_PER_CALL)
     return max(1, n)
 
@@ -220,6 +220,7 @@ class StepPlan(Callback):
             )
 
     def on_train_start(self, trainer, pl_module) -> None:
+        compat.load_pending_loader_state(trainer)  # (any run: a fix for mid-epoch resume)
         if self.active:
             if pl_module.several.automatic:
                 compat.resume_step_counter(trainer)

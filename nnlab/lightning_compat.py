@@ -94,6 +94,14 @@ def uncompile_(module: torch.nn.Module) -> None:
         child._compiled_call_impl = None
 
 
+def load_pending_loader_state(trainer: pl.Trainer) -> None:
+    """A resumed fit: hand the training loader its saved position if Lightning has not. Lightning
+    loads it while it sets the data up; when configure_optimizers set the data up early (OneCycle's
+    total_steps: auto reads trainer.estimated_stepping_batches), that was before the checkpoint
+    was read, and the position was dropped: a mid-epoch resume started the epoch over."""
+    trainer.fit_loop._load_combined_loader_states()
+
+
 # -- several optimizer steps per Lightning step (nnlab/lean.py's StepPlan, NNLabModule's loop) ----
 # Lightning's fit loop runs one `training_step` per chunk of batches (nnlab.data.batches.Chunk);
 # these shims keep its counters in batches and optimizer steps, as if it had run each batch.

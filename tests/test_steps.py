@@ -200,3 +200,97 @@ def test_tensor_batches_serve_chunks_that_the_plan_sizes():
     assert [c.batch(j)[1].tolist() for c in chunks for j in range(len(c))] == batches
     assert plan.chunks == [(0, 3, 12), (3, 3, 12), (6, 3, 12), (9, 1, 4)]
     assert loader.state_dict() == {"epoch": 2, "position": 10}
+
+
+class Killed(BaseException):
+    """The process dies (nothing is written after it, as with kill -9)."""
+
+
+def test_a_run_killed_inside_a_call_resumes_to_the_same_run(tmp_path, monkeypatch):
+    """lstm_fashion's recipe (OneCycle per step, clipping) at 4 steps per call, killed at batch 12
+    (the third step of the call 10..13, mid-epoch): resumed from its last checkpoint (step 10,
+    every_n_steps), it ends where the uninterrupted run ends. (The preset, not a scheduler on the
+    command line: a resume never replays a _target_ from the run folder.)"""
+    from nnlab.models import steps
+    from nnlab.train import main
+
+    args = ("experiment=lstm_fashion", "dataset=synthetic", "model.hidden_size=16")
+    args = (*args, "steps_per_execution=4")
+    whole, _ = train(tmp_path, "whole", *args)
+    end = steps.StepLoop.end
+
+    def dies_at_12(loop):
+        if loop.index == 12:
+            raise Killed
+        end(loop)
+
+    monkeypatch.setattr(steps.StepLoop, "end", dies_at_12)
+    with pytest.raises(Killed):
+        train(tmp_path, "killed", *args)
+    monkeypatch.setattr(steps.StepLoop, "end", end)
+    killed = tmp_path / "killed"
+    last = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 10 and last["epoch"] == 1  # mid-epoch, before the kill
+
+    argv = sys.argv
+    sys.argv = ["nnlab train", f"resume={killed}"]
+    try:
+        main()
+    finally:
+        sys.argv = argv
+    a = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    for key in ("state_dict", "optimizer_states", "lr_schedulers", "global_step", "epoch"):
+        assert_same(a[key], b[key], key)
+    resumed, reference = read_metrics(killed)["metrics"], read_metrics(whole)["metrics"]
+    assert resumed == {k: v for k, v in reference.items() if not k.startswith("lr-")}
+
+
+def test_the_nan_guard_stops_at_the_same_step(tmp_path, monkeypatch):
+    """A NaN in the generator's loss at batch 9: at 4 steps per call it is found after the call,
+    and the run stops with the same message and the same last checkpoint as at 1."""
+    from nnlab.models import gans
+
+    real_loss = gans.generator_loss
+    records, checkpoints = [], []
+    for n in (1, 4):
+        calls = []
+
+        def poisoned(logits, kind="non_saturating", calls=calls):
+            calls.append(1)
+            loss = real_loss(logits, kind)
+            return loss * float("nan") if len(calls) == 5 else loss  # batch 9 (G every 2nd)
+
+        monkeypatch.setattr(gans, "generator_loss", poisoned)
+        with pytest.raises(SystemExit):
+            train(tmp_path, f"n{n}", *MODELS["dcgan"], f"steps_per_execution={n}")
+        records.append(read_metrics(tmp_path / f"n{n}"))
+        checkpoints.append(torch.load(tmp_path / f"n{n}/checkpoints/last.ckpt", weights_only=True))
+    assert records[0]["status"] == records[1]["status"] == "failed"
+    assert "training step 10 (epoch 1, batch 2 of the epoch)" in records[0]["error"]
+    assert records[0]["error"].replace("n1", "n4") == records[1]["error"]
+    assert_same(checkpoints[0], checkpoints[1])
+
+
+def test_auto_times_the_step_and_keeps_the_numbers(tmp_path):
+    from nnlab import lean
+
+    assert lean.steps_for(1e-3) == 50  # 1.5 ms a call against 3% of 1 ms steps
+    assert lean.steps_for(0.1) == 1 and lean.steps_for(1e-6) == lean.MAX_STEPS_PER_CALL
+    assert lean.steps_for(1e-2) == 5
+    run, recorder = train(tmp_path, "auto", *MODELS["ae"], "steps_per_execution=auto")
+    assert max(recorder.calls) > 1
+    one, _ = train(tmp_path, "one", *MODELS["ae"], "steps_per_execution=1")
+    assert csv_rows(run) == csv_rows(one)
+
+
+def test_explicit_steps_that_cannot_apply_are_a_config_error(tmp_path, capsys):
+    from conftest import run_fails
+
+    err, record = run_fails(
+        tmp_path, capsys, *TINY, "model=ae", "steps_per_execution=4", "+trainer.fast_dev_run=2"
+    )
+    assert "steps_per_execution=4 cannot be used here: trainer.fast_dev_run" in err
+    assert "steps_per_execution=1" in err
+    err, _ = run_fails(tmp_path, capsys, *TINY, "steps_per_execution=0", name="zero")
+    assert "steps_per_execution=0 is not valid" in err
