@@ -1,11 +1,12 @@
 """Several optimizer steps per Lightning step (steps_per_execution, nnlab/lean.py and
 nnlab/models/steps.py): the same numbers as one step per call.
 
-Each model trains twice on tiny synthetic data with one seed: steps_per_execution=1 (Lightning's own
-loop) and 4 (7 batches an epoch: 4 does not divide it; chunks also end at validation, checkpoints and
-max_steps). Compared: every checkpoint written (weights, optimizer and scheduler states, Lightning's
-loop counters, the RNG states), the logged scalars row by row (CSV logger) and the run's record.
-The runs with several steps also check that the step loop never reads a tensor on the host."""
+Each model trains twice on tiny synthetic data with one seed: steps_per_execution=1 (Lightning's
+own loop) and 4 (7 batches an epoch: 4 does not divide it; chunks also end at validation,
+checkpoints and max_steps). Compared: every checkpoint written (weights, optimizer and scheduler
+states, Lightning's loop counters, the RNG states), the logged scalars row by row (CSV logger) and
+the run's record. The runs with several steps also check that the step loop never reads a tensor
+on the host."""
 
 from __future__ import annotations
 
