@@ -295,3 +295,35 @@ def test_explicit_steps_that_cannot_apply_are_a_config_error(tmp_path, capsys):
     assert "steps_per_execution=1" in err
     err, _ = run_fails(tmp_path, capsys, *TINY, "steps_per_execution=0", name="zero")
     assert "steps_per_execution=0 is not valid" in err
+
+
+def test_compiled_nets_compile_once_and_keep_the_numbers(tmp_path, monkeypatch):
+    """model.compile=true: the nets are compiled once (their forward and backward graphs), before
+    the first step, and every step of every call reuses them; auto times an eager copy. The
+    backend is dynamo's counting one over aot_eager (AOTAutograd's graphs, no code generation), so
+    the test takes seconds."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    original = torch.nn.Module.compile
+    counters = []
+
+    def counted_compile(module, *args, mode=None, **kwargs):
+        counters[-1].append(mode)
+        return original(module, *args, backend=counters[-1][0], **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", counted_compile)
+    runs = {}
+    for setting in ("1", "auto"):
+        torch._dynamo.reset()
+        counters.append([CompileCounterWithBackend("aot_eager")])
+        runs[setting] = train(
+            tmp_path, setting, *MODELS["ae"], "model.compile=true", f"steps_per_execution={setting}"
+        )
+    (one, _), (auto, recorder) = runs["1"], runs["auto"]
+    assert max(recorder.calls) > 1
+    assert counters[0][1:] == counters[1][1:] == [None, None]  # encoder and decoder, default mode
+    frames = [c[0].frame_count for c in counters]
+    assert frames[0] == frames[1] and frames[0] <= 4  # train and eval batch shapes, per net
+    assert csv_rows(one) == csv_rows(auto)
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True) for r in (one, auto))
+    assert_same(a["state_dict"], b["state_dict"])
