@@ -288,6 +288,7 @@ class StepPlan(Callback):
         """Steps per call for this model: its step timed on a deep copy (its own optimisers, the
         first training batches, the RNG states restored after), so the run itself is untouched."""
         import copy
+        import dataclasses
         import random
 
         import numpy as np
@@ -300,6 +301,8 @@ class StepPlan(Callback):
             return 1
         twin = copy.deepcopy(module).train()
         compat.uncompile_(twin)  # timed eagerly: compiling a copy would cost more than it tells
+        # alone on its device, outside the trainer (under DDP the run's backward syncs the ranks)
+        twin.several = dataclasses.replace(twin.several, fast_backward=True)
         twins = dict(zip(module.parameters(), twin.parameters()))
         optimizers = [_optimizer_like(o, twins) for o in trainer.optimizers]
         devices = [module.device] if module.device.type == "cuda" else []
