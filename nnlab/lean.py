@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import statistics
 
 import pytorch_lightning as pl
 from pytorch_lightning import Callback
@@ -81,10 +82,14 @@ def skip_idle_hooks(callbacks) -> None:
 # global_step, log_every_n_steps, val_check_interval, every_n_steps checkpoints and resume keep
 # their meaning: a chunk ends wherever Lightning must look between two batches.
 
-# Lightning's cost per call, taken high (measured ~0.8-1.0 ms on this project's CPU by make bench);
-# `auto` keeps it under OVERHEAD of a call's time
-CALL_SECONDS = 1.5e-3
-OVERHEAD = 0.03
+# `auto` sizes a call so that Lightning's cost per call (its loop, hooks, logger connector,
+# progress bar: Python) stays under OVERHEAD of the call's time. That cost is measured by proxy: a
+# fixed piece of pure Python (`python_probe`) timed next to the model's steps, so both meet the
+# same machine (a loaded CPU slows Lightning as much as the step). On this project's 2-core CPU a
+# Lightning call cost 0.39-0.56 ms when the probe took 1.2-1.3 ms (fresh processes, an MLP with 16
+# hidden units at batch 8, step-paired); CALL_PER_PROBE takes it as 0.6 probes, with margin.
+CALL_PER_PROBE = 0.6
+OVERHEAD = 0.01  # the issue asks for under 3%: the step loop's own per-step cost comes on top
 MAX_STEPS_PER_CALL = 200
 MAX_CALL_SECONDS = 0.25  # Ctrl-C and the progress bar wait for the call to finish
 TIMED_STEPS, WARMUP_STEPS, TIMING_SECONDS = 12, 2, 1.0
@@ -92,12 +97,25 @@ TIMED_STEPS, WARMUP_STEPS, TIMING_SECONDS = 12, 2, 1.0
 log = logging.getLogger("nnlab")
 
 
-def steps_for(step_seconds: float) -> int:
-    """`auto`'s choice: the fewest steps per call that keep Lightning's per-call cost under
+def python_probe(n: int = 20_000) -> float:
+    """Seconds for n calls of a small Python function: the interpreter's speed right now."""
+    import time
+
+    def f(a, b=1):
+        return a + b
+
+    x, t0 = 0, time.perf_counter()
+    for i in range(n):
+        x = f(x, i) if i & 1 else f(x)
+    return time.perf_counter() - t0
+
+
+def steps_for(step_seconds: float, call_seconds: float) -> int:
+    """`auto`'s choice: the fewest steps per call that keep a call's cost (call_seconds) under
     OVERHEAD of the call, at most MAX_STEPS_PER_CALL and about MAX_CALL_SECONDS a call."""
     if not step_seconds > 0:
         return MAX_STEPS_PER_CALL
-    n = math.ceil(CALL_SECONDS / (OVERHEAD * step_seconds) - 1e-9)
+    n = math.ceil(call_seconds / (OVERHEAD * step_seconds) - 1e-9)
     n = min(n, max(1, int(MAX_CALL_SECONDS / step_seconds)), MAX_STEPS_PER_CALL)
     return max(1, n)
 
@@ -118,6 +136,7 @@ class StepPlan(Callback):
         self.setting = setting
         self.n: int | None = None  # steps per call, once known
         self.step_seconds: float | None = None  # auto: the timed step
+        self.call_seconds: float | None = None  # auto: Lightning's cost per call, estimated
         self.active = False
         self.trainer = self.model = None
         self.reason = ""  # why it stays at one step per call
@@ -214,9 +233,10 @@ class StepPlan(Callback):
             self.n = int(trainer.strategy.broadcast(self.time_step(trainer, pl_module), src=0))
             log.info(
                 "steps_per_execution=auto: %d optimizer steps per Lightning step (a step took "
-                "%.2f ms)",
+                "%.2f ms, a Lightning call is taken as %.2f ms)",
                 self.n,
                 1e3 * (self.step_seconds or 0.0),
+                1e3 * (self.call_seconds or 0.0),
             )
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -308,15 +328,17 @@ class StepPlan(Callback):
         devices = [module.device] if module.device.type == "cuda" else []
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=devices):
-            times, n = [], 0
+            times, probes, n = [], [], 0
             while n < TIMED_STEPS and sum(times) < TIMING_SECONDS:
                 times += time_steps(twin, batches[n % len(batches) :][:1], optimizers, twin.several)
+                probes.append(python_probe())
                 n += 1
         random.setstate(py_state)
         np.random.set_state(np_state)
         timed = times[WARMUP_STEPS:] or times
-        self.step_seconds = sorted(timed)[len(timed) // 2]
-        return steps_for(self.step_seconds)
+        self.step_seconds = statistics.median(timed)
+        self.call_seconds = CALL_PER_PROBE * statistics.median(probes)
+        return steps_for(self.step_seconds, self.call_seconds)
 
     @staticmethod
     def _first_batches(trainer, n: int = 4) -> list:

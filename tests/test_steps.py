@@ -276,9 +276,10 @@ def test_the_nan_guard_stops_at_the_same_step(tmp_path, monkeypatch):
 def test_auto_times_the_step_and_keeps_the_numbers(tmp_path):
     from nnlab import lean
 
-    assert lean.steps_for(1e-3) == 50  # 1.5 ms a call against 3% of 1 ms steps
-    assert lean.steps_for(0.1) == 1 and lean.steps_for(1e-6) == lean.MAX_STEPS_PER_CALL
-    assert lean.steps_for(1e-2) == 5
+    assert lean.steps_for(1e-3, 0.5e-3) == 50  # a 0.5 ms call against 1% of 1 ms steps
+    assert lean.steps_for(0.1, 1e-3) == 1 and lean.steps_for(1e-6, 1e-3) == lean.MAX_STEPS_PER_CALL
+    assert lean.steps_for(1e-2, 1e-3) == 10 and lean.steps_for(0.1, 1e-2) == 2  # at most 0.25 s
+    assert 0 < lean.python_probe(1000) < 1
     run, recorder = train(tmp_path, "auto", *MODELS["ae"], "steps_per_execution=auto")
     assert max(recorder.calls) > 1
     one, _ = train(tmp_path, "one", *MODELS["ae"], "steps_per_execution=1")

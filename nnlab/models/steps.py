@@ -83,7 +83,10 @@ class Stepper:
         if loop.module_hooks[OPTIMIZER_HOOK]:
             module.on_before_optimizer_step(optimizer)
         settings = loop.settings
-        if settings.automatic and trainer is not None:
+        if loop.clips and trainer is None:  # timing a detached copy: a clip of the same cost
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+        elif loop.clips:
             module.configure_gradient_clipping(
                 optimizer,
                 gradient_clip_val=settings.clip_val,
@@ -135,6 +138,11 @@ class StepLoop:
         self.finite: list[FiniteCheck] = []
         self.j = self.index = self.position = self.logged = 0
         self.logging, self.stepping, self.window_start, self.last_stepped = False, True, True, True
+        # Lightning's automatic loop asks configure_gradient_clipping before every optimizer step;
+        # LightningModule's own does nothing without a clip value
+        self.clips = settings.automatic and (
+            bool(settings.clip_val) or _module_overrides(module, "configure_gradient_clipping")
+        )
         if trainer is None:  # timing
             self.hooks = {h: [] for h in (*STEP_HOOKS, OPTIMIZER_HOOK)}
             self.module_hooks = dict.fromkeys(self.hooks, False)
