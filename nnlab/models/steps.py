@@ -249,10 +249,10 @@ class StepLoop:
             automatic=self.settings.automatic,
         )
         compat.add_batches_that_stepped(trainer, self.stepped - (1 if self.last_stepped else 0))
-        if n_run == self.n:
+        if self.loader_length is not None and n_run == self.n:  # a chunk: was it the last batch?
             compat.set_last_batch(trainer, self.position0 + self.n >= self.loader_length)
 
-    loader_length = 10**12  # set by run_chunk from the chunk's loader
+    loader_length: int | None = None  # a chunk's loader's length (run_chunk sets it)
 
     def report(self) -> None:
         """One host read for the whole call: the logged scalars and the NaN flags. Writes the

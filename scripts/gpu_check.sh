@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The GPU half of issue 23 (several optimizer steps per Lightning step), as one device call of at
+# most 8 minutes: no host sync inside the step loop, the `make bench` table at one step per call and
+# at auto for every model, and experiment=lenet_fashion's wall time to its test accuracy.
+#
+#   here, once (needs the package index):  bash scripts/gpu_check.sh prepare
+#       -> .gpu/ (ignored by git): the wheels the device image lacks (hydra-core, omegaconf, antlr4
+#          at requirements.lock's versions) and Fashion-MNIST (Debian's files)
+#   there: the device tool's run, command "bash scripts/gpu_check.sh run", carry [".gpu"],
+#          timeout_s 600; everything lands in $OUT (gpu_check.log, bench_one.json, bench_auto.json,
+#          sync.txt, lenet_fashion.json)
+#   a dry run of the same steps on this CPU, tiny:  GPU_CHECK_CPU=1 bash scripts/gpu_check.sh run
+#
+# The device image has its own torch (2.11 when last seen) and Lightning 2.6.6: nnlab's version
+# check is relaxed with NNLAB_UNPINNED=1 (a warning), and nothing is installed beyond .gpu/whl and
+# nnlab itself (into /tmp/site, offline).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-run}
+PINS=(hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3)
+
+if [ "$mode" = prepare ]; then
+  exclude=$(git rev-parse --git-path info/exclude)
+  grep -qxF '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >>"$exclude"
+  mkdir -p .gpu/whl .gpu/fashion-mnist
+  python3 -m pip download --quiet --no-deps --dest .gpu/whl "${PINS[@]}"
+  cp /usr/share/datasets/fashion-mnist/*-ubyte.gz .gpu/fashion-mnist/
+  du -sh .gpu
+  exit 0
+fi
+[ "$mode" = run ] || { echo "usage: $0 prepare|run" >&2; exit 2; }
+
+OUT=${OUT:-$PWD/.gpu/out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+t0=$(date +%s)
+since() { echo "[gpu_check] +$(($(date +%s) - t0)) s: $*"; }
+
+PY=${PYTHON:-python3}
+if [ -z "${GPU_CHECK_CPU:-}" ]; then  # the device: install offline into /tmp/site
+  $PY -m pip install --quiet --no-index --no-deps --no-build-isolation --target /tmp/site \
+    .gpu/whl/* . 2>&1 | grep -v "WARNING: Target directory" || true
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  mkdir -p /usr/share/datasets/fashion-mnist
+  cp -n .gpu/fashion-mnist/*.gz /usr/share/datasets/fashion-mnist/
+  nvidia-smi -L || true
+  ACCEL=accelerator=gpu
+  LIMIT=()
+  MODELS=ae,lenet,lstm,dcgan
+else  # the dry run on this CPU: the same steps, tiny
+  ACCEL=accelerator=cpu
+  LIMIT=(--limit-batches 12)
+  MODELS=ae
+fi
+export NNLAB_UNPINNED=1 PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+$PY -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning',
+pl.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
+since "installed"
+
+# 1. no host synchronisation inside the step loop: CUDA's sync debug mode raises on any sync
+#    between the first and the last step of each call (on the CPU dry run it only runs)
+timeout 150 $PY - "$ACCEL" "$MODELS" <<'EOF' | tee "$OUT/sync.txt"
+import sys, time, tempfile
+import torch
+from nnlab.models import steps
+from nnlab.train import main
+
+accel, models = sys.argv[1], sys.argv[2].split(",") + ["vae", "rbm"]
+cuda = torch.cuda.is_available()
+begin, count = steps.StepLoop.begin, steps.StepLoop.count
+calls = []
+
+def begin_(loop, j):
+    if j == 0 and cuda:
+        torch.cuda.set_sync_debug_mode("error")
+    begin(loop, j)
+
+def count_(loop, n):
+    if cuda:
+        torch.cuda.set_sync_debug_mode("default")
+    calls.append(n)
+    count(loop, n)
+
+steps.StepLoop.begin, steps.StepLoop.count = begin_, count_
+for model in models:
+    calls.clear()
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.argv = ["nnlab train", f"model={model}", accel, "steps_per_execution=8",
+                    "trainer.max_steps=48", "trainer.limit_val_batches=2", "test_after_fit=false",
+                    "logger=none", "callbacks=none", "trainer.log_every_n_steps=4",
+                    f"hydra.run.dir={tmp}/run"]
+        main()
+    print(f"sync check {model}: {len(calls)} calls of {sorted(set(calls))} steps, no host sync "
+          f"inside them (sync debug mode 'error': {cuda}), {time.perf_counter() - t:.1f} s",
+          flush=True)
+EOF
+since "sync check done"
+
+# 2. the bench table, every model: one step per call (Lightning's loop) and auto
+for setting in 1 auto; do
+  name=$([ "$setting" = 1 ] && echo one || echo auto)
+  timeout 200 $PY scripts/bench.py --models "$MODELS" --reps 1 --epochs 2 \
+    --paths nnlab,hand,interleaved --no-cli "${LIMIT[@]}" --set "steps_per_execution=$setting" \
+    --json "$OUT/bench_$name.json" | grep -v "^  "
+  since "bench at steps_per_execution=$setting done"
+done
+
+# 3. experiment=lenet_fashion: wall time to its test accuracy (91% on the CPU)
+if [ -z "${GPU_CHECK_CPU:-}" ]; then
+  start=$(date +%s.%N)
+  timeout 180 $PY -m nnlab.cli train experiment=lenet_fashion "$ACCEL" \
+    callbacks.progress_bar.refresh_rate=0 hydra.run.dir=/tmp/lenet_fashion | tail -5
+  $PY - "$start" "$(date +%s.%N)" <<'EOF' | tee "$OUT/lenet_fashion.json"
+import json, sys
+record = json.load(open("/tmp/lenet_fashion/metrics.json"))
+m = record["metrics"]
+print(json.dumps({"wall_s": float(sys.argv[2]) - float(sys.argv[1]), "status": record["status"],
+                  "test_acc": m.get("test/acc"), "global_step": record.get("global_step")}))
+EOF
+fi
+since "all done"
