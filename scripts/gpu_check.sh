@@ -23,7 +23,9 @@ if [ "$mode" = prepare ]; then
   exclude=$(git rev-parse --git-path info/exclude)
   grep -qxF '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >>"$exclude"
   mkdir -p .gpu/whl .gpu/fashion-mnist
-  python3 -m pip download --quiet --no-deps --dest .gpu/whl "${PINS[@]}"
+  # wheels only (antlr4 4.9.3 is an sdist: built into a pure-Python wheel here)
+  python3 -m pip wheel --quiet --no-deps --wheel-dir .gpu/whl "${PINS[@]}" 2>&1 | grep -v "^WARNING" || true
+  rm -f .gpu/whl/*.tar.gz
   cp /usr/share/datasets/fashion-mnist/*-ubyte.gz .gpu/fashion-mnist/
   du -sh .gpu
   exit 0
@@ -53,6 +55,8 @@ else  # the dry run on this CPU: the same steps, tiny
   MODELS=ae
 fi
 export NNLAB_UNPINNED=1 PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+# -P: the installed nnlab (with its configs), never the source folder of the current directory
+[ -z "${GPU_CHECK_CPU:-}" ] && PY="$PY -P"
 $PY -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning',
 pl.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
 since "installed"
@@ -89,6 +93,7 @@ for model in models:
         sys.argv = ["nnlab train", f"model={model}", accel, "steps_per_execution=8",
                     "trainer.max_steps=48", "trainer.limit_val_batches=2", "test_after_fit=false",
                     "logger=none", "callbacks=none", "trainer.log_every_n_steps=4",
+                    "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
                     f"hydra.run.dir={tmp}/run"]
         main()
     print(f"sync check {model}: {len(calls)} calls of {sorted(set(calls))} steps, no host sync "
@@ -102,7 +107,7 @@ for setting in 1 auto; do
   name=$([ "$setting" = 1 ] && echo one || echo auto)
   timeout 200 $PY scripts/bench.py --models "$MODELS" --reps 1 --epochs 2 \
     --paths nnlab,hand,interleaved --no-cli "${LIMIT[@]}" --set "steps_per_execution=$setting" \
-    --json "$OUT/bench_$name.json" | grep -v "^  "
+    --json "$OUT/bench_$name.json" | grep -v "^  [a-z]* rep "
   since "bench at steps_per_execution=$setting done"
 done
 
