@@ -52,6 +52,8 @@ MODELS = {
     # two optimisers, G every 2nd batch, a moving average of G
     "dcgan": ("model=dcgan", "model.g_dims=[16,8]", "model.d_dims=[8,16]",
               "model.latent_dim=8", "model.d_steps=2", "model.ema=0.9"),
+    # contrastive divergence with persistent chains (they run on across calls), stochastic pixels
+    "rbm": ("model=rbm", "model.n_hidden=16", "model.binarize=stochastic"),
 }  # fmt: skip
 
 
