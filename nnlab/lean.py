@@ -230,14 +230,20 @@ class StepPlan(Callback):
     # -- the fit --------------------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.active and self.n is None:
-            self.n = int(trainer.strategy.broadcast(self.time_step(trainer, pl_module), src=0))
-            log.info(
-                "steps_per_execution=auto: %d optimizer steps per Lightning step (a step took "
-                "%.2f ms, a Lightning call is taken as %.2f ms)",
-                self.n,
-                1e3 * (self.step_seconds or 0.0),
-                1e3 * (self.call_seconds or 0.0),
-            )
+            try:
+                n = self.time_step(trainer, pl_module)
+            except Exception as err:  # noqa: BLE001 - a model that will not run detached
+                n, self.reason = 1, f"its step could not be timed on a copy ({_last_line(err)})"
+                log.info("steps_per_execution=auto: one step per call: %s", self.reason)
+            self.n = int(trainer.strategy.broadcast(n, src=0))
+            if self.step_seconds is not None:
+                log.info(
+                    "steps_per_execution=auto: %d optimizer steps per Lightning step (a step "
+                    "took %.2f ms, a Lightning call is taken as %.2f ms)",
+                    self.n,
+                    1e3 * self.step_seconds,
+                    1e3 * self.call_seconds,
+                )
 
     def on_train_start(self, trainer, pl_module) -> None:
         compat.load_pending_loader_state(trainer)  # (any run: a fix for mid-epoch resume)
@@ -321,8 +327,8 @@ class StepPlan(Callback):
             return 1
         twin = copy.deepcopy(module).train()
         compat.uncompile_(twin)  # timed eagerly: compiling a copy would cost more than it tells
-        # alone on its device, outside the trainer (under DDP the run's backward syncs the ranks)
-        twin.several = dataclasses.replace(twin.several, fast_backward=True)
+        # alone, outside the trainer: its own backward (no DDP), an optimizer step every batch
+        twin.several = dataclasses.replace(twin.several, fast_backward=True, accumulate=1)
         twins = dict(zip(module.parameters(), twin.parameters()))
         optimizers = [_optimizer_like(o, twins) for o in trainer.optimizers]
         devices = [module.device] if module.device.type == "cuda" else []
@@ -354,6 +360,11 @@ class StepPlan(Callback):
             if len(out) == n:
                 break
         return out
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1][:200] if text else ''}"
 
 
 def _optimizer_like(optimizer, params: dict):

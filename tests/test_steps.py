@@ -330,3 +330,15 @@ def test_compiled_nets_compile_once_and_keep_the_numbers(tmp_path, monkeypatch):
     assert csv_rows(one) == csv_rows(auto)
     a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True) for r in (one, auto))
     assert_same(a["state_dict"], b["state_dict"])
+
+
+def test_auto_falls_back_to_one_step_per_call_when_the_copy_cannot_run(tmp_path, monkeypatch):
+    """A model whose step cannot run on a detached copy still trains (one step per call)."""
+    from nnlab import lean
+
+    def cannot(self, trainer, module):
+        raise RuntimeError("needs its trainer")
+
+    monkeypatch.setattr(lean.StepPlan, "time_step", cannot)
+    run, recorder = train(tmp_path, "auto", *MODELS["ae"], "trainer.max_epochs=1")
+    assert set(recorder.calls) == {1} and read_metrics(run)["status"] == "finished"
