@@ -63,7 +63,7 @@ since "installed"
 
 # 1. no host synchronisation inside the step loop: CUDA's sync debug mode raises on any sync
 #    between the first and the last step of each call (on the CPU dry run it only runs)
-timeout 150 $PY - "$ACCEL" "$MODELS" <<'EOF' | tee "$OUT/sync.txt"
+timeout 100 $PY - "$ACCEL" "$MODELS" <<'EOF' | tee "$OUT/sync.txt"
 import sys, time, tempfile
 import torch
 from nnlab.models import steps
@@ -105,7 +105,7 @@ since "sync check done"
 # 2. the bench table, every model: one step per call (Lightning's loop) and auto
 for setting in 1 auto; do
   name=$([ "$setting" = 1 ] && echo one || echo auto)
-  timeout 200 $PY scripts/bench.py --models "$MODELS" --reps 1 --epochs 2 \
+  timeout 140 $PY scripts/bench.py --models "$MODELS" --reps 1 --epochs 2 \
     --paths nnlab,hand,interleaved --no-cli "${LIMIT[@]}" --set "steps_per_execution=$setting" \
     --json "$OUT/bench_$name.json" | grep -v "^  [a-z]* rep "
   since "bench at steps_per_execution=$setting done"
@@ -114,7 +114,7 @@ done
 # 3. experiment=lenet_fashion: wall time to its test accuracy (91% on the CPU)
 if [ -z "${GPU_CHECK_CPU:-}" ]; then
   start=$(date +%s.%N)
-  timeout 180 $PY -m nnlab.cli train experiment=lenet_fashion "$ACCEL" \
+  timeout 100 $PY -m nnlab.cli train experiment=lenet_fashion "$ACCEL" \
     callbacks.progress_bar.refresh_rate=0 hydra.run.dir=/tmp/lenet_fashion | tail -5
   $PY - "$start" "$(date +%s.%N)" <<'EOF' | tee "$OUT/lenet_fashion.json"
 import json, sys
