@@ -63,7 +63,7 @@ since "installed"
 
 # 1. no host synchronisation inside the step loop: CUDA's sync debug mode raises on any sync
 #    between the first and the last step of each call (on the CPU dry run it only runs)
-timeout 100 $PY - "$ACCEL" "$MODELS" <<'EOF' | tee "$OUT/sync.txt"
+timeout 100 $PY - "$ACCEL" "$MODELS" <<'EOF' | tee "$OUT/sync.txt" || since "SYNC CHECK FAILED"
 import sys, time, tempfile
 import torch
 from nnlab.models import steps
@@ -107,7 +107,7 @@ for setting in 1 auto; do
   name=$([ "$setting" = 1 ] && echo one || echo auto)
   timeout 140 $PY scripts/bench.py --models "$MODELS" --reps 1 --epochs 2 \
     --paths nnlab,hand,interleaved --no-cli "${LIMIT[@]}" --set "steps_per_execution=$setting" \
-    --json "$OUT/bench_$name.json" | grep -v "^  [a-z]* rep "
+    --json "$OUT/bench_$name.json" | grep -v "^  [a-z]* rep " || since "BENCH FAILED"
   since "bench at steps_per_execution=$setting done"
 done
 
@@ -115,7 +115,8 @@ done
 if [ -z "${GPU_CHECK_CPU:-}" ]; then
   start=$(date +%s.%N)
   timeout 100 $PY -m nnlab.cli train experiment=lenet_fashion "$ACCEL" \
-    callbacks.progress_bar.refresh_rate=0 hydra.run.dir=/tmp/lenet_fashion | tail -5
+    callbacks.progress_bar.refresh_rate=0 hydra.run.dir=/tmp/lenet_fashion | tail -5 ||
+    since "LENET_FASHION FAILED"
   $PY - "$start" "$(date +%s.%N)" <<'EOF' | tee "$OUT/lenet_fashion.json"
 import json, sys
 record = json.load(open("/tmp/lenet_fashion/metrics.json"))
