@@ -48,7 +48,7 @@ class Chunk:
     def __len__(self) -> int:
         return self.stop - self.start
 
-    def batch(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, j: int):
         return self.source.draw(self.order, self.start + j)
 
     @property
@@ -141,7 +141,10 @@ class TensorBatches:
             plan.served(chunk)
             yield chunk
 
-    def draw(self, order: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, order: torch.Tensor, i: int):
         """Batch i of an epoch's order."""
-        idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+        return self.batch(order[i * self.batch_size : (i + 1) * self.batch_size])
+
+    def batch(self, idx: torch.Tensor):
+        """The batch of these indices (subclasses serve other batch shapes, e.g. sequences)."""
         return self.images[idx], self.labels[idx]
