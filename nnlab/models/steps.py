@@ -24,6 +24,7 @@ device and are read once per call, together (`StepLoop.report`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -135,6 +136,7 @@ class StepLoop:
         self.steppers = [Stepper(o, self) for o in optimizers]
         self.steps = self.zero_grads = self.schedulers = self.stepped = 0
         self.logs: list[Logged] = []
+        self.deferred: list[tuple[int, int, Callable[[], None]]] = []  # (j, logging step, write)
         self.finite: list[FiniteCheck] = []
         self.j = self.index = self.position = self.logged = 0
         self.logging, self.stepping, self.window_start, self.last_stepped = False, True, True, True
@@ -227,6 +229,13 @@ class StepLoop:
         else:
             self.logs.append(Logged(self.j, self.logged, values, batch_size))
 
+    def defer(self, write: Callable[[], None]) -> None:
+        """A callback's write of this step (e.g. the learning rates it logs on a logged step):
+        run after the call, before the step's training scalars are written, as Lightning's
+        on_train_batch_start comes before them. Its values must be read already (no tensors)."""
+        if self.trainer is not None:
+            self.deferred.append((self.j, self.logged, write))
+
     def check_finite(self, losses: dict, diverged) -> None:
         if self.trainer is None:
             return
@@ -285,8 +294,13 @@ class StepLoop:
                 bad = (check, values)
         stop = bad[0].j if bad is not None else self.n
         written = [(e, s) for e, s in zip(self.logs, scalars) if e.j < stop]
-        for entry, values in written:
-            compat.log_step_metrics(self.trainer, values, entry.step)
+        # in step order: a step's deferred writes (its batch start, also on the bad step), then
+        # its training scalars
+        writes = [(step, 0, i, fn) for i, (j, step, fn) in enumerate(self.deferred) if j <= stop]
+        for i, (entry, values) in enumerate(written):
+            writes.append((entry.step, 1, i, _writer(self.trainer, values, entry.step)))
+        for *_, write in sorted(writes, key=lambda w: w[:3]):
+            write()
         if written:  # the progress bar and callback_metrics, as after a logged step
             entry = written[-1][0]
             for key, value in entry.values.items():
@@ -294,6 +308,10 @@ class StepLoop:
         if bad is not None:
             check, values = bad
             raise check.diverged(values, check.index, check.position)
+
+
+def _writer(trainer, values: dict, step: int) -> Callable[[], None]:
+    return lambda: compat.log_step_metrics(trainer, values, step)
 
 
 def _as_logged(number) -> float:
