@@ -5,7 +5,8 @@
 #
 #   here, once (needs the package index):  bash scripts/gpu_check.sh prepare
 #       -> .gpu/ (ignored by git): the wheels the device image lacks (hydra-core, omegaconf, antlr4
-#          at requirements.lock's versions) and Fashion-MNIST (Debian's files)
+#          at requirements.lock's versions), Fashion-MNIST (Debian's files) and JapaneseVowels
+#          (`make data`'s copy from the aeon wheel: lstm_seq's data)
 #   there: the device tool's run, command "bash scripts/gpu_check.sh run", carry [".gpu"],
 #          timeout_s 600; everything lands in $OUT (gpu_check.log, bench_one.json, bench_auto.json,
 #          sync.txt, lenet_fashion.json)
@@ -27,6 +28,9 @@ if [ "$mode" = prepare ]; then
   python3 -m pip wheel --quiet --no-deps --wheel-dir .gpu/whl "${PINS[@]}" 2>&1 | grep -v "^WARNING" || true
   rm -f .gpu/whl/*.tar.gz
   cp /usr/share/datasets/fashion-mnist/*-ubyte.gz .gpu/fashion-mnist/
+  jv=${PKGDATA:-/work/main/.venv/share/nnlab}/aeon-1.6.0/JapaneseVowels
+  mkdir -p .gpu/data/JapaneseVowels
+  cp "$jv"/JapaneseVowels_TRAIN.ts "$jv"/JapaneseVowels_TEST.ts .gpu/data/JapaneseVowels/
   du -sh .gpu
   exit 0
 fi
@@ -48,12 +52,14 @@ if [ -z "${GPU_CHECK_CPU:-}" ]; then  # the device: install offline into /tmp/si
   nvidia-smi -L || true
   ACCEL=accelerator=gpu
   LIMIT=()
-  MODELS=ae,lenet,lstm,dcgan
+  MODELS=ae,lenet,lstm,lstm_seq,dcgan
 else  # the dry run on this CPU: the same steps, tiny
   ACCEL=accelerator=cpu
   LIMIT=(--limit-batches 12)
-  MODELS=ae
+  MODELS=ae,lstm_seq
 fi
+# JapaneseVowels from .gpu/data (the other datasets fall through to their usual places)
+export NNLAB_DATA_DIR=$PWD/.gpu/data
 export NNLAB_UNPINNED=1 PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 # -P: the installed nnlab (with its configs), never the source folder of the current directory
 [ -z "${GPU_CHECK_CPU:-}" ] && PY="$PY -P"
@@ -70,6 +76,8 @@ from nnlab.models import steps
 from nnlab.train import main
 
 accel, models = sys.argv[1], sys.argv[2].split(",") + ["vae", "rbm"]
+# the bench's names -> the configs (lstm_seq: variable-length sequences, packed)
+configs = {"lstm_seq": "experiment=japanese_vowels"}
 cuda = torch.cuda.is_available()
 begin, count = steps.StepLoop.begin, steps.StepLoop.count
 calls = []
@@ -90,7 +98,8 @@ for model in models:
     calls.clear()
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        sys.argv = ["nnlab train", f"model={model}", accel, "steps_per_execution=8",
+        sys.argv = ["nnlab train", configs.get(model, f"model={model}"), accel,
+                    "steps_per_execution=8",
                     "trainer.max_steps=48", "trainer.limit_val_batches=2", "test_after_fit=false",
                     "logger=none", "callbacks=none", "trainer.log_every_n_steps=4",
                     "+trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
