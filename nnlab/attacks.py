@@ -24,11 +24,19 @@ from nnlab.errors import ConfigError, check_choice
 from nnlab.viz import eval_mode
 
 KINDS = ("none", "fgsm", "pgd")  # model.adversarial.kind and the attacks of `nnlab robustness`
-TRAINING_KEYS = {"kind": "none", "eps": 0.1, "steps": 7, "step_size": None, "random_start": True}
+TRAINING_KEYS = {
+    "kind": "none",
+    "eps": 0.1,
+    "steps": 7,
+    "step_size": None,
+    "random_start": True,
+    "clean_weight": 0.0,
+}
 
 
 def training_attack(spec: dict | None) -> dict:
-    """model.adversarial checked and completed: {kind, eps, steps, step_size, random_start}."""
+    """model.adversarial checked and completed: {kind, eps, steps, step_size, random_start,
+    clean_weight}."""
     spec = dict(spec or {})
     unknown = sorted(set(spec) - set(TRAINING_KEYS))
     if unknown:
@@ -38,6 +46,13 @@ def training_attack(spec: dict | None) -> dict:
     spec = {**TRAINING_KEYS, **spec}
     check_choice("model.adversarial.kind", spec["kind"], KINDS)
     eps, steps, size = spec["eps"], spec["steps"], spec["step_size"]
+    w = spec["clean_weight"]
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+        raise ConfigError(
+            f"model.adversarial.clean_weight={w!r} must be a number in [0, 1] (the weight of the "
+            "clean images' loss beside the attacked ones'), e.g. "
+            "model.adversarial.clean_weight=0.5."
+        )
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
         raise ConfigError(
             f"model.adversarial.eps={eps!r} must be a number in [0, 1] (an L-inf budget on pixels "
