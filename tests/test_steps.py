@@ -57,8 +57,9 @@ MODELS = {
               "model.latent_dim=8", "model.d_steps=2", "model.ema=0.9"),
     # contrastive divergence with persistent chains (they run on across calls), stochastic pixels
     "rbm": ("model=rbm", "model.n_hidden=16", "model.binarize=stochastic"),
-    # adversarial training (PGD with a random start inside every step), the gradient norm logged
-    "lenet_pgd": ("model=lenet", "model.adversarial.kind=pgd", "model.adversarial.steps=2"),
+    # adversarial training (PGD with a random start inside every step, mixed with the clean loss)
+    "lenet_pgd": ("model=lenet", "model.adversarial.kind=pgd", "model.adversarial.steps=2",
+                  "model.adversarial.clean_weight=0.5"),
     # variable-length sequences (x, lengths, y) in length buckets, a GRU with truncated BPTT, the
     # learning rate logged per step under OneCycle
     "lstm_seq": ("dataset=uea", "dataset.format=synthetic", "dataset.shape=[2]",
