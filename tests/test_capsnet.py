@@ -71,6 +71,19 @@ def test_routing_by_hand_two_iterations():
     assert torch.allclose(v[0], expect_v, atol=1e-6)
 
 
+def test_the_gradient_flows_through_the_last_iteration_only():
+    # the couplings come from routing on detached predictions: the gradient is that of
+    # squash(sum_i c_ij u_hat_j|i) with c held fixed
+    torch.manual_seed(0)
+    u_hat = torch.randn(2, 6, 3, 4, requires_grad=True)
+    v, c = route(u_hat, 3)
+    (g,) = torch.autograd.grad(v.square().sum(), u_hat)
+    fixed = u_hat.detach().requires_grad_(True)
+    v2 = squash((c[..., None] * fixed).sum(1))
+    (g2,) = torch.autograd.grad(v2.square().sum(), fixed)
+    assert torch.allclose(v, v2, atol=1e-6) and torch.allclose(g, g2, atol=1e-6)
+
+
 def test_agreement_concentrates_the_coupling():
     # 20 inputs agree on output 0; their votes for outputs 1-2 are noise: routing shifts c to 0
     torch.manual_seed(0)

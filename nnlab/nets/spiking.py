@@ -62,8 +62,9 @@ def lif(
     mem = torch.zeros_like(current[0])
     spk = torch.zeros_like(current[0])
     spikes, mems = [], []
-    for t in range(current.shape[0]):
-        mem = beta * mem + current[t] - spk.detach() * threshold
+    # unbind, not current[t]: the backward of indexing zero-fills a whole (T, B, ...) grad per step
+    for cur in current.unbind(0):
+        mem = beta * mem + cur - spk.detach() * threshold
         spk = spike(mem - threshold, slope)
         spikes.append(spk)
         mems.append(mem)
@@ -72,8 +73,9 @@ def lif(
 
 def rate_encode(x: torch.Tensor, num_steps: int, generator=None) -> torch.Tensor:
     """Pixels in [0, 1] (B, ...) -> Bernoulli spike trains (T, B, ...), P(spike) = pixel."""
-    p = x.clamp(0, 1).expand(num_steps, *x.shape)
-    return torch.bernoulli(p, generator=generator)
+    # U < p with U ~ Uniform(0, 1) is a Bernoulli(p) draw; 3-4x faster than torch.bernoulli on a CPU
+    u = torch.rand(num_steps, *x.shape, device=x.device, dtype=x.dtype, generator=generator)
+    return u.lt_(x.clamp(0, 1))
 
 
 def latency_encode(x: torch.Tensor, num_steps: int, threshold: float = 0.01) -> torch.Tensor:
