@@ -184,3 +184,47 @@ def test_random_shift_moves_whole_images_with_zero_padding():
     assert len(set(zip(dy.tolist(), dx.tolist()))) > 10  # each image its own shift
     assert torch.equal(out[:, 0], out[:, 1])  # channels move together
     assert torch.equal(random_shift(x, 0), x)
+
+
+# -- the model ---------------------------------------------------------------------------------
+def small_model(**kw):
+    from nnlab.models.capsnet import CapsNet as CapsNetModel
+
+    return CapsNetModel("capsnet", conv_channels=8, primary_caps=2, input_shape=[1, 28, 28], **kw)
+
+
+def test_capsule_lengths_are_the_class_probabilities_used_for_accuracy():
+    torch.manual_seed(0)
+    model = small_model().eval()
+    x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    probs = model(x)
+    assert torch.allclose(probs, lengths(model.capsules(x)))
+    assert torch.equal(model.predict(x), probs.argmax(1))
+    terms = model.step((x, y), "val")
+    assert float(terms["acc"].compute()) == float((probs.argmax(1) == y).float().mean())
+    v = model.capsules(x)
+    recon = model.net.reconstruct(v, probs.argmax(1))  # val/test decode the predicted capsule
+    expected = margin_loss(probs, y) + 5e-4 * reconstruction_loss(recon, x)
+    assert torch.allclose(terms["loss"], expected, rtol=1e-5)
+
+
+def test_without_reconstruction_the_loss_is_the_margin_loss():
+    torch.manual_seed(0)
+    model = small_model(reconstruction=False)
+    assert model.net.decoder is None and model.reconstruction_rows(torch.rand(2, 1, 28, 28)) is None
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    terms = model.step((x, y), "train")
+    assert set(terms) == {"margin", "loss"} and torch.equal(terms["loss"], terms["margin"])
+
+
+def test_bad_sizes_are_one_config_error():
+    from nnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="routing_iters"):
+        small_model(routing_iters=0)
+    with pytest.raises(ConfigError, match="m_minus"):
+        small_model(m_plus=0.1, m_minus=0.9)
+    with pytest.raises(ConfigError, match="at least 24"):
+        from nnlab.models.capsnet import CapsNet as CapsNetModel
+
+        CapsNetModel("capsnet", input_shape=[1, 16, 16])

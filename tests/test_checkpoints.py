@@ -177,7 +177,10 @@ def test_not_a_checkpoint_truncated_and_another_model(tmp_path, ae_run):
 
 
 # -- eval and sample on a finished run (parametrised: add a family's tiny run here) ----------------
-FAMILIES = {"ae": ("model=ae",)}
+FAMILIES = {
+    "ae": ("model=ae",),
+    "capsnet": ("model=capsnet", "model.conv_channels=8", "model.primary_caps=4"),
+}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -6,9 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nnlab.nets.lapgan import LAPGAN, down, level_sides, pyramid, reconstruct, up
+from nnlab.nets.lapgan import (
+    PyramidDiscriminator,
+    PyramidGenerator,
+    down,
+    level_sides,
+    lowpass,
+    pyramid,
+    reconstruct,
+    up,
+)
 
-WIDTHS_28 = dict(g_widths=[[8, 8], [8], [32]], d_widths=[[8, 16], [8], [32]])
+G_WIDTHS = [[8, 8], [8], [32]]  # finest first; the coarsest level is an MLP
+D_WIDTHS = [[8, 16], [8], [32]]
 
 
 @pytest.mark.parametrize(
@@ -52,56 +62,61 @@ def test_residuals_of_a_flat_image_are_zero_and_down_up_by_hand():
     assert torch.equal(up(torch.full((1, 1, 1, 1), 2.0)), torch.full((1, 1, 2, 2), 2.0))
 
 
-@pytest.mark.parametrize(
-    "shape,widths",
-    [
-        ((1, 28, 28), WIDTHS_28),
-        ((3, 32, 32), dict(g_widths=[[8, 8], [8], [32]], d_widths=[[8, 16], [8], [32]])),
-    ],
-)
-def test_every_level_generates_and_discriminates_its_shapes(shape, widths):
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_every_level_generates_and_discriminates_its_shapes(shape):
     torch.manual_seed(0)
-    net = LAPGAN(shape, latent_dim=10, **widths)
+    g = PyramidGenerator(shape, 10, G_WIDTHS)
+    d = PyramidDiscriminator(shape, D_WIDTHS)
     sides = level_sides(shape[1])
-    assert net.levels == len(sides)
+    assert g.levels == len(sides) and g.noise_dim == 10 + sides[0] ** 2 + sides[1] ** 2
     x = torch.rand(3, *shape) * 2 - 1
-    pyr = pyramid(x, net.levels)
-    for k in range(net.levels):
-        z = net.noise(3, k)
-        coarsest = k == net.levels - 1
-        low = None if coarsest else up(pyramid(x, k + 2)[-1])  # u(I_{k+1})
-        fake = net.generate(k, z, low)
+    pyr, low = pyramid(x, g.levels), lowpass(x, g.levels)
+    zs = g.split(torch.randn(3, g.noise_dim))
+    assert [tuple(z.shape) for z in zs] == [(3, 1, s, s) for s in sides[:-1]] + [(3, 10)]
+    for k in range(g.levels - 1):
+        cond = up(low[k + 1])  # u(I_{k+1})
+        fake = g.residual(k, zs[k], cond)
         assert fake.shape == pyr[k].shape == (3, shape[0], sides[k], sides[k])
-        assert net.discriminate(k, fake, low).shape == (3,)
-    zs = [net.noise(3, k) for k in range(net.levels)]
-    images = net.sample(zs)
+        assert d(k, fake, cond).shape == (3,)
+    coarse = g.coarsest(zs[-1])
+    assert coarse.shape == pyr[-1].shape and d(g.levels - 1, coarse).shape == (3,)
+    images = g.levels_of(torch.randn(3, g.noise_dim))
     assert [im.shape[-1] for im in images] == list(reversed(sides))  # coarse -> fine
-    # each finer image is the upsampled coarser one plus its generated residual
-    for coarse, fine in zip(images, images[1:]):
-        assert fine.shape[-1] == 2 * coarse.shape[-1]
+    assert g(torch.randn(3, g.noise_dim)).shape == (3, *shape)
+
+
+def test_sampling_adds_each_residual_to_the_upsampled_coarser_image():
+    torch.manual_seed(0)
+    g = PyramidGenerator((1, 28, 28), 10, G_WIDTHS).eval()
+    z = torch.randn(2, g.noise_dim)
+    zs = g.split(z)
+    images = g.levels_of(z)
+    assert torch.allclose(images[0], g.coarsest(zs[-1]))
+    expected = up(images[1]) + g.residual(0, zs[0], up(images[1]))
+    assert torch.allclose(images[2], expected, atol=1e-6)
 
 
 def test_a_residual_level_uses_its_condition_and_its_noise():
     torch.manual_seed(0)
-    net = LAPGAN((1, 28, 28), 10, **WIDTHS_28).eval()
+    g = PyramidGenerator((1, 28, 28), 10, G_WIDTHS).eval()
     low = torch.rand(2, 1, 14, 14)
-    z = net.noise(2, 1)
-    base = net.generate(1, z, low)
-    assert not torch.allclose(base, net.generate(1, z, low + 0.5))
-    assert not torch.allclose(base, net.generate(1, net.noise(2, 1), low))
+    z = torch.randn(2, 1, 14, 14)
+    base = g.residual(1, z, low)
+    assert not torch.allclose(base, g.residual(1, z, low + 0.5))
+    assert not torch.allclose(base, g.residual(1, torch.randn(2, 1, 14, 14), low))
 
 
 def test_class_conditional_levels_need_and_use_the_label():
     torch.manual_seed(0)
-    net = LAPGAN((1, 28, 28), 10, n_classes=10, **WIDTHS_28).eval()
-    zs = [net.noise(2, k) for k in range(net.levels)]
-    a = net.sample(zs, torch.tensor([0, 0]))[-1]
-    b = net.sample(zs, torch.tensor([5, 5]))[-1]
-    assert not torch.allclose(a, b)
+    g = PyramidGenerator((1, 28, 28), 10, G_WIDTHS, n_classes=10).eval()
+    z = torch.randn(2, g.noise_dim)
+    assert not torch.allclose(g(z, torch.tensor([0, 0])), g(z, torch.tensor([5, 5])))
     with pytest.raises(ValueError, match="conditional"):
-        net.sample(zs)
+        g(z)
 
 
 def test_wrong_number_of_width_lists_is_explained():
     with pytest.raises(ValueError, match="3 levels"):
-        LAPGAN((1, 28, 28), 10, g_widths=[[8], [32]], d_widths=[[8], [32]])
+        PyramidGenerator((1, 28, 28), 10, [[8], [32]])
+    with pytest.raises(ValueError, match="3 levels"):
+        PyramidDiscriminator((1, 28, 28), [[8], [32]])

@@ -51,14 +51,18 @@ def level_sides(side: int, coarsest: int = COARSEST) -> list[int]:
     return sides
 
 
+def lowpass(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """[I_0, ..., I_{levels-1}]: the image and its repeated halvings, finest first."""
+    out = [x]
+    for _ in range(levels - 1):
+        out.append(down(out[-1]))
+    return out
+
+
 def pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """[h_0, ..., h_{levels-2}, I_{levels-1}]: the residuals, finest first, then the coarsest."""
-    out = []
-    for _ in range(levels - 1):
-        low = down(x)
-        out.append(x - up(low))
-        x = low
-    return out + [x]
+    low = lowpass(x, levels)
+    return [fine - up(coarse) for fine, coarse in zip(low, low[1:])] + [low[-1]]
 
 
 def reconstruct(pyr: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -111,72 +115,100 @@ class ResidualDiscriminator(nn.Module):
         return self.net(torch.cat([h, low], 1), y)
 
 
-class LAPGAN(nn.Module):
-    """The generators and discriminators of every level (index 0 = finest, the last = coarsest).
+class PyramidGenerator(nn.Module):
+    """The generators of every level (index 0 = finest, the last = coarsest), drawing from one
+    noise vector z of `noise_dim` = latent_dim + one side x side noise plane per residual level:
+    z = [z_K (latent_dim) | plane of level K-1 | ... | plane of level 0].
 
-    g_widths[k] / d_widths[k] size level k's nets: conv widths for the residual levels (D: one
-    strided stage per entry, at most one per halving down to the coarsest side), hidden widths of
-    the MLPs for the coarsest level.
+    forward(z, y) -> the finest image I_0 in [-1, 1]-ish (the coarsest level ends in tanh, the
+    residuals are unbounded); levels(z, y) -> [I_K, ..., I_0], coarse to fine.
     """
 
     def __init__(
         self,
         image_shape: Sequence[int],
         latent_dim: int,
-        g_widths: Sequence[Sequence[int]],
-        d_widths: Sequence[Sequence[int]],
+        widths: Sequence[Sequence[int]],
         n_classes: int = 0,
     ):
         super().__init__()
         c, h, w = image_shape
         if h != w:
             raise ValueError(f"LAPGAN needs square images, got {h}x{w}")
-        self.channels, self.latent_dim, self.n_classes = int(c), int(latent_dim), int(n_classes)
         self.sides = level_sides(h)
-        if len(g_widths) != len(self.sides) or len(d_widths) != len(self.sides):
-            raise ValueError(
-                f"{h}x{w} images make a pyramid of {len(self.sides)} levels ({self.sides}); "
-                f"give one width list per level (got {len(g_widths)} for G, {len(d_widths)} for D)"
-            )
         k = len(self.sides) - 1
+        if len(widths) != len(self.sides):
+            raise ValueError(
+                f"{h}x{w} images make a pyramid of {len(self.sides)} levels ({self.sides}); give "
+                f"one width list per level, finest first (got {len(widths)})"
+            )
+        self.latent_dim = int(latent_dim)
+        self.noise_dim = self.latent_dim + sum(s * s for s in self.sides[:k])
         coarse = (c, self.sides[k], self.sides[k])
-        self.generators = nn.ModuleList(
-            [ResidualGenerator(c, g_widths[i], n_classes) for i in range(k)]
-            + [MLPGenerator(latent_dim, g_widths[k], coarse, n_classes)]
-        )
-        self.discriminators = nn.ModuleList(
-            [ResidualDiscriminator(c, self.sides[i], d_widths[i], n_classes) for i in range(k)]
-            + [MLPDiscriminator(coarse, d_widths[k], n_classes)]
+        self.nets = nn.ModuleList(
+            [ResidualGenerator(c, widths[i], n_classes) for i in range(k)]
+            + [MLPGenerator(latent_dim, widths[k], coarse, n_classes)]
         )
 
     @property
     def levels(self) -> int:
         return len(self.sides)
 
-    def noise(self, n: int, level: int, device=None) -> torch.Tensor:
-        """z_k: (n, latent_dim) at the coarsest level, an (n, 1, side, side) noise plane else."""
-        if level == self.levels - 1:
-            return torch.randn(n, self.latent_dim, device=device)
-        side = self.sides[level]
-        return torch.randn(n, 1, side, side, device=device)
+    def split(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """The flat noise (B, noise_dim) -> per level, finest first: (B, 1, side, side) noise
+        planes, then the coarsest z_K (B, latent_dim)."""
+        b, k = len(z), self.levels - 1
+        sizes = [self.latent_dim] + [s * s for s in reversed(self.sides[:k])]
+        parts = z.split(sizes, dim=1)
+        planes = [p.view(b, 1, s, s) for p, s in zip(parts[1:], reversed(self.sides[:k]))]
+        return list(reversed(planes)) + [parts[0]]
 
-    def generate(self, level: int, z: torch.Tensor, low=None, y=None) -> torch.Tensor:
-        """G_level's output: the coarsest image (from z alone) or the residual h_level given low."""
-        if level == self.levels - 1:
-            return self.generators[level](z, y)
-        return self.generators[level](z, low, y)
+    def residual(self, level: int, z: torch.Tensor, low: torch.Tensor, y=None) -> torch.Tensor:
+        """G_level(z_level, low): the residual h_level given low = u(I_{level+1})."""
+        return self.nets[level](z, low, y)
 
-    def discriminate(self, level: int, image: torch.Tensor, low=None, y=None) -> torch.Tensor:
-        if level == self.levels - 1:
-            return self.discriminators[level](image, y)
-        return self.discriminators[level](image, low, y)
+    def coarsest(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        """G_K(z_K): the coarsest image."""
+        return self.nets[-1](z, y)
 
-    def sample(self, zs: Sequence[torch.Tensor], y=None) -> list[torch.Tensor]:
-        """Coarse to fine from the noise of every level (zs[k] for level k): [I_K, ..., I_0]."""
-        image = self.generate(self.levels - 1, zs[-1], y=y)
+    def levels_of(self, z: torch.Tensor, y=None) -> list[torch.Tensor]:
+        """Coarse to fine from the flat noise: [I_K, ..., I_0], I_k = u(I_{k+1}) + G_k(z_k, ...)."""
+        zs = self.split(z)
+        image = self.coarsest(zs[-1], y)
         images = [image]
         for level in reversed(range(self.levels - 1)):
             low = up(image)
-            image = low + self.generate(level, zs[level], low, y)
+            image = low + self.residual(level, zs[level], low, y)
             images.append(image)
         return images
+
+    def forward(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        return self.levels_of(z, y)[-1]
+
+
+class PyramidDiscriminator(nn.Module):
+    """The discriminators of every level (index 0 = finest): D_k(h_k, u(I_{k+1})) for the
+    residual levels, D_K(I_K) (an MLP) for the coarsest. widths[k] sizes level k (conv widths,
+    one strided stage each, at most one per halving down to the coarsest side; MLP widths)."""
+
+    def __init__(self, image_shape: Sequence[int], widths: Sequence[Sequence[int]], n_classes=0):
+        super().__init__()
+        c, h, _ = image_shape
+        sides = level_sides(h)
+        k = len(sides) - 1
+        if len(widths) != len(sides):
+            raise ValueError(
+                f"{h}x{h} images make a pyramid of {len(sides)} levels ({sides}); give one width "
+                f"list per level, finest first (got {len(widths)})"
+            )
+        coarse = (c, sides[k], sides[k])
+        self.nets = nn.ModuleList(
+            [ResidualDiscriminator(c, sides[i], widths[i], n_classes) for i in range(k)]
+            + [MLPDiscriminator(coarse, widths[k], n_classes)]
+        )
+
+    def forward(self, level: int, image: torch.Tensor, low=None, y=None) -> torch.Tensor:
+        """One logit per image for level `level` (low: the condition, None at the coarsest)."""
+        if level == len(self.nets) - 1:
+            return self.nets[level](image, y)
+        return self.nets[level](image, low, y)
