@@ -249,12 +249,13 @@ def spike_raster(spikes: torch.Tensor, title: str = "", max_neurons: int = 200) 
     cw = max(3, min(12, 600 // max(steps, 1)))  # pixels per step
     rh = max(2, min(6, 400 // max(n, 1)))  # pixels per neuron
     left, top, bottom = 40, 18, 30
-    width, height = left + steps * cw + 10, top + n * rh + bottom
+    title = title or f"spike raster: {n} neurons x {steps} steps"
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max(left + steps * cw + 10, int(probe.textlength(title, font=font)) + 8)
+    height = top + n * rh + bottom
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text(
-        (4, 2), title or f"spike raster: {n} neurons x {steps} steps", fill="black", font=font
-    )
+    draw.text((4, 2), title, fill="black", font=font)
     draw.rectangle([left - 1, top - 1, left + steps * cw, top + n * rh], outline=(160, 160, 160))
     ts, ns = spikes.nonzero(as_tuple=True)
     dot = max(1, min(cw - 1, rh))  # square-ish dots, a gap between steps
@@ -296,8 +297,12 @@ def membrane_traces(
         return x, top + ph - (u - lo) / (hi - lo) * ph
 
     draw.rectangle([left, top, left + pw, top + ph], outline=(160, 160, 160))
-    for u in sorted({round(lo, 2), 0.0, threshold, round(hi, 2)}):  # value ticks
-        draw.text((4, xy(0, u)[1] - 6), f"{u:.2f}", fill=(90, 90, 90), font=font)
+    last_y = None
+    for u in sorted({round(lo, 2), 0.0, threshold}, reverse=True):  # value ticks, 12 px apart
+        y = xy(0, u)[1]
+        if last_y is None or y - last_y >= 12:
+            draw.text((4, y - 6), f"{u:.2f}", fill=(90, 90, 90), font=font)
+            last_y = y
     y_th = xy(0, threshold)[1]
     for x in range(left, left + pw, 8):
         draw.line([x, y_th, x + 4, y_th], fill=(120, 120, 120))

@@ -120,3 +120,42 @@ def test_wrong_number_of_width_lists_is_explained():
         PyramidGenerator((1, 28, 28), 10, [[8], [32]])
     with pytest.raises(ValueError, match="3 levels"):
         PyramidDiscriminator((1, 28, 28), [[8], [32]])
+
+
+# -- the model ---------------------------------------------------------------------------------
+def small_lapgan(**kw):
+    from nnlab.models.lapgan import LAPGAN
+
+    widths = {"g_dims": G_WIDTHS, "d_dims": D_WIDTHS, "latent_dim": 10, "n_log_images": 4}
+    return LAPGAN("lapgan", input_shape=[1, 28, 28], **{**widths, **kw})
+
+
+def test_real_levels_are_the_pyramid_and_its_conditions():
+    model = small_lapgan()
+    x = torch.rand(2, 1, 28, 28)
+    targets, conds = model.real_levels(x)
+    pyr = pyramid(x * 2 - 1, 3)
+    assert all(torch.allclose(t, p, atol=1e-6) for t, p in zip(targets, pyr))
+    assert conds[-1] is None and conds[0].shape == (2, 1, 28, 28) and conds[1].shape[-1] == 14
+    assert torch.allclose(reconstruct([targets[0], targets[1], targets[2]]), x * 2 - 1, atol=1e-6)
+
+
+def test_the_noise_of_every_level_is_one_vector():
+    model = small_lapgan()
+    assert model.latent_dim == 10 + 28 * 28 + 14 * 14
+    assert model.fixed_z.shape == (4, model.latent_dim)
+    assert model.sample(3).shape == (3, 1, 28, 28)
+    levels = model.pyramid_levels(2)  # 7, residual 14, 14, residual 28, 28
+    assert [lv.shape[-1] for lv in levels] == [7, 14, 14, 28, 28]
+    assert all(0 <= float(lv.min()) and float(lv.max()) <= 1 for lv in levels)
+
+
+def test_projection_and_misfit_widths_are_config_errors():
+    from nnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="projection"):
+        small_lapgan(projection=True)
+    with pytest.raises(ConfigError, match="one list per pyramid level"):
+        small_lapgan(g_dims=[[8], [32]])
+    with pytest.raises(ConfigError, match="model.net"):
+        small_lapgan(net="dcgan")

@@ -117,3 +117,60 @@ def test_an_snn_learns_a_toy_task():
         opt.step()
     spk, _ = net(rate_encode(x, 10))[-1]
     assert (spk.sum(0).argmax(1) == y).float().mean() > 0.9
+
+
+# -- the model ---------------------------------------------------------------------------------
+def small_snn(**kw):
+    from nnlab.models.snn import SNN
+
+    return SNN("snn", **{"hidden": [16], "num_steps": 6, "input_shape": [1, 28, 28], **kw})
+
+
+def test_prediction_is_the_spike_count_with_membrane_tie_break():
+    from nnlab.models.snn import SNN
+
+    spikes = torch.zeros(4, 1, 3)
+    spikes[:, 0, 0] = 1
+    spikes[:2, 0, 1] = 1
+    spikes[:2, 0, 2] = 1
+    mems = torch.zeros(4, 1, 3)
+    mems[:, 0, 2] = 0.5  # neurons 1 and 2 tie on 2 spikes: the higher membrane wins the tie
+    scores = SNN.scores(spikes, mems)[0]
+    assert scores.argsort(descending=True).tolist() == [0, 2, 1]
+    assert torch.equal(scores.floor(), torch.tensor([4.0, 2.0, 2.0]))
+
+
+def test_eval_spike_trains_are_reproducible_and_training_ones_are_not():
+    torch.manual_seed(0)
+    model = small_snn()
+    x = torch.rand(3, 1, 28, 28)
+    assert not torch.equal(model.encode(x), model.encode(x))
+    model.eval()
+    assert torch.equal(model.encode(x), model.encode(x))
+    assert torch.equal(model(x), model(x))
+
+
+def test_step_logs_loss_rates_and_accuracy():
+    torch.manual_seed(0)
+    model = small_snn(loss="membrane").eval()
+    x, y = torch.rand(5, 1, 28, 28), torch.randint(0, 10, (5,))
+    terms = model.step((x, y), "val")
+    assert {"loss", "rate/hidden1", "rate/output", "spikes_per_image", "acc"} <= set(terms)
+    records = model.run(x)
+    assert math.isclose(float(terms["rate/hidden1"]), float(records[0][0].mean()), rel_tol=1e-6)
+    total = sum(float(s.sum()) for s, _ in records) / 5
+    assert math.isclose(float(terms["spikes_per_image"]), total, rel_tol=1e-5)
+    assert math.isclose(float(terms["loss"]), float(membrane_loss(records[-1][1], y)), rel_tol=1e-5)
+
+
+def test_bad_options_are_one_config_error():
+    from nnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.encoding"):
+        small_snn(encoding="phase")
+    with pytest.raises(ConfigError, match="num_steps"):
+        small_snn(num_steps=0)
+    with pytest.raises(ConfigError, match="does not fit"):
+        from nnlab.models.snn import SNN
+
+        SNN("snn", arch="conv", hidden=[4, 4, 4, 4], input_shape=[1, 28, 28])
