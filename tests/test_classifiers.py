@@ -11,11 +11,11 @@ from conftest import FAST, event_tags, read_metrics, run_train
 from nnlab.errors import CheckpointError, ConfigError
 from nnlab.models.classifiers import (
     LeNet,
-    SequenceClassifier,
     error_labels,
     load_classifier,
     pick_errors,
 )
+from nnlab.models.sequences import SequenceClassifier
 from nnlab.nets.lenet import LeNet5
 from nnlab.nets.sequence import SequenceNet
 from nnlab.viz import errors_grid
@@ -96,7 +96,7 @@ def test_lenet_run_metrics_images_and_scalars(lenet_run):
     per_class = {k: v for k, v in metrics.items() if k.startswith("test/acc_class/")}
     assert len(per_class) == 10 and all(0 <= v <= 1 for v in per_class.values())
     tags = event_tags(lenet_run).Tags()
-    assert {"errors", "confusion_matrix"} <= set(tags["images"])
+    assert {"vis/errors", "vis/confusion_matrix"} <= set(tags["images"])
     assert {"train/loss", "train/grad_norm", "val/acc", "test/acc"} <= set(tags["scalars"])
 
 
