@@ -4,9 +4,9 @@ matrix the classifiers'.)"""
 
 from __future__ import annotations
 
-from nnlab import viz
 from nnlab.figures import FigureCallback
 from nnlab.models.capsnet import CapsNet
+from nnlab.viz import outlook as viz
 
 
 class Perturbations(FigureCallback):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from nnlab import viz
 from nnlab.figures import FigureCallback
 from nnlab.models.lapgan import LAPGAN
+from nnlab.viz import outlook as viz
 
 
 class Pyramid(FigureCallback):

@@ -4,9 +4,9 @@ and confusion matrix come on top)."""
 
 from __future__ import annotations
 
-from nnlab import viz
 from nnlab.figures import FigureCallback
 from nnlab.models.snn import SNN
+from nnlab.viz import outlook as viz
 
 
 class SpikeRaster(FigureCallback):
