@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from nnlab.models.snn import firing_rate, membrane_loss, spike_count_loss
-from nnlab.nets.spiking import SpikingNet, latency_encode, lif, rate_encode, spike
+from nnlab.nets.spiking import (
+    SpikingNet,
+    direct_encode,
+    latency_encode,
+    lif,
+    rate_encode,
+    spike,
+)
 
 
 def test_lif_by_hand():
@@ -70,6 +77,22 @@ def test_latency_coding_one_spike_bright_first():
     assert spikes.sum(0).tolist() == [[1.0, 1.0, 0.0, 1.0]]  # black stays silent
     first = spikes.argmax(0)[0]
     assert first[0] == 0 and first[1] == 5 and first[3] == 8  # round((1 - p) * 10)
+
+
+@pytest.mark.parametrize("arch,hidden", [("mlp", (16,)), ("conv", (4, 8))])
+def test_direct_coding_runs_the_first_layer_once_with_the_same_result(arch, hidden):
+    torch.manual_seed(0)
+    net = SpikingNet((1, 28, 28), 10, arch=arch, hidden=hidden, beta=0.9, threshold=0.5)
+    x = torch.rand(3, 1, 28, 28, requires_grad=True)
+    inputs = direct_encode(x, 6)
+    assert inputs.shape == (6, 3, 1, 28, 28) and torch.equal(inputs[4], x.detach())
+    once = net(inputs, constant=True)
+    every = net(inputs.contiguous(), constant=False)
+    for (s1, m1), (s2, m2) in zip(once, every):
+        assert torch.equal(s1, s2) and torch.allclose(m1, m2, atol=1e-5)
+    (g1,) = torch.autograd.grad(once[-1][1].sum(), x, retain_graph=True)
+    (g2,) = torch.autograd.grad(every[-1][1].sum(), x)
+    assert torch.allclose(g1, g2, atol=1e-4) and g1.abs().sum() > 0  # the image gets a gradient
 
 
 @pytest.mark.parametrize("arch,hidden", [("mlp", (32,)), ("conv", (4, 8))])

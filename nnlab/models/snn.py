@@ -1,8 +1,9 @@
 """A spiking neural network of leaky integrate-and-fire neurons trained with surrogate gradients
 through time (Neftci, Mostafa & Zenke 2019; the nets are in nnlab/nets/spiking.py).
 
-The image is encoded as spike trains over num_steps steps (rate or latency coding); the class is
-the output neuron that fires most. Two losses from the literature (snnTorch's ce_count_loss and
+The image is presented for num_steps steps: as spike trains (rate or latency coding) or as the
+constant input current of the first LIF layer (direct coding); the class is the output neuron that
+fires most. Two losses from the literature (snnTorch's ce_count_loss and
 ce_mem_loss):
 
     count     cross-entropy of the output spike counts  sum_t S_k[t]  taken as logits
@@ -22,7 +23,14 @@ from torch import nn
 
 from nnlab.errors import ConfigError, check_choice
 from nnlab.models.classifiers import ClassifierBase
-from nnlab.nets.spiking import ARCHS, ENCODINGS, SpikingNet, latency_encode, rate_encode
+from nnlab.nets.spiking import (
+    ARCHS,
+    ENCODINGS,
+    SpikingNet,
+    direct_encode,
+    latency_encode,
+    rate_encode,
+)
 
 LOSSES = ("count", "membrane")
 
@@ -91,9 +99,12 @@ class SNN(ClassifierBase):
 
     # -- the model ---------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] -> spike trains (T, B, C, H, W); outside training from a fixed seed."""
+        """Images in [0, 1] -> the inputs of each step (T, B, C, H, W): spike trains (rate coding
+        draws them from a fixed seed outside training), or the image itself (direct)."""
         if self.encoding == "latency":
             return latency_encode(x, self.num_steps)
+        if self.encoding == "direct":
+            return direct_encode(x, self.num_steps)
         gen = None
         if not self.training:
             gen = torch.Generator(device=x.device).manual_seed(0)
@@ -101,7 +112,7 @@ class SNN(ClassifierBase):
 
     def run(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(spikes, membranes) of every LIF layer, each (T, B, ...), for images in [0, 1]."""
-        return self.net(self.encode(x))
+        return self.net(self.encode(x), constant=self.encoding == "direct")
 
     @staticmethod
     def scores(spikes: torch.Tensor, mems: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,9 @@ Input coding (the image is presented for num_steps steps):
     rate     pixel p -> a Bernoulli(p) spike each step: the spike rate codes the intensity
     latency  pixel p -> one spike at step round((1 - p) * (num_steps - 1)): bright pixels fire
              first, pixels below a threshold (0.01) never fire
+    direct   pixel p -> the input current p at every step ("direct" or current coding; Rueckauer
+             et al. 2017, Wu et al. 2019): the first LIF layer is the encoder, every layer after
+             it sees spikes only. The first weight layer then runs once, not num_steps times.
 
 The nets are feed-forward, so each weight layer runs once over all time steps folded into the
 batch (one big matmul/conv instead of num_steps small ones); only the LIF recurrence loops over
@@ -28,7 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-ENCODINGS = ("rate", "latency")
+ENCODINGS = ("rate", "latency", "direct")
 ARCHS = ("mlp", "conv")
 
 
@@ -87,11 +90,18 @@ def latency_encode(x: torch.Tensor, num_steps: int, threshold: float = 0.01) -> 
     return ((steps == when) & (x >= threshold)).to(x.dtype)
 
 
+def direct_encode(x: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Pixels in [0, 1] (B, ...) -> the same analog input at every step (T, B, ...), a view."""
+    return x.clamp(0, 1).expand(num_steps, *x.shape)
+
+
 def encode(x: torch.Tensor, num_steps: int, encoding: str = "rate") -> torch.Tensor:
     if encoding == "rate":
         return rate_encode(x, num_steps)
     if encoding == "latency":
         return latency_encode(x, num_steps)
+    if encoding == "direct":
+        return direct_encode(x, num_steps)
     raise ValueError(f"unknown encoding '{encoding}'; use one of {ENCODINGS}")
 
 
@@ -117,7 +127,9 @@ class SpikingNet(nn.Module):
         conv  [Conv 5x5 -> MaxPool 2 -> LIF] per channel width -> flatten -> Linear -> LIF
               (12C5-MP2-64C5-MP2-10 for 28x28, as snnTorch's convolutional tutorial)
 
-    forward(spikes (T, B, C, H, W)) -> [(spikes, membranes) of every LIF layer], each (T, B, ...).
+    forward(inputs (T, B, C, H, W), constant=False) -> [(spikes, membranes) of every LIF layer],
+    each (T, B, ...). constant=True: the inputs are the same at every step (direct coding), so the
+    first weight layer runs on one step and its current is repeated.
     """
 
     def __init__(
@@ -152,10 +164,16 @@ class SpikingNet(nn.Module):
             layers.append(nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, n_classes)))
         self.layers = nn.ModuleList(TimeFolded(layer) for layer in layers)
 
-    def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, constant: bool = False
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         records = []
-        for layer in self.layers:
-            spk, mem = lif(layer(x), self.beta, self.threshold, self.slope)
+        for i, layer in enumerate(self.layers):
+            current = layer(x[:1] if constant and i == 0 else x)
+            current = current.expand(
+                len(x), *current.shape[1:]
+            )  # (T, B, ...): repeated if constant
+            spk, mem = lif(current, self.beta, self.threshold, self.slope)
             records.append((spk, mem))
             x = spk
         return records
