@@ -70,6 +70,15 @@ def test_rate_coding_mean_is_the_intensity():
     assert torch.allclose(spikes.mean((0, 1)), x, atol=0.01)
 
 
+def test_rate_coding_passes_the_gradient_of_the_expected_spike():
+    x = torch.tensor([0.2, 0.7], requires_grad=True)
+    spikes = rate_encode(x, 9, generator=torch.Generator().manual_seed(0))
+    assert set(spikes.unique().tolist()) <= {0.0, 1.0}  # the values stay spikes
+    (grad,) = torch.autograd.grad(spikes.sum(), x)
+    assert grad.tolist() == [9.0, 9.0]  # d E[sum_t S[t]] / dp = T
+    assert not rate_encode(x.detach(), 3).requires_grad  # training draws no graph
+
+
 def test_latency_coding_one_spike_bright_first():
     x = torch.tensor([[1.0, 0.5, 0.0, 0.2]])
     spikes = latency_encode(x, num_steps=11)

@@ -78,7 +78,10 @@ def rate_encode(x: torch.Tensor, num_steps: int, generator=None) -> torch.Tensor
     """Pixels in [0, 1] (B, ...) -> Bernoulli spike trains (T, B, ...), P(spike) = pixel."""
     # U < p with U ~ Uniform(0, 1) is a Bernoulli(p) draw; 3-4x faster than torch.bernoulli on a CPU
     u = torch.rand(num_steps, *x.shape, device=x.device, dtype=x.dtype, generator=generator)
-    return u.lt_(x.clamp(0, 1))
+    spikes = u.lt_(x.clamp(0, 1))
+    if x.requires_grad:  # straight through: d spike / d p = 1, the gradient of E[spike] = p
+        spikes = spikes + (x - x.detach())  # (input gradients: saliency maps, attacks)
+    return spikes
 
 
 def latency_encode(x: torch.Tensor, num_steps: int, threshold: float = 0.01) -> torch.Tensor:
