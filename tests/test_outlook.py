@@ -72,3 +72,28 @@ def test_trains_on_32x32_colour_logs_its_figures_and_resumes(family, tmp_path):
     again = read_metrics(run)
     assert again["status"] == "finished" and again["global_step"] > step
     assert len(again["resumes"]) == 1
+
+
+# -- several optimizer steps per Lightning call (steps_per_execution) change no number -----------
+STEPS = {
+    "capsnet": ("model=capsnet", "model.conv_channels=8", "model.primary_caps=4"),  # shifts
+    "snn": ("model=snn", "model.hidden=[16]", "model.num_steps=4"),  # rate coding's draws
+    "lapgan": ("model=lapgan", "model.g_dims=[[8],[8],[16]]", "model.d_dims=[[8,8],[8],[16]]",
+               "model.latent_dim=8", "model.d_steps=2", "model.ema=0.9"),  # G every 2nd batch
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", sorted(STEPS))
+def test_four_steps_per_call_give_the_same_run(family, tmp_path, monkeypatch):
+    from test_steps import NoHostReads, assert_same, csv_rows, train
+
+    one, one_rec = train(tmp_path, "one", *STEPS[family], "steps_per_execution=1")
+    detector = NoHostReads(monkeypatch)
+    four, four_rec = train(tmp_path, "four", *STEPS[family], "steps_per_execution=4")
+    assert detector.reads == [], f"host reads inside the step loop: {set(detector.reads)}"
+    assert set(one_rec.calls) == {1} and 1 < max(four_rec.calls) <= 4
+    assert [n for n, _ in one_rec.saved] == [n for n, _ in four_rec.saved]
+    for (name, a), (_, b) in zip(one_rec.saved, four_rec.saved):
+        assert_same(a, b, f"{name} at step {a['global_step']}")
+    assert csv_rows(one) == csv_rows(four)
+    assert read_metrics(one)["metrics"] == read_metrics(four)["metrics"]

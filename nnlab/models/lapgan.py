@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from nnlab.errors import ConfigError
-from nnlab.models.gans import AdversarialBase, check_finite, discriminator_loss, generator_loss
+from nnlab.models.gans import AdversarialBase, discriminator_loss, diverged, generator_loss
 from nnlab.nets.lapgan import PyramidDiscriminator, PyramidGenerator, lowpass, up
 
 
@@ -72,7 +72,7 @@ class LAPGAN(AdversarialBase):
         residuals = [g.residual(k, zs[k], conds[k], y) for k in range(g.levels - 1)]
         return residuals + [g.coarsest(zs[-1], y)]
 
-    def training_step(self, batch, batch_idx):
+    def train_batch(self, batch) -> None:
         x, y = batch
         y = y if self.conditional else None
         opt_g, opt_d = self.optimizers()
@@ -105,7 +105,7 @@ class LAPGAN(AdversarialBase):
             d.requires_grad_(True)
             losses["g_loss"] = g_loss.detach()
 
-        check_finite(self, losses, iteration)
+        self.guard_finite(losses, diverged(self))
         if self.logging_step:
             d_real = [torch.sigmoid(r.detach()).mean() for r in real_logits]
             d_fake = [torch.sigmoid(f.detach()).mean() for f in fake_logits]
