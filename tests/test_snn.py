@@ -158,7 +158,7 @@ def small_snn(**kw):
     return SNN("snn", **{"hidden": [16], "num_steps": 6, "input_shape": [1, 28, 28], **kw})
 
 
-def test_prediction_is_the_spike_count_with_membrane_tie_break():
+def test_prediction_is_the_spike_count_or_the_membrane_as_the_loss_says():
     from nnlab.models.snn import SNN
 
     spikes = torch.zeros(4, 1, 3)
@@ -167,9 +167,11 @@ def test_prediction_is_the_spike_count_with_membrane_tie_break():
     spikes[:2, 0, 2] = 1
     mems = torch.zeros(4, 1, 3)
     mems[:, 0, 2] = 0.5  # neurons 1 and 2 tie on 2 spikes: the higher membrane wins the tie
-    scores = SNN.scores(spikes, mems)[0]
+    scores = small_snn(loss="count").scores(spikes, mems)[0]
     assert scores.argsort(descending=True).tolist() == [0, 2, 1]
     assert torch.equal(scores.floor(), torch.tensor([4.0, 2.0, 2.0]))
+    # trained on membranes, read out by membranes: the mean U, whatever the spikes say
+    assert small_snn(loss="membrane").scores(spikes, mems)[0].argmax() == 2
 
 
 def test_eval_spike_trains_are_reproducible_and_training_ones_are_not():

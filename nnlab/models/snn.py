@@ -11,8 +11,10 @@ ce_mem_loss):
               the count loss stood at 42.7%; every step gets a gradient, not only spiking ones)
     count     cross-entropy of the output spike counts  sum_t S_k[t]  taken as logits
 
-The prediction is the output neuron with the most spikes, ties broken by the mean membrane
-potential. The energy story: the mean firing rate of each layer (spikes per neuron per step) and
+The prediction follows the loss: with the count loss the output neuron with the most spikes (ties
+broken by the mean membrane potential), with the membrane loss the highest mean membrane (trained
+on membranes, the output neurons of snn_fashion stayed silent on 76% of the test images: they act
+as leaky integrators; the hidden layer spikes). The energy story: the mean firing rate of each layer (spikes per neuron per step) and
 the spikes per image, logged as */rate/<layer> and */spikes_per_image. Validation and test draw
 their rate-coded spike trains from a fixed seed per batch, so `nnlab eval` reproduces test/acc.
 """
@@ -116,13 +118,17 @@ class SNN(ClassifierBase):
         """(spikes, membranes) of every LIF layer, each (T, B, ...), for images in [0, 1]."""
         return self.net(self.encode(x), constant=self.encoding == "direct")
 
-    @staticmethod
-    def scores(spikes: torch.Tensor, mems: torch.Tensor) -> torch.Tensor:
-        """Output spike counts, plus < 0.5 from the mean membrane to break ties: (B, K)."""
+    def scores(self, spikes: torch.Tensor, mems: torch.Tensor) -> torch.Tensor:
+        """The read-out (B, K) of output spikes and membranes (T, B, K), as the loss trains it:
+        count: the spike counts, plus < 0.5 from the mean membrane to break ties; membrane: the
+        mean membrane potential (the logits of the membrane loss: a leaky-integrator read-out,
+        as the output neurons may stay below threshold)."""
+        if self.loss_kind == "membrane":
+            return mems.mean(0)
         return spikes.sum(0) + 0.5 * torch.sigmoid(mems.mean(0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] -> class scores (B, K): argmax = the neuron that fired most."""
+        """Images in [0, 1] -> class scores (B, K), argmax = the prediction (see scores)."""
         return self.scores(*self.run(x)[-1])
 
     def step(self, batch, stage: str) -> dict:
