@@ -159,7 +159,6 @@ def small_snn(**kw):
 
 
 def test_prediction_is_the_spike_count_or_the_membrane_as_the_loss_says():
-    from nnlab.models.snn import SNN
 
     spikes = torch.zeros(4, 1, 3)
     spikes[:, 0, 0] = 1

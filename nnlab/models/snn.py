@@ -14,8 +14,9 @@ ce_mem_loss):
 The prediction follows the loss: with the count loss the output neuron with the most spikes (ties
 broken by the mean membrane potential), with the membrane loss the highest mean membrane (trained
 on membranes, the output neurons of snn_fashion stayed silent on 76% of the test images: they act
-as leaky integrators; the hidden layer spikes). The energy story: the mean firing rate of each layer (spikes per neuron per step) and
-the spikes per image, logged as */rate/<layer> and */spikes_per_image. Validation and test draw
+as leaky integrators; the hidden layer spikes). The energy story: the mean firing rate of each
+layer (spikes per neuron per step) and the spikes per image, logged as */rate/<layer> and
+*/spikes_per_image. Validation and test draw
 their rate-coded spike trains from a fixed seed per batch, so `nnlab eval` reproduces test/acc.
 """
 
