@@ -418,12 +418,19 @@ def key_metric(metrics: dict[str, float]) -> str | None:
     return next((k for k in tests if k != "test/loss"), "test/loss" if tests else None)
 
 
+# the same model measured another way, not a baseline: test/adv_acc (under attack) beside test/acc
+NOT_BASELINES = ("adv_", "cluster_")
+
+
 def baseline_of(metric: str, metrics: dict[str, float]) -> str | None:
     """The baseline reported beside a metric: test/pca_mse beside test/mse, test/fid_floor beside
-    test/fid, test/bpc_ngram beside test/bpc (a test/ metric named <metric>_* or *_<metric>)."""
+    test/fid, test/bpc_ngram beside test/bpc (a test/ metric named <metric>_* or *_<metric>,
+    except the model's own variants in NOT_BASELINES)."""
     stage, _, name = metric.partition("/")
     for key in sorted(metrics):
         other_stage, _, other = key.partition("/")
+        if other.startswith(NOT_BASELINES):
+            continue
         if other_stage == stage and "/" not in other and other != name:
             if other.startswith(name + "_") or other.endswith("_" + name):
                 return key

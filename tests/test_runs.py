@@ -271,3 +271,11 @@ def test_run_data_reaches_the_terminal_without_control_characters(tmp_path, caps
     assert nnlab_runs.main([str(tmp_path), "--csv"]) == 0
     csv_out = capsys.readouterr().out
     assert "\x1b" not in csv_out and "ae[2J]0;title" in csv_out
+
+
+def test_the_baseline_beside_a_key_metric_is_a_baseline():
+    baseline_of = nnlab_runs.baseline_of
+    assert baseline_of("test/mse", {"test/mse": 1, "test/pca_mse": 2}) == "test/pca_mse"
+    assert baseline_of("test/mae", {"test/mae": 1, "test/mae_seasonal_naive": 2}) is not None
+    # an adversarially trained classifier's robust accuracy is the model's, not a baseline
+    assert baseline_of("test/acc", {"test/acc": 0.86, "test/adv_acc": 0.67}) is None
