@@ -1,11 +1,11 @@
 """`make bench`: how fast nnlab trains, against a hand-written PyTorch loop and the usual
 DataLoader pipeline.
 
-For each model (ae, lenet, lstm, dcgan on Fashion-MNIST; char_rnn on the fortunes, in tokens -
-characters - per second) at its default batch size, three ways of training the same nn.Module
-with the same optimiser, batch size and loss, and the first two in turn (lstm_seq: the LSTM on
-JapaneseVowels' variable-length sequences, nnlab against the hand-written loop over the same
-packed, bucketed batches; its img/s are sequences/s):
+For each model (ae, lenet, lstm, dcgan, capsnet, snn on Fashion-MNIST; char_rnn on the fortunes,
+in tokens - characters - per second) at its default batch size, three ways of training the same
+nn.Module with the same optimiser, batch size and loss, and the first two in turn (lstm_seq: the
+LSTM on JapaneseVowels' variable-length sequences, nnlab against the hand-written loop over the
+same packed, bucketed batches; its img/s are sequences/s):
 
   nnlab       the real `nnlab train` path, in this process: the entry point `nnlab.train.main`
               with the default callbacks (checkpoint, lr monitor, progress bar on), TensorBoard
@@ -37,15 +37,15 @@ which compiles) and `compile step-paired`: a compiled and a plain copy of the mo
 hand-written steps in turn, plain time / compiled time, torch.compile's own gain without the
 framework in it.
 
-ae, lenet and lstm time whole epochs; on the CPU dcgan times only the first 40 batches of each
-epoch (see MODELS; the `batches/epoch` column), unless --limit-batches is given; on a GPU every
-model runs whole epochs. Repetitions are interleaved (nnlab, hand, dataloader, nnlab, ...) so the
-load of a shared machine hits all three alike; the table shows medians (over repetitions of the
-img/s of all measured epochs of a repetition) and the ratios nnlab/hand and nnlab/dataloader. The
-JSON also has each run's img/s of this process's CPU time (cpu_img_s; not for the dataloader,
-whose workers are other processes): on a loaded machine it shows the overhead without the waits
-for a core. It also times `nnlab --help`, `nnlab train --cfg job`, and (--full-train) the whole
-default `nnlab train`, the peak memory of a one-epoch `nnlab train` subprocess (ru_maxrss;
+ae, lenet and lstm time whole epochs; on the CPU dcgan, capsnet and snn time only the first 40
+batches of each epoch (see MODELS; the `batches/epoch` column), unless --limit-batches is given; on
+a GPU every model runs whole epochs. Repetitions are interleaved (nnlab, hand, dataloader, nnlab,
+...) so the load of a shared machine hits all three alike; the table shows medians (over repetitions
+of the img/s of all measured epochs of a repetition) and the ratios nnlab/hand and nnlab/dataloader.
+The JSON also has each run's img/s of this process's CPU time (cpu_img_s; not for the dataloader,
+whose workers are other processes): on a loaded machine it shows the overhead without the waits for
+a core. It also times `nnlab --help`, `nnlab train --cfg job`, and (--full-train) the whole default
+`nnlab train`, the peak memory of a one-epoch `nnlab train` subprocess (ru_maxrss;
 torch.cuda.max_memory_allocated of the in-process nnlab runs on a GPU), and the time and peak
 memory of `nnlab sample` on that finished run.
 
@@ -195,6 +195,29 @@ def gan_step(m, opts, x, y):
     return d_loss
 
 
+def capsnet_loss(m, x, y):
+    """CapsNet: the paper's random shift, the class capsules through the net, the margin loss
+    sum_k T_k relu(0.9 - |v_k|)^2 + 0.5 (1 - T_k) relu(|v_k| - 0.1)^2 and 0.0005 x the summed
+    squared error of the true class's reconstruction, written out."""
+    from nnlab.models.capsnet import random_shift
+
+    x = random_shift(x, m.shift)
+    v = m.net(x.contiguous(memory_format=torch.channels_last) if m.channels_last else x)
+    length = v.norm(dim=-1)
+    t = F.one_hot(y, length.shape[1]).float()
+    margin = t * F.relu(0.9 - length) ** 2 + 0.5 * (1 - t) * F.relu(length - 0.1) ** 2
+    recon = m.net.decoder(v, y)
+    return margin.sum(1).mean() + 0.0005 * (recon - x).square().flatten(1).sum(1).mean()
+
+
+def snn_loss(m, x, y):
+    """SNN: rate-coded spike trains (U < pixel each step), the LIF layers through time, the
+    cross-entropy of the output membranes at every step, averaged, written out."""
+    spikes = torch.rand(m.num_steps, *x.shape, device=x.device).lt_(x)
+    _, mem = m.net(spikes)[-1]
+    return F.cross_entropy(mem.flatten(0, 1), y.repeat(m.num_steps))
+
+
 def single_optimizer_step(entry: Entry):
     def step(m, opts, x, y):
         (opt,) = opts
@@ -277,6 +300,20 @@ MODELS: dict[str, Entry] = {
         max_batches=60,
         data=lm_data,
         count=lambda batch: batch[0].numel(),
+    ),
+    "capsnet": Entry(
+        "capsnet",
+        ["model=capsnet"],
+        capsnet_loss,
+        note="reduced CapsNet 64ch/8 types, 3 routing iterations, decoder",
+        max_batches=40,
+    ),
+    "snn": Entry(
+        "snn",
+        ["model=snn"],
+        snn_loss,
+        note="LIF MLP 784-1000-10, 25 steps, rate coding, membrane loss",
+        max_batches=40,
     ),
 }
 

@@ -89,7 +89,7 @@ def test_cli_timers_measure_a_child(bench):
         bench.wall([sys.executable, "-c", "raise SystemExit(3)"], reps=1)
 
 
-@pytest.mark.parametrize("name", ["ae", "lenet", "lstm", "dcgan"])
+@pytest.mark.parametrize("name", ["ae", "lenet", "lstm", "dcgan", "capsnet", "snn"])
 def test_hand_written_loss_is_the_models_loss(bench, name):
     if name not in bench.MODELS:
         pytest.skip(f"{name} is not in this branch yet")

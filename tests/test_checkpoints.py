@@ -177,7 +177,12 @@ def test_not_a_checkpoint_truncated_and_another_model(tmp_path, ae_run):
 
 
 # -- eval and sample on a finished run (parametrised: add a family's tiny run here) ----------------
-FAMILIES = {"ae": ("model=ae",)}
+FAMILIES = {
+    "ae": ("model=ae",),
+    "capsnet": ("model=capsnet", "model.conv_channels=8", "model.primary_caps=4"),
+    "snn": ("model=snn", "model.hidden=[32]", "model.num_steps=5"),
+    "lapgan": ("model=lapgan", "model.g_dims=[[8],[8],[32]]", "model.d_dims=[[8,8],[8],[32]]"),
+}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -64,9 +64,9 @@ def generator_loss(fake_logits: torch.Tensor, kind: str = "non_saturating") -> t
     return F.softplus(-fake_logits).mean()  # non_saturating
 
 
-def check_options(hp) -> None:
+def check_options(hp, nets=GAN_NETS) -> None:
     """One paragraph for the first bad GAN option (ConfigError), before anything is built."""
-    check_choice("model.net", hp["net"], GAN_NETS)
+    check_choice("model.net", hp["net"], nets)
     check_choice("model.generator_loss", hp["generator_loss"], GENERATOR_LOSSES)
     d_steps, label_smoothing, ema = hp["d_steps"], hp["label_smoothing"], hp["ema"]
     monitor, metrics = hp["monitor"], hp["metrics"]
@@ -216,6 +216,7 @@ class GeneratorSampling:
 
 class AdversarialBase(GeneratorSampling, NNLabModule):
     conditional = False
+    nets = GAN_NETS  # the model.net values; a family with its own nets overrides build_nets
 
     def __init__(
         self,
@@ -236,7 +237,7 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
         **kwargs,
     ):
         super().__init__(name, **kwargs)
-        check_options(self.hparams)
+        check_options(self.hparams, self.nets)
         self.automatic_optimization = False
         self.latent_dim, self.loss_kind, self.d_steps = int(latent_dim), generator_loss, d_steps
         self.real_target = 1.0 - float(label_smoothing)
@@ -245,9 +246,7 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
         self.metrics_cfg = {"classifier_ckpt": None, "n_samples": 10000, "n_val_samples": 1000}
         self.metrics_cfg.update(metrics or {})
         self.quality = GeneratorQuality(self.metrics_cfg["classifier_ckpt"], self.skipped_note())
-        self.generator, self.discriminator = build_gan_nets(
-            net, self.latent_dim, g_dims, d_dims, self.input_shape, self.n_classes, bool(projection)
-        )
+        self.generator, self.discriminator = self.build_nets(net, g_dims, d_dims, bool(projection))
         # ema > 0: a moving average of G's weights generates every image (Yazici et al. 2019)
         self.ema_decay = float(ema)
         self.generator_ema = (
@@ -258,6 +257,12 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
             n_log_images, self.latent_dim, generator=torch.Generator().manual_seed(0)
         )
         self.register_buffer("fixed_z", noise)
+
+    def build_nets(self, net, g_dims, d_dims, projection: bool):
+        """(generator, discriminator): G(z, y) -> images in [-1, 1], D(x, y) -> logits."""
+        return build_gan_nets(
+            net, self.latent_dim, g_dims, d_dims, self.input_shape, self.n_classes, projection
+        )
 
     def skipped_note(self) -> str:
         acc = ", test/label_acc" if self.conditional else ""
