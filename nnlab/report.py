@@ -147,6 +147,15 @@ def _best_epoch(best: str | None) -> int | None:
     return int(found[1]) if found else None
 
 
+# what `nnlab sample` takes for the text models (they answer in text, not a PNG)
+TEXT_SAMPLES = {
+    "char_rnn": 'prompt="The " temperature=0.8',
+    "seq2seq": 'prompt="And God said, Let there be light."',
+    "char_cnn": "",
+    "bag_of_chars": "",
+}
+
+
 def summary_lines(
     record: dict[str, Any],
     run_dir: Path,
@@ -170,7 +179,7 @@ def summary_lines(
             f"  longer: nnlab train resume={shown_path(run_dir)} trainer.max_epochs="
             f"{(epochs or 0) * 2 or 10}",
         ]
-    return lines + _next_lines(run_dir, loggers)
+    return lines + _next_lines(record, run_dir, loggers)
 
 
 def _finished_line(record: dict[str, Any]) -> str:
@@ -201,10 +210,13 @@ def _key_metric_lines(metrics: dict[str, Any]) -> list[str]:
     return [text]
 
 
-def _next_lines(run_dir: Path, loggers: list[str]) -> list[str]:
+def _next_lines(record: dict[str, Any], run_dir: Path, loggers: list[str]) -> list[str]:
     """The run folder, and the commands to go on with: sample, eval, TensorBoard, the CSV."""
     where = shown_path(run_dir)
-    nexts = [f"nnlab sample {where} out=samples.png", f"nnlab eval {where}"]
+    sample = TEXT_SAMPLES.get(str(record.get("model")), "out=samples.png")
+    if record.get("dataset") in ("fortunes_files",) and record.get("model") == "lstm":
+        sample = ""  # the text classifiers print misclassified texts
+    nexts = [f"nnlab sample {where} {sample}".rstrip(), f"nnlab eval {where}"]
     if "tensorboard" in loggers:
         nexts.append(f"tensorboard --logdir {shown_path(run_dir.parent)}")
     if "csv" in loggers:

@@ -418,8 +418,9 @@ def key_metric(metrics: dict[str, float]) -> str | None:
     return next((k for k in tests if k != "test/loss"), "test/loss" if tests else None)
 
 
-# the same model measured another way, not a baseline: test/adv_acc (under attack) beside test/acc
-NOT_BASELINES = ("adv_", "cluster_")
+# the same model measured another way, not a baseline: test/adv_acc (under attack) beside test/acc,
+# test/bleu_greedy (greedy decoding) beside test/bleu (beam search)
+NOT_BASELINES = ("adv_", "cluster_", "bleu_greedy")
 
 
 def baseline_of(metric: str, metrics: dict[str, float]) -> str | None:

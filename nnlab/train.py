@@ -327,7 +327,10 @@ def _instantiate(spec: dict, **kwargs: Any):
     try:
         return instantiate(spec, **kwargs)
     except Exception as err:
-        raise unwrap_instantiation(err) from err
+        mine = unwrap_instantiation(err)
+        if mine is err:
+            raise
+        raise mine from err
 
 
 def _check_validation_split(trainer) -> None:

@@ -1,10 +1,11 @@
 """`make bench`: how fast nnlab trains, against a hand-written PyTorch loop and the usual
 DataLoader pipeline.
 
-For each model (ae, lenet, lstm, dcgan, capsnet, snn) at its default batch size, three ways of
-training the same nn.Module with the same optimiser, batch size and loss on Fashion-MNIST, and the
-first two in turn (lstm_seq: the LSTM on JapaneseVowels' variable-length sequences, nnlab against
-the hand-written loop over the same packed, bucketed batches; its img/s are sequences/s):
+For each model (ae, lenet, lstm, dcgan, capsnet, snn on Fashion-MNIST; char_rnn on the fortunes,
+in tokens - characters - per second) at its default batch size, three ways of training the same
+nn.Module with the same optimiser, batch size and loss, and the first two in turn (lstm_seq: the
+LSTM on JapaneseVowels' variable-length sequences, nnlab against the hand-written loop over the
+same packed, bucketed batches; its img/s are sequences/s):
 
   nnlab       the real `nnlab train` path, in this process: the entry point `nnlab.train.main`
               with the default callbacks (checkpoint, lr monitor, progress bar on), TensorBoard
@@ -17,12 +18,14 @@ the hand-written loop over the same packed, bucketed batches; its img/s are sequ
               uint8 tensors (the datamodule's own), a shuffled permutation per epoch,
               x = images[idx].float() / 255, zero_grad / loss / backward / step (lstm: with the
               model's gradient clipping; dcgan: a D step then a G step, as the model does). Its
-              img/s = images / loop time. It runs with the environment of a process that never
-              imported Lightning (see _ENV_BEFORE_LIGHTNING).
+              img/s = images / loop time. char_rnn: the datamodule's own training streams, cut
+              into the same chunks, the hidden state carried from chunk to chunk and detached.
+              It runs with the environment of a process that never imported Lightning (see
+              _ENV_BEFORE_LIGHTNING).
   dataloader  the torchvision way: a FashionMNIST-style Dataset over the same uint8 tensors that
               turns each sample into a PIL image and back with ToTensor (as
               torchvision.datasets.FashionMNIST does), DataLoader(batch_size, shuffle=True,
-              num_workers=--workers), and the hand loop above.
+              num_workers=--workers), and the hand loop above (image models only).
   interleaved one more nnlab run, in which a callback runs one hand-written step (as above, on a
               second copy of the model) after each nnlab step: the `step-paired` column is
               hand-written time / nnlab time over those pairs. Both paths meet the machine at the
@@ -100,6 +103,11 @@ class Entry:
     max_batches: int | None = (
         None  # training batches per epoch when --limit-batches is not given (slow models)
     )
+    # data(dm, model, device) -> (source(epoch), cut(source, i) -> batch, batches per epoch): what a
+    # hand-written loop trains on; default: the images of the train split in a shuffled order
+    data: Callable | None = None
+    # the items a batch counts for (the rate's unit): its labels (images, sequences), or tokens
+    count: Callable = lambda batch: len(batch[1])  # noqa: E731
     # the paths that apply (None: all); variable-length sequences have no torchvision-style
     # Dataset to compare with, so lstm_seq leaves `dataloader` out
     paths: tuple[str, ...] | None = None
@@ -222,6 +230,38 @@ def single_optimizer_step(entry: Entry):
     return step
 
 
+def lm_step(m, opts, x, y, chunk):
+    """char_rnn: next-character cross-entropy over the vocabulary's used slots, the hidden state
+    of the previous chunk carried in (detached; zeros at chunk 0), the gradient norm clipped."""
+    from nnlab.nets.text import detach_state
+
+    (opt,) = opts
+    opt.zero_grad(set_to_none=True)
+    logits, state = m.net(x, None if chunk == 0 else m.bench_state)
+    m.bench_state = detach_state(state)
+    logits = logits.float().masked_fill(~m.allowed(), float("-inf"))
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(m.parameters(), m.default_clip)
+    opt.step()
+    return loss
+
+
+def lm_data(dm, model, device):
+    """char_rnn's batches: the datamodule's training streams (a seeded offset per epoch), cut into
+    its consecutive chunks, (x, y, chunk); the model takes the data's vocabulary."""
+    from nnlab.data.text import StreamBatches, symbols_tensor
+
+    model.symbols.copy_(symbols_tensor(dm.vocab, model.symbols.shape[1]).to(model.symbols.device))
+    loader = StreamBatches(dm.codes("train").to(device), dm.batch_size, dm.bptt, True, dm.seed)
+
+    def cut(rows, i):
+        a, b = loader.spans[i]
+        return rows[:, a:b], rows[:, a + 1 : b + 1], i
+
+    return loader.streams, cut, len(loader)
+
+
 MODELS: dict[str, Entry] = {
     "ae": Entry("ae", ["model=ae"], ae_loss, note="MLP 784-256-32, mse"),
     "lenet": Entry("lenet", ["model=lenet"], lenet_loss, note="LeNet-5 modern, channels_last"),
@@ -250,6 +290,16 @@ MODELS: dict[str, Entry] = {
         model_loss=gan_model_d_loss,
         note="D then G step",
         max_batches=40,
+    ),
+    "char_rnn": Entry(
+        "char_rnn",
+        ["model=char_rnn", "dataset=fortunes"],
+        None,
+        lm_step,
+        note="rates in tokens/s: LSTM 2x256, BPTT 128, clip 1.0",
+        max_batches=60,
+        data=lm_data,
+        count=lambda batch: batch[0].numel(),
     ),
     "capsnet": Entry(
         "capsnet",
@@ -335,63 +385,90 @@ def _sync(device):
 # -- the three ways of training --------------------------------------------------------------------
 @dataclass
 class HandSide:
-    """What a hand-written path trains: the module built from the config, its optimisers, the train
-    split resident on the device (the datamodule's own uint8 tensors), the batch size, the step
-    function, and the number of full batches of an epoch (drop_last, as nnlab's training batches; at
-    most `limit`)."""
+    """What a hand-written path trains: the module built from the config, its optimisers, where the
+    batches come from (`source(epoch)`, then `cut(source, i)` -> the i-th batch: images from the
+    datamodule's own resident uint8 tensors in a shuffled order, or char_rnn's streams), the step
+    function, the number of batches of an epoch (full batches, as nnlab's training batches; at most
+    `limit`) and what a batch counts for (images or tokens)."""
 
     model: torch.nn.Module
     opts: list
-    images: torch.Tensor
-    labels: torch.Tensor
-    bs: int
+    source: Callable
+    cut: Callable
     step: Callable
     n_batches: int
-    lengths: torch.Tensor | None = None  # sequences: the lengths (CPU), and the bucket size
-    bucket: int = 1
+    count: Callable
+    device: torch.device
 
-    def order(self, seed: int) -> torch.Tensor:
-        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))
-        order = order.to(self.images.device)
-        if self.lengths is not None and self.bucket > 1:  # as SequenceBatches buckets them
-            from nnlab.data.sequences import bucket_order
+    def order(self, seed: int):
+        return self.source(seed)
 
-            order = bucket_order(order, self.lengths.to(order.device), self.bucket * self.bs)
+    def train_step(self, order, i: int) -> int:
+        """One step on the i-th batch of `order`; returns the images (or tokens) it trained on."""
+        batch = self.cut(order, i)
+        self.step(self.model, self.opts, *batch)
+        return self.count(batch)
+
+
+def image_data(dm, model, device, bs: int):
+    """The train split's resident uint8 images, a seeded permutation per epoch, x = images[idx] /
+    255."""
+    images, labels = (t.to(device) for t in dm.raw("train"))
+
+    def source(seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(len(images), generator=g).to(device)
+
+    def cut(order: torch.Tensor, i: int):
+        idx = order[i * bs : (i + 1) * bs]
+        return images[idx].float().div_(255.0), labels[idx]
+
+    return source, cut, max(1, len(images) // bs)
+
+
+def sequence_data(dm, device, bs: int):
+    """Variable-length sequences: the datamodule's own standardised, padded training split in a
+    seeded order bucketed as SequenceBatches buckets it; x = (steps[idx] cropped to the batch's
+    longest, lengths[idx])."""
+    from nnlab.data.sequences import bucket_order
+
+    steps, lengths, labels = dm.sequences("train")
+    steps, labels = steps.to(device), labels.to(device)
+
+    def source(seed: int) -> torch.Tensor:
+        order = torch.randperm(len(steps), generator=torch.Generator().manual_seed(seed))
+        order = order.to(device)
+        if dm.bucket > 1:
+            order = bucket_order(order, lengths.to(device), dm.bucket * bs)
         return order
 
-    def train_step(self, order: torch.Tensor, i: int):
-        """One step on the i-th batch of `order`: x = images[idx].float() / 255; sequences:
-        x = (steps[idx] cropped to the batch's longest, lengths[idx])."""
-        idx = order[i * self.bs : (i + 1) * self.bs]
-        if self.lengths is None:
-            x = self.images[idx].float().div_(255.0)
-        else:
-            lengths = self.lengths[idx.cpu()]
-            x = (self.images[idx, : int(lengths.max())], lengths)
-        return self.step(self.model, self.opts, x, self.labels[idx])
+    def cut(order: torch.Tensor, i: int):
+        idx = order[i * bs : (i + 1) * bs]
+        batch_lengths = lengths[idx.cpu()]
+        return (steps[idx, : int(batch_lengths.max())], batch_lengths), labels[idx]
+
+    return source, cut, max(1, len(steps) // bs)
 
 
 def hand_side(entry: Entry, overrides: list[str], device, limit: int | None = None) -> HandSide:
     cfg, dm, model, opts = build(overrides)
-    lengths, bucket = None, 1
-    if hasattr(dm, "sequences"):  # the datamodule's own standardised, padded training split
-        images, lengths, labels = dm.sequences("train")
-        bucket = dm.bucket
-    else:
-        images, labels = dm.raw("train")
-    images, labels = images.to(device), labels.to(device)
+    model = model.to(device).train()
     bs = int(cfg.dataset.batch_size)
-    n_batches = max(1, len(images) // bs)
+    if entry.data is not None:
+        source, cut, n_batches = entry.data(dm, model, device)
+    elif hasattr(dm, "sequences"):  # the datamodule's own standardised, padded training split
+        source, cut, n_batches = sequence_data(dm, device, bs)
+    else:
+        source, cut, n_batches = image_data(dm, model, device, bs)
     return HandSide(
-        model.to(device).train(),
+        model,
         opts,
-        images,
-        labels,
-        bs,
+        source,
+        cut,
         entry_step(entry),
         min(n_batches, limit) if limit else n_batches,
-        lengths,
-        bucket,
+        entry.count,
+        device,
     )
 
 
@@ -403,10 +480,9 @@ def run_hand(entry: Entry, overrides: list[str], epochs: int, limit: int | None,
         t0, c0 = time.perf_counter(), time.process_time()
         order = hand.order(epoch)
         for i in range(hand.n_batches):
-            hand.train_step(order, i)
+            n_img += hand.train_step(order, i)
         _sync(device)
         seconds, cpu = seconds + time.perf_counter() - t0, cpu + time.process_time() - c0
-        n_img += hand.n_batches * hand.bs
     return {"img_s": n_img / seconds, "images": n_img, "seconds": seconds, "cpu_img_s": n_img / cpu}
 
 
@@ -468,14 +544,15 @@ def run_dataloader(
     return {"img_s": n_img / seconds, "images": n_img, "seconds": seconds}
 
 
-def batches_and_images(batch) -> tuple[int, int]:
-    """(batches, images) of what one Lightning training step got: a batch, or a Chunk of them
-    (several optimizer steps per call, steps_per_execution)."""
+def batches_and_images(batch, count=lambda batch: len(batch[0])) -> tuple[int, int]:
+    """(batches, images) of what one Lightning training step got: a batch (its `count`: images,
+    or char_rnn's tokens), or a Chunk of them (several optimizer steps per call,
+    steps_per_execution)."""
     from nnlab.data.batches import Chunk
 
     if isinstance(batch, Chunk):
         return len(batch), batch.samples
-    return 1, len(batch[0])
+    return 1, count(batch)
 
 
 def steps_per_call(trainer) -> int | None:
@@ -490,8 +567,9 @@ class EpochTimer(pl.Callback):
     """Passed to the nnlab run as an extra callback: the time of each training epoch (without
     validation), in `results`, and the steps per call the run took."""
 
-    def __init__(self):
+    def __init__(self, count=lambda batch: len(batch[0])):
         self.results: list[dict] = []
+        self.count = count
         self.steps_per_call: int | None = None
 
     def on_train_start(self, trainer, pl_module):
@@ -502,7 +580,7 @@ class EpochTimer(pl.Callback):
         self.images, self.t0, self.c0 = 0, time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.images += batches_and_images(batch)[1]
+        self.images += batches_and_images(batch, self.count)[1]
         if batch_idx + 1 == trainer.num_training_batches:  # one sync per epoch, at its last batch
             _sync(pl_module.device)
             self.results.append(
@@ -531,7 +609,7 @@ def run_nnlab(
 ) -> dict:
     from nnlab.train import main
 
-    timer = EpochTimer()
+    timer = EpochTimer(entry.count)
     with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
         argv = sys.argv
         sys.argv = [
@@ -604,15 +682,15 @@ class StepPairs(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         hand = self.hand
-        _sync(hand.images.device)
+        _sync(hand.device)
         now = time.perf_counter()
         nnlab_s = now - self.t if self.t is not None and not self.first else None
         self.first = False
-        batches, images = batches_and_images(batch)
+        batches, images = batches_and_images(batch, hand.count)
         for _ in range(batches):
             hand.train_step(self.order, self.i % hand.n_batches)
             self.i += 1
-        _sync(hand.images.device)
+        _sync(hand.device)
         self.t = time.perf_counter()
         if nnlab_s is not None:
             self.pairs.append((nnlab_s, self.t - now, images, batches))
@@ -656,12 +734,12 @@ def run_compile_pairs(
     plain = hand_side(entry, overrides, device, limit)
     compiled = hand_side(entry, [*overrides, "model.compile=true"], device, limit)
     compiled.model.configure_model()
-    n, order = plain.n_batches, plain.order(0)
+    n, order, items = plain.n_batches, plain.order(0), {}
 
     def timed(side: HandSide, i: int) -> float:
         _sync(device)
         t0 = time.perf_counter()
-        side.train_step(order, i)
+        items[i] = side.train_step(order, i)
         _sync(device)
         return time.perf_counter() - t0
 
@@ -672,8 +750,8 @@ def run_compile_pairs(
     pairs = [(timed(plain, i), timed(compiled, i)) for i in range(n)]
     plain_s, compiled_s = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
     return {
-        "img_s": n * plain.bs / compiled_s,
-        "images": n * plain.bs,
+        "img_s": sum(items.values()) / compiled_s,
+        "images": sum(items.values()),
         "seconds": compiled_s,
         "steps": n,
         "warmup_s": warmup_s,

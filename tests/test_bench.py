@@ -152,18 +152,50 @@ def test_compile_pairs_time_a_compiled_copy_against_a_plain_one(bench):
     assert result["ratio"] > 0 and all(ms > 0 for ms in result["ms_per_step"])
 
 
+def test_char_rnn_hand_written_step_is_the_models_step(bench, tmp_path):
+    """char_rnn: the hand-written loop cuts the datamodule's own streams into the same chunks and
+    computes the model's loss (state carried from chunk to chunk)."""
+    words = ("the cat sat on the mat and the dog ran under the log " * 200).strip()
+    (tmp_path / "corpus.txt").write_text(words)
+    entry = bench.MODELS["char_rnn"]
+    overrides = [
+        "model=char_rnn",
+        "dataset=text",
+        f"dataset.path={tmp_path / 'corpus.txt'}",
+        "dataset.batch_size=4",
+        "dataset.bptt=16",
+        "dataset.split_block=500",
+        "model.hidden_size=8",
+        "model.num_layers=1",
+        "model.dropout=0",
+        "accelerator=cpu",
+    ]
+    cfg, dm, model, opts = bench.build(overrides)
+    source, cut, n = entry.data(dm, model, torch.device("cpu"))
+    rows = source(0)
+    assert n == len(dm.train_dataloader()) and rows.shape[0] == 4
+    for i in range(2):
+        batch = cut(rows, i)
+        assert batch[2] == i and torch.equal(batch[0][:, 1:], batch[1][:, :-1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = model.step(batch, "train")["loss"]
+        assert torch.allclose(bench.lm_step(model, opts, *batch), expected)
+    assert entry.count(batch) == batch[0].numel()
+
+
 def test_sequence_entry_trains_the_same_packed_batches(bench):
     """lstm_seq: the hand-written loss is the model's on a packed batch, and the hand side draws
     bucketed batches cropped to their longest sequence, as SequenceBatches does."""
     entry = bench.MODELS["lstm_seq"]
     overrides = [*entry.overrides, "dataset.format=synthetic", "dataset.shape=[3]"]
     hand = bench.hand_side(entry, [*overrides, "accelerator=cpu"], torch.device("cpu"))
-    idx = hand.order(0)[: hand.bs]
-    lengths = hand.lengths[idx]
+    x, y = hand.cut(hand.order(0), 0)
+    lengths = x[1]
     assert (lengths.diff() >= 0).all()  # sorted within the bucket
-    x, y = (hand.images[idx, : int(lengths.max())], lengths), hand.labels[idx]
+    assert x[0].shape[1] == int(lengths.max())  # cropped to the longest
     torch.manual_seed(0)
     model_loss = hand.model.step((*x, y), "train")["loss"]
     torch.manual_seed(0)  # the same dropout mask
     assert torch.allclose(entry.loss(hand.model, x, y), model_loss)
-    assert torch.isfinite(hand.train_step(hand.order(1), 0))
+    assert hand.train_step(hand.order(1), 0) == len(y)

@@ -29,6 +29,15 @@ RESOLVABLE = ("model", "dataset", "trainer.max_epochs", "trainer.accelerator", "
 COMPANIONS = {
     ("dataset", "movielens"): ["model=rbm_cf"],
     ("dataset", "synthetic_ratings"): ["model=rbm_cf"],
+    # the text family: a character stream, labelled texts, sentence pairs
+    ("model", "char_rnn"): ["dataset=fortunes"],
+    ("model", "char_cnn"): ["dataset=fortunes_files"],
+    ("model", "bag_of_chars"): ["dataset=fortunes_files"],
+    ("model", "seq2seq"): ["dataset=bible_en_es"],
+    ("dataset", "fortunes"): ["model=char_rnn"],
+    ("dataset", "text"): ["model=char_rnn", "dataset.path=corpus.txt"],
+    ("dataset", "fortunes_files"): ["model=char_cnn"],
+    ("dataset", "bible_en_es"): ["model=seq2seq"],
     # sequences are read by lstm, series by the forecaster (issue 17)
     **{("dataset", d): ["model=lstm"] for d in ("uea", "japanese_vowels", "plaid")},
     **{("dataset", d): ["model=forecaster"] for d in ("airline", "sunspots", "co2")},

@@ -46,11 +46,11 @@ def _train_fails(capsys, *argv) -> str:
     [
         (
             "model=vea",
-            "model='vea' is unknown; use one of ae, cae,",
+            "model='vea' is unknown; use one of ae, bag_of_chars, cae,",
         ),
         (
             "dataset=nosuch",
-            "dataset='nosuch' is unknown; use one of airline, cifar10,",
+            "dataset='nosuch' is unknown; use one of airline, bible_en_es, cifar10,",
         ),
         ("accelerator=gpux", "Did you mean accelerator=gpu?"),
     ],

@@ -81,6 +81,9 @@ class NNLabModule(compat.ChunkPassThrough, compat.QuickHookName, pl.LightningMod
     sample_grid(n, label, interpolate)
                             one (3, H, W) image in [0, 1] for `nnlab sample`; NotImplementedError
                             where the family has no samples
+    sample_text(prompt, temperature, n, seed)
+                            text for `nnlab sample RUN prompt=...` (text models: generated,
+                            translated)
     extra_metrics           {name: float} computed at test time beyond the logged scalars
                             (e.g. per-class accuracy), merged into metrics.json
     figure hooks            reconstruction_rows(x), sample_images(): what the shared figure
@@ -277,6 +280,14 @@ class NNLabModule(compat.ChunkPassThrough, compat.QuickHookName, pl.LightningMod
         """One (3, H, W) image in [0, 1] for `nnlab sample`."""
         raise NotImplementedError(
             f"model {self.hparams.name} ({type(self).__name__}) has no samples to draw"
+        )
+
+    def sample_text(
+        self, prompt: str = "", temperature: float | None = None, n: int | None = None, seed=0
+    ) -> str:
+        """`nnlab sample RUN [prompt=...]` for a text model (None: the model's default)."""
+        raise NotImplementedError(
+            f"model {self.hparams.name} ({type(self).__name__}) does not generate text"
         )
 
     def reconstruction_rows(self, x: torch.Tensor) -> list[torch.Tensor] | None:
