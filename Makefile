@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 PKGDATA := $(VENV)/share/nnlab
 ARGS   ?=
 
-.PHONY: setup data train test bench tensorboard clean lock
+.PHONY: setup data train test lint bench tensorboard clean lock
 
 setup: $(STAMP) data  ## create .venv, install the pinned packages, make the data available
 
@@ -38,8 +38,12 @@ data:
 train: setup  ## the default experiment: ae on Fashion-MNIST (extra overrides: make train ARGS="model.latent_dim=16")
 	$(BIN)/nnlab train $(ARGS)
 
-test: setup  ## the test suite (tiny generated data, no network)
+test: setup lint  ## ruff, then the test suite (tiny generated data, no network)
 	$(BIN)/python -m pytest $(ARGS)
+
+lint: setup  ## ruff check and ruff format --check (config in pyproject.toml)
+	$(BIN)/ruff check nnlab tests scripts configs
+	$(BIN)/ruff format --check nnlab tests scripts configs
 
 bench: setup  ## nnlab vs a hand-written loop vs a DataLoader pipeline, CLI wall times, peak memory (ARGS="--quick --json bench.json")
 	$(BIN)/python scripts/bench.py $(ARGS)

@@ -1,6 +1,7 @@
 """The `nnlab` command: dispatches sub-commands and imports nothing heavy itself.
 
 nnlab train [overrides]      train (or sweep with -m); Hydra's --help, --cfg job work
+nnlab runs [DIR ...]         a table of the runs under DIR (default outputs/) to compare them
 nnlab eval RUN_OR_CKPT       test a trained model again
 nnlab sample RUN_OR_CKPT     write a PNG grid of samples
 """
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     # Hydra reads sys.argv itself; give it the sub-command's arguments only.
     sys.argv = [f"nnlab {command}", *rest]
     # Lightning's DDP launcher re-runs `python -m <__main__'s module> <sys.argv[1:]>` for each extra
-    # process: make that the sub-command's module (`python -m nnlab.train ...`), not this console script.
+    # process: make that the sub-command's module (`python -m nnlab.train ...`), not this console
+    # script.
     import importlib.util
 
     import __main__

@@ -67,7 +67,23 @@ RULES = {
         "a positive integer (or -1 for no limit)",
         "trainer.max_epochs=10",
     ),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer", "seed=42"),
+    "seed": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32,
+        "an integer in [0, 2^32) (numpy's seed range)",
+        "seed=42",
+    ),
+    "dataset.n_train": (_positive_int, "a positive integer", "dataset.n_train=512"),
+    "dataset.n_test": (_positive_int, "a positive integer", "dataset.n_test=128"),
+    "trainer.max_steps": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1),
+        "a positive integer (or -1 for no limit)",
+        "trainer.max_steps=1000",
+    ),
+    "trainer.limit_train_batches": (
+        lambda v: v is None or (_positive_number(v) and (isinstance(v, int) or v <= 1)),
+        "null, a fraction in (0, 1] or a positive number of batches (0 would train nothing)",
+        "trainer.limit_train_batches=100",
+    ),
     "callbacks.checkpoint.every_n_steps": (
         lambda v: v is None or _positive_int(v),
         "null or a positive integer",
@@ -81,11 +97,9 @@ RULES = {
         "a number >= 0 (0 = off)",
         "model.l1_weight_decay=2e-3",
     ),
-    # null: nnlab's QuietProfiler (nnlab/lean.py); a name: one of Lightning's profilers; a mapping: a _target_ spec
+    # null: nnlab's QuietProfiler (nnlab/lean.py); a name: one of Lightning's profilers
     "trainer.profiler": (
-        lambda v: (
-            v is None or isinstance(v, DictConfig) or v in ("simple", "advanced", "pytorch", "xla")
-        ),
+        lambda v: v is None or v in ("simple", "advanced", "pytorch", "xla"),
         "null or one of simple, advanced, pytorch, xla",
         "+trainer.profiler=simple (or debug=profile)",
     ),
@@ -122,38 +136,26 @@ def check_group_choices(overrides: list[str]) -> None:
     """`model=vea` and the like, before Hydra composes anything: an unknown option of a config group
     becomes one ConfigError that names the group's options and the closest one. Only plain
     `group=a` and comma sweeps `group=a,b` are checked; Hydra reports anything fancier itself."""
-    import difflib
-    from importlib.resources import files
+    from nnlab.errors import check_choice
+    from nnlab.run_folder import config_groups, group_options
 
-    root = files("nnlab.configs")
     for arg in overrides:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+")
-        if (
-            not sep
-            or key.startswith("~")
-            or "." in key
-            or "/" in key
-            or not root.joinpath(key).is_dir()
-        ):
+        if not sep or key not in config_groups():
             continue
         if any(c in value for c in "()[]{}*$'\" "):
             continue  # sweep functions, globs, interpolations, quoting: Hydra's own syntax
-        options = sorted(
-            p.name[:-5] for p in root.joinpath(key).iterdir() if p.name.endswith(".yaml")
-        )
+        options = group_options(key)
         for choice in value.split(","):
             if choice in ("null", "none") and choice not in options:
                 raise ConfigError(
-                    f"{key}={choice}: to leave the group '{key}' out, write ~{key} (Hydra's delete syntax); "
-                    f"to pick one of its options, use one of: {', '.join(options)}."
+                    f"{key}={choice}: to leave the group '{key}' out, write ~{key} (Hydra's "
+                    f"delete syntax); to pick one of its options, use one of: {', '.join(options)}."
                 )
-            if choice in options:
-                continue
-            close = difflib.get_close_matches(choice, options, n=1)
-            hint = f"Did you mean {key}={close[0]}? " if close else ""
-            raise ConfigError(
-                f"{key}={choice} is not an option of the config group '{key}'. {hint}"
-                f"The options are: {', '.join(options)} (the YAML files in configs/{key}/; "
-                "`nnlab train --help` lists every group)."
+            check_choice(
+                key,
+                choice,
+                options,
+                note=f"(the YAML files in configs/{key}/; `nnlab train --help` lists every group)",
             )

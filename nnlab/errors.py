@@ -47,6 +47,12 @@ class CheckpointError(NNLabError):
     kind = "checkpoint error"
 
 
+class StorageError(NNLabError):
+    """The disk said no: full, read-only, gone. Nothing the config can fix, but no traceback."""
+
+    kind = "storage error"
+
+
 def full_error_wanted() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
@@ -69,7 +75,7 @@ def run_command(command, argv: list[str] | None = None) -> int:
     return 0
 
 
-def check_choice(key: str, value, options, error=ConfigError) -> None:
+def check_choice(key: str, value, options, error=ConfigError, note: str = "") -> None:
     """One paragraph when `value` is not one of `options`, e.g. "model.cell='lsmt' is unknown;
     use one of lstm, gru, rnn. Did you mean model.cell=lstm?"
     """
@@ -80,4 +86,18 @@ def check_choice(key: str, value, options, error=ConfigError) -> None:
 
     close = difflib.get_close_matches(str(value), options, n=1)
     hint = f" Did you mean {key}={close[0]}?" if close else ""
-    raise error(f"{key}={value!r} is unknown; use one of {', '.join(options)}.{hint}")
+    raise error(
+        f"{key}={value!r} is unknown; use one of {', '.join(options)}{' ' + note if note else ''}."
+        f"{hint}"
+    )
+
+
+def unwrap_instantiation(err: BaseException) -> BaseException:
+    """Hydra's instantiate() wraps whatever a constructor raises in an InstantiationException
+    ("Error in call to target ..."); a user error raised there comes back out as itself."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, NNLabError):
+            return cause
+        cause = cause.__cause__
+    return err

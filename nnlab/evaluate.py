@@ -1,18 +1,18 @@
 """`nnlab eval RUN_OR_CKPT [dataset=NAME] [checkpoint=best|last] [key=value ...]`
 
-Rebuilds the model from the run's saved config (.hydra/config.yaml) or, for a bare .ckpt, from the
-checkpoint's hyper-parameters; runs the test stage; prints the metrics; writes them into the run's
-metrics.json under "eval" (keyed by dataset). Works from any working directory.
+Rebuilds the model from the packaged configs with the run's recorded overrides (or, for a bare
+.ckpt, the checkpoint's hyper-parameters) as plain data (nnlab.inference); runs the test stage;
+prints the metrics; writes them into the run's metrics.json under "eval" (keyed by dataset),
+holding the run folder's lock. Works from any working directory.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import sys
 import time
 from pathlib import Path
 
-from nnlab.errors import ConfigError, run_command
+from nnlab.errors import ConfigError, StorageError, check_choice, run_command
 
 USAGE = """\
 usage: nnlab eval RUN_OR_CKPT [dataset=NAME] [checkpoint=best|last] [threads=N] [key=value ...]
@@ -39,8 +39,8 @@ def parse_args(
     for arg in argv[1:]:
         if "=" not in arg:
             raise ConfigError(
-                f"'{arg}' is not an option: options are key=value ({', '.join(options) or 'none'}, "
-                "dataset=NAME or dataset.KEY=VALUE). Run with --help for usage."
+                f"'{arg}' is not an option: options are key=value ({', '.join(options) or 'none'}"
+                ", dataset=NAME or dataset.KEY=VALUE). Run with --help for usage."
             )
         key, value = arg.split("=", 1)
         if key in own:
@@ -49,33 +49,26 @@ def parse_args(
             overrides[key] = value
         else:
             raise ConfigError(
-                f"Unknown option '{key}'. The options are: {', '.join(list(options) + ['dataset'])}, "
-                "dataset.KEY=VALUE. Run with --help for usage."
+                f"Unknown option '{key}'. The options are: "
+                f"{', '.join(list(options) + ['dataset'])}, dataset.KEY=VALUE. Run with --help."
             )
+    if "checkpoint" in own:
+        check_choice("checkpoint", own["checkpoint"], ("best", "last"))
     return target, own, overrides
 
 
-def write_eval(run_dir: Path, dataset: str, entry: dict) -> None:
-    """Add the evaluation to the run's metrics.json, atomically."""
-    path = run_dir / "metrics.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    data.setdefault("eval", {})[dataset] = entry
-    tmp = path.with_suffix(f".json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _int_option(value: str, key: str, minimum: int = 1) -> int:
+def int_option(value: str, key: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer command option in [minimum, maximum], or one ConfigError paragraph."""
     try:
         number = int(value)
     except ValueError:
-        number = minimum - 1
-    if number < minimum:
+        number = None
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        example = max(minimum, 8) if maximum is None else min(max(minimum, 8), maximum)
         raise ConfigError(
-            f"{key}={value!r} is not valid: it must be an integer >= {minimum}. Example: {key}={max(minimum, 8)}"
+            f"{key}={value!r} is not valid: it must be an integer {bounds}. "
+            f"Example: {key}={example}"
         )
     return number
 
@@ -84,57 +77,77 @@ def evaluate(argv: list[str]) -> dict[str, float]:
     target, opts, overrides = parse_args(
         argv, USAGE, {"checkpoint": "best", "accelerator": "cpu", "threads": ""}
     )
-    if opts["checkpoint"] not in ("best", "last"):
-        raise ConfigError(
-            f"checkpoint={opts['checkpoint']!r} is not valid: use checkpoint=best or checkpoint=last."
-        )
     import pytorch_lightning as pl
     import torch
 
-    from nnlab.checkpoints import load_for_inference
-    from nnlab.train import check_device
+    from nnlab.device import check_device
+    from nnlab.inference import load_for_inference
+    from nnlab.run_folder import RunLock, is_run_dir, run_dir_of
 
     if opts["threads"]:
-        torch.set_num_threads(_int_option(opts["threads"], "threads"))
-    cfg, model, datamodule, ckpt_path, run_dir = load_for_inference(
-        target, overrides, which=opts["checkpoint"]
-    )
-    from omegaconf import OmegaConf
-
-    check_device(OmegaConf.create({"trainer": {"accelerator": opts["accelerator"]}}))
-    limit = OmegaConf.select(cfg, "trainer.limit_test_batches")  # as the run's own test stage
-    trainer = pl.Trainer(
-        accelerator=opts["accelerator"],
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_test_batches=limit if limit is not None else 1.0,
-    )
-    datamodule.prepare_data()
-    trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    metrics.update(getattr(model, "extra_metrics", {}) or {})
-    metrics = dict(sorted(metrics.items()))
-
-    width = max([len(k) for k in metrics] + [6])
-    print(f"nnlab eval: {ckpt_path} on {datamodule.name} (test split)")
-    print(f"  {'metric':<{width}}  value")
-    for key, value in metrics.items():
-        print(f"  {key:<{width}}  {value:.6g}")
-    if run_dir is not None:
-        write_eval(
-            run_dir,
-            datamodule.name,
-            {
-                "checkpoint": str(ckpt_path),
-                "metrics": metrics,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
+        torch.set_num_threads(int_option(opts["threads"], "threads"))
+    check_device(opts["accelerator"])
+    lock, path = None, Path(target).expanduser()
+    run = path if is_run_dir(path) else run_dir_of(path) if path.is_file() else None
+    if run is not None:  # its metrics.json gets the result: one writer at a time
+        try:
+            lock = RunLock(run, "nnlab eval").acquire()
+        except StorageError:
+            lock = None  # a read-only run folder: evaluate, print, and say it was not written
+    try:
+        cfg, model, datamodule, ckpt_path, run_dir = load_for_inference(
+            target, overrides, which=opts["checkpoint"]
         )
-        print(f"written to {run_dir / 'metrics.json'} (eval.{datamodule.name})")
+        limit = cfg.get("limit_test_batches")  # as the run's own test stage
+        trainer = pl.Trainer(
+            accelerator=opts["accelerator"],
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_test_batches=limit if limit is not None else 1.0,
+        )
+        datamodule.prepare_data()
+        trainer.test(model, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics.update(getattr(model, "extra_metrics", {}) or {})
+        metrics = dict(sorted(metrics.items()))
+
+        width = max([len(k) for k in metrics] + [6])
+        print(f"nnlab eval: {ckpt_path} on {datamodule.name} (test split)")
+        print(f"  {'metric':<{width}}  value")
+        for key, value in metrics.items():
+            print(f"  {key:<{width}}  {value:.6g}")
+        if run_dir is not None:
+            _record(run_dir, datamodule.name, ckpt_path, metrics, locked=lock is not None)
+    finally:
+        if lock is not None:
+            lock.release()
     return metrics
+
+
+def _record(run_dir, dataset: str, ckpt_path, metrics: dict, locked: bool) -> None:
+    from nnlab.run_record import RunRecord
+
+    entry = {
+        "checkpoint": str(ckpt_path),
+        "metrics": metrics,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    try:
+        if not locked:
+            raise StorageError(f"Cannot lock {run_dir}")
+        RunRecord.add_eval(run_dir, dataset, entry)
+    except StorageError as err:
+        print(
+            f"nnlab: note: the metrics above were not written into {run_dir / 'metrics.json'} "
+            f"({str(err).split(': ', 1)[-1].rstrip('.')}); the run folder is read-only or its "
+            "disk is full.",
+            file=sys.stderr,
+        )
+        return
+    print(f"written to {run_dir / 'metrics.json'} (eval.{dataset})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ import fnmatch
 import json
 import os
 import socket
+import stat
 import struct
 import sys
 import time
@@ -31,9 +32,39 @@ from typing import Any
 # (test/loss, the same number as one of these, is shown only for runs that have none of them)
 KEY_METRICS = ("test/mse", "test/bce", "test/elbo", "test/recon", "test/kl", "test/fid", "test/acc")
 MAX_METRIC_COLUMNS = 6
-# overrides that change nothing in the result: never shown as a difference between runs
-NOISE_KEYS = ("threads", "callbacks.progress_bar.refresh_rate", "hydra.", "ckpt_path")
-STATUS_STYLE = {"finished": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
+STATUS_STYLE = {
+    "finished": "green",
+    "failed": "red",
+    "interrupted": "yellow",
+    "running": "cyan",
+    "unreadable": "magenta",
+}
+MAX_TEXT = 300  # characters of an error or an override shown; run folders can hold anything
+# C0 and C1 control characters (escape sequences, bells, carriage returns): never printed
+CONTROL = dict.fromkeys([*range(0x00, 0x20), *range(0x7F, 0xA0)])
+
+
+def noise_keys() -> tuple[str, ...]:
+    """Overrides that change nothing in the result, never shown as a difference between runs: the
+    keys the packaged hydra config leaves out of a sweep job's folder name, and hydra.*."""
+    import yaml
+
+    from nnlab.trust import bounded_text
+
+    try:
+        from importlib.resources import files
+
+        hydra_cfg = yaml.safe_load(bounded_text(files("nnlab.configs") / "hydra" / "default.yaml"))
+        keys = hydra_cfg["job"]["config"]["override_dirname"]["exclude_keys"]
+    except Exception:  # noqa: BLE001 - an installation without its configs: hide nothing
+        keys = []
+    return (*(str(k) for k in keys), "hydra.")
+
+
+def clean(value: Any, limit: int = MAX_TEXT) -> str:
+    """Text from a run folder, safe to print: control characters dropped, at most `limit` chars."""
+    text = str(value).translate(CONTROL)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- finding and reading runs
@@ -48,7 +79,8 @@ def _is_run(folder: Path, names: set[str]) -> bool:
 
 
 def find_runs(root: Path) -> Iterator[Path]:
-    """Every run folder under root (root itself included); a run's own sub-folders are not searched."""
+    """Every run folder under root (root itself included); a run's own sub-folders are not
+    searched."""
     for folder, dirs, files in os.walk(root):
         path = Path(folder)
         if _is_run(path, set(files)):
@@ -61,10 +93,36 @@ def find_runs(root: Path) -> Iterator[Path]:
 def _yaml(path: Path) -> Any:
     import yaml
 
+    from nnlab.trust import bounded_text
+
     try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        return yaml.safe_load(bounded_text(path))
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):
         return None
+
+
+def _str(value: Any) -> str | None:
+    return clean(value, 200) if isinstance(value, str) else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and value == value and abs(value) != float("inf") else None
+
+
+def _metrics(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    numbers = {clean(k, 100): _number(v) for k, v in value.items() if isinstance(k, str)}
+    return {k: v for k, v in numbers.items() if v is not None}
+
+
+def _texts(value: Any) -> list[str]:
+    return [clean(v) for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _lookup(config: Any, dotted: str) -> Any:
@@ -76,7 +134,8 @@ def _lookup(config: Any, dotted: str) -> Any:
 
 
 def _process_start(pid: int) -> float | None:
-    """When process pid started (seconds since the epoch), from /proc; None where there is no /proc."""
+    """When process pid started (seconds since the epoch), from /proc; None where there is no
+    /proc."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         boot = next(
@@ -110,22 +169,37 @@ def _epoch_of(stamp: str | None) -> float | None:
 
 def live_status(record: dict) -> str:
     """The record's status, except that a 'running' run whose process is gone (on this host) was
-    interrupted: killed, out of memory, or the machine went down before it could say so."""
-    status = record.get("status", "unknown")
-    if status == "running" and record.get("host") == socket.gethostname() and record.get("pid"):
-        if not _pid_runs(int(record["pid"]), _epoch_of(record.get("started"))):
+    interrupted: killed, out of memory, or the machine went down before it could say so. A status
+    nnlab never writes reads as 'unreadable'."""
+    status = record.get("status")
+    if not isinstance(status, str) or status not in STATUS_STYLE:
+        return "unreadable"
+    resumes = record.get("resumes")
+    latest = resumes[-1] if isinstance(resumes, list) and resumes else record
+    started = latest.get("started") if isinstance(latest, dict) else None
+    pid = _int(record.get("pid"))
+    if status == "running" and record.get("host") == socket.gethostname() and pid and pid > 0:
+        if not _pid_runs(pid, _epoch_of(started if isinstance(started, str) else None)):
             return "interrupted"
     return status
 
 
 def _tfrecords(path: Path) -> Iterator[bytes]:
-    """The records of a TFRecord file: uint64 length, uint32 crc, data, uint32 crc (crcs not checked)."""
-    with open(path, "rb") as f:
+    """The records of a TFRecord file: uint64 length, uint32 crc, data, uint32 crc (crcs not
+    checked). Only a regular file is opened, and no record longer than what is left of it is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return
         while True:
             header = f.read(12)
             if len(header) < 12:
                 return
             (length,) = struct.unpack("<Q", header[:8])
+            if length > info.st_size - f.tell():
+                return  # cut short by a dying writer, or not a TFRecord at all
             data = f.read(length)
             if len(data) < length or len(f.read(4)) < 4:
                 return  # a record cut short by a dying writer
@@ -140,7 +214,10 @@ def read_events(run_dir: Path) -> dict[str, Any]:
     times: list[float] = []
     for path in sorted(run_dir.glob("events.out.tfevents.*")):
         for data in _tfrecords(path):
-            event = event_pb2.Event.FromString(data)
+            try:
+                event = event_pb2.Event.FromString(data)
+            except Exception:  # noqa: BLE001 - protobuf's DecodeError: a damaged file ends here
+                break
             if event.summary.value:
                 times.append(event.wall_time)
             for value in event.summary.value:
@@ -162,40 +239,69 @@ def read_events(run_dir: Path) -> dict[str, Any]:
 
 
 def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
-    """One run as a flat dict: what `--json` prints for it."""
-    record = {}
-    try:
-        record = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
-        pass
-    config = _yaml(run_dir / ".hydra" / "config.yaml") or {}
-    overrides = _yaml(run_dir / ".hydra" / "overrides.yaml")
-    if not isinstance(overrides, list):
-        overrides = record.get("overrides") or []
-    name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
+    """One run as a flat dict: what `--json` prints for it. Whatever the folder holds, the result
+    has the same keys and types; a record that cannot be read makes the run 'unreadable'."""
+    from nnlab.trust import bounded_text
+
+    name = clean(run_dir.relative_to(root) if run_dir != root else run_dir.name, 200)
     run = {
         "name": name,
-        "path": str(run_dir.resolve()),
-        "model": record.get("model") or _lookup(config, "model.name"),
-        "dataset": record.get("dataset") or _lookup(config, "dataset.name"),
-        "overrides": [str(o) for o in overrides],
-        "status": live_status(record) if record else None,
-        "error": record.get("error"),
-        "epochs": record.get("epochs"),
-        "global_step": record.get("global_step"),
-        "wall_time_s": record.get("wall_time_s"),
-        "started": record.get("started"),
-        "host": record.get("host"),
-        "metrics": record.get("metrics") or {},
-        "source": "metrics.json" if record else "events",
-        "config": config,
+        "path": clean(run_dir.resolve(), 1000),
+        "model": None,
+        "dataset": None,
+        "overrides": [],
+        "status": None,
+        "error": None,
+        "epochs": None,
+        "global_step": None,
+        "wall_time_s": None,
+        "started": None,
+        "host": None,
+        "metrics": {},
+        "source": "metrics.json",
+        "config": {},
     }
+    record: Any = None
+    if os.path.lexists(run_dir / "metrics.json"):
+        try:
+            record = json.loads(bounded_text(run_dir / "metrics.json"))
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, RecursionError) as err:
+            run.update(status="unreadable", error=clean(f"metrics.json: {err}"))
+            record = {}
+    try:
+        config = _yaml(run_dir / ".hydra" / "config.yaml")
+        run["config"] = config if isinstance(config, dict) else {}
+        overrides = _yaml(run_dir / ".hydra" / "overrides.yaml")
+        if not isinstance(overrides, list):
+            overrides = (record or {}).get("overrides")
+        run["overrides"] = _texts(overrides)
+        if record:
+            run.update(
+                model=_str(record.get("model")),
+                dataset=_str(record.get("dataset")),
+                status=live_status(record),
+                error=clean(record["error"]) if isinstance(record.get("error"), str) else None,
+                epochs=_int(record.get("epochs")),
+                global_step=_int(record.get("global_step")),
+                wall_time_s=_number(record.get("wall_time_s")),
+                started=_str(record.get("started")),
+                host=_str(record.get("host")),
+                metrics=_metrics(record.get("metrics")),
+            )
+        elif record is None:
+            run["source"] = "events"
+            events = read_events(run_dir)
+            run.update({k: v for k, v in events.items() if v is not None})
+        run["model"] = run["model"] or _str(_lookup(run["config"], "model.name"))
+        run["dataset"] = run["dataset"] or _str(_lookup(run["config"], "dataset.name"))
+    except Exception as err:  # noqa: BLE001 - one damaged folder must not hide the others
+        run.update(status="unreadable", error=clean(f"{type(err).__name__}: {err}"))
     if run["status"] == "running" and run["started"]:
         began = _epoch_of(run["started"])
         if began:
             run["wall_time_s"] = round(time.time() - began, 3)
-    if not record:
-        run.update({k: v for k, v in read_events(run_dir).items() if v is not None})
     return run
 
 
@@ -211,13 +317,9 @@ def differing_overrides(runs: list[dict]) -> None:
     """Set run['differs'] to the overrides whose value is not the same in every listed run (a run
     without that override shows its config's value where it has one). One run: all its overrides."""
     parsed = [dict(_split(o) for o in run["overrides"]) for run in runs]
+    noise = noise_keys()
     keys = sorted(
-        {
-            k
-            for p in parsed
-            for k in p
-            if not k.startswith(NOISE_KEYS) and k not in ("model", "dataset")
-        }
+        {k for p in parsed for k in p if not k.startswith(noise) and k not in ("model", "dataset")}
     )
     for run in runs:
         run["differs"] = {}
@@ -227,7 +329,8 @@ def differing_overrides(runs: list[dict]) -> None:
             value = own.get(key)
             if value is None:
                 found = _lookup(run["config"], key)
-                value = None if found is None or isinstance(found, (dict, list)) else str(found)
+                simple = found is None or isinstance(found, (dict, list))
+                value = None if simple else clean(found, 100)
             values.append(value)
         if len(runs) == 1 or len(set(values)) > 1:
             for run, value in zip(runs, values):
@@ -294,17 +397,18 @@ def _wall(seconds: float | None) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{seconds:.1f}s"
 
 
-def _number(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else "" if value is None else clean(value)
 
 
 def _overrides_text(run: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in run["differs"].items())
+    return clean(" ".join(f"{k}={v}" for k, v in run["differs"].items()), 1000)
 
 
 def print_table(runs: list[dict], metrics: list[str], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left", show_lines=False)
     for column, justify in (
@@ -319,27 +423,25 @@ def print_table(runs: list[dict], metrics: list[str], title: str) -> None:
         table.add_column(column, justify=justify, overflow="fold")
     for metric in metrics:
         table.add_column(metric, justify="right")
-    for run in runs:
+    for run in runs:  # Text: run data is never read as Rich markup
         status = run["status"] or "?"
-        shown = f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
         table.add_row(
-            run["name"],
-            run["model"] or "?",
-            run["dataset"] or "?",
-            _overrides_text(run),
-            shown,
-            _number(run["epochs"]),
+            Text(run["name"]),
+            Text(run["model"] or "?"),
+            Text(run["dataset"] or "?"),
+            Text(_overrides_text(run)),
+            Text(status, style=STATUS_STYLE.get(status, "white")),
+            _shown(run["epochs"]),
             _wall(run["wall_time_s"]),
-            *(_number(run["metrics"].get(m)) for m in metrics),
+            *(_shown(run["metrics"].get(m)) for m in metrics),
         )
     # piped into a file or a pager: wide enough for the sweep folders' names
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
     Console(width=width).print(table)
-    failed = [run for run in runs if run["status"] == "failed" and run.get("error")]
+    failed = [r for r in runs if r["status"] in ("failed", "unreadable") and r.get("error")]
     for run in failed:
-        Console(stderr=True, width=width).print(
-            f"[red]failed[/] {run['name']}: {run['error']}", highlight=False
-        )
+        line = Text.assemble((run["status"], "red"), f" {run['name']}: {run['error']}")
+        Console(stderr=True, width=width).print(line, highlight=False)
 
 
 def print_csv(runs: list[dict], metrics: list[str]) -> None:
@@ -365,7 +467,8 @@ def print_csv(runs: list[dict], metrics: list[str]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="nnlab runs",
-        description="Compare runs: one row per run folder under DIR (metrics.json, .hydra/, TensorBoard events).",
+        description="Compare runs: one row per run folder under DIR (metrics.json, .hydra/, "
+        "TensorBoard events).",
         epilog="examples:\n  nnlab runs\n  nnlab runs outputs/multirun --sort test/mse\n"
         "  nnlab runs --filter model=vae --filter status=finished --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -2,25 +2,30 @@
 
 Loads a trained model (as `nnlab eval` does) and writes the PNG grid its `sample_grid(n, label,
 interpolate)` returns: reconstructions for the autoencoders, prior samples or interpolations for the
-vae, generator samples (a class or a class grid) for the gans, an errors grid for the classifiers.
+vae, generator samples (a class or a class grid) for the gans, Gibbs samples or chains for the
+RBM, an errors grid for the classifiers.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from nnlab.errors import ConfigError, run_command
-from nnlab.evaluate import _int_option, parse_args
+from nnlab.errors import ConfigError, check_choice, run_command
+from nnlab.evaluate import int_option, parse_args
 
-USAGE = """\
+MAX_N = 1024  # a 32 x 32 grid; more images make a PNG nobody can read, and can fill the memory
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+USAGE = f"""\
 usage: nnlab sample RUN_OR_CKPT [n=64] [out=samples.png] [label=K] [interpolate=true] [seed=0]
 
 Write a PNG grid from a trained model: RUN_OR_CKPT is a run folder or a .ckpt file.
 
-  n=64               how many images
-  out=samples.png    the PNG to write (relative to the current directory)
+  n=64               how many images (1 to {MAX_N})
+  out=samples.png    the image file to write (relative to the current directory)
   label=K            models with classes (cgan): samples of class K; default: one row per class
-  interpolate=true   autoencoders, vae: decoded straight lines between two test codes
+  interpolate=true   autoencoders, vae, gans: decoded straight lines between two codes (or noise
+                     vectors); rbm: one Gibbs chain per row
   seed=0             the random seed of the samples
   checkpoint=best    or last: which checkpoint of a run folder
   dataset=NAME       the dataset to draw test images from (same image shape)
@@ -36,58 +41,67 @@ OPTIONS = {
 }
 
 
+def _out_path(text: str) -> Path:
+    from nnlab.run_folder import check_writable
+
+    out = Path(text).expanduser()
+    if out.is_dir() or text.endswith(("/", "\\")):
+        raise ConfigError(
+            f"out={text} is a folder: give the image file to write, e.g. out={out / 'samples.png'}"
+        )
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ConfigError(
+            f"out={text} has no image suffix: write out={out.with_suffix('.png')} "
+            f"(one of {', '.join(IMAGE_SUFFIXES)})."
+        )
+    check_writable(out.parent if str(out.parent) else Path.cwd(), "folder for the image")
+    return out
+
+
 def sample(argv: list[str]) -> Path:
     target, opts, overrides = parse_args(argv, USAGE, OPTIONS)
-    n = _int_option(opts["n"], "n")
-    seed = _int_option(opts["seed"], "seed", minimum=0)
-    if opts["interpolate"].lower() not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(
-            f"interpolate={opts['interpolate']!r} is not valid: use interpolate=true or interpolate=false."
-        )
-    interpolate = opts["interpolate"].lower() in ("true", "1", "yes")
-    out = Path(opts["out"]).expanduser()
-    if opts["checkpoint"] not in ("best", "last"):
-        raise ConfigError(
-            f"checkpoint={opts['checkpoint']!r} is not valid: use checkpoint=best or checkpoint=last."
-        )
-    from nnlab.checkpoints import check_writable
-
-    check_writable(out.parent if str(out.parent) else Path.cwd(), "folder for the PNG")
+    n = int_option(opts["n"], "n", maximum=MAX_N)
+    seed = int_option(opts["seed"], "seed", minimum=0, maximum=2**32 - 1)
+    check_choice("interpolate", opts["interpolate"].lower(), ("true", "false", "yes", "no"))
+    interpolate = opts["interpolate"].lower() in ("true", "yes")
+    out = _out_path(opts["out"])
 
     import pytorch_lightning as pl
     import torch
     from torchvision.utils import save_image
 
-    from nnlab.checkpoints import attach, load_for_inference
+    from nnlab.inference import attach, load_for_inference
 
-    cfg, model, datamodule, ckpt_path, _ = load_for_inference(
+    _, model, datamodule, ckpt_path, _ = load_for_inference(
         target, overrides, which=opts["checkpoint"]
     )
     name = getattr(model, "hparams", {}).get("name", type(model).__name__)
-    if not callable(getattr(model, "sample_grid", None)):
-        raise ConfigError(
-            f"Model '{name}' ({type(model).__name__}) cannot draw samples: it has no sample_grid method. "
-            "nnlab sample works for the models that implement it (autoencoders, vae, gans, classifiers)."
-        )
     label = None
     if opts["label"] != "":
-        label = _int_option(opts["label"], "label", minimum=0)
-        if label >= datamodule.num_classes:
-            raise ConfigError(
-                f"label={label} is out of range: {datamodule.name} has classes 0..{datamodule.num_classes - 1}."
-            )
+        classes = getattr(datamodule, "num_classes", None) or 0
+        if classes < 1:
+            raise ConfigError(f"label= needs a dataset with classes; {datamodule.name} has none.")
+        label = int_option(opts["label"], "label", minimum=0, maximum=classes - 1)
     attach(model, datamodule)
     pl.seed_everything(seed, verbose=False)
-    with torch.no_grad():
-        image = model.sample_grid(
-            n=n, label=label, interpolate=interpolate
-        )  # attach() gave it model.datamodule
+    try:
+        with torch.no_grad():
+            image = model.sample_grid(n=n, label=label, interpolate=interpolate)
+    except NotImplementedError:  # the model's family draws no samples (NNLabModule's default)
+        raise ConfigError(
+            f"Model '{name}' ({type(model).__name__}) cannot draw samples: its family has no "
+            "sample_grid. nnlab sample works for autoencoders, vae, gans, rbm and classifiers."
+        ) from None
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
         raise ConfigError(
             f"Model '{name}'.sample_grid returned {type(image).__name__}, not one (3, H, W) image."
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(image.detach().float().clamp(0, 1).cpu(), str(out))
+    try:
+        save_image(image.detach().float().clamp(0, 1).cpu(), str(out))
+    except OSError as err:
+        from nnlab.errors import StorageError
+
+        raise StorageError(f"Cannot write {out}: {err.strerror or err}.") from None
     print(f"nnlab sample: {out} ({image.shape[2]}x{image.shape[1]} px) from {ckpt_path}")
     return out
 

@@ -2,14 +2,14 @@
 
 A Hydra callback (configured under hydra.callbacks in configs/hydra/default.yaml). In a multirun,
 train.py records a failing job's error in its metrics.json and returns, so the other jobs run; this
-callback then reads those files back from the sweep folder. Reading the files (instead of counting in
+callback then reads those files back from the sweep folder. Reading the files (instead of counting
+in
 on_job_end) works the same for every launcher: the basic one, joblib's worker processes and
 submitit's SLURM or local jobs, whose on_job_end runs in another process.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,14 +20,19 @@ from omegaconf import DictConfig
 
 
 def sweep_jobs(sweep_dir: Path, since: float = 0.0) -> list[tuple[Path, dict]]:
-    """(job folder, metrics.json) of every job under sweep_dir whose record was written since `since`."""
+    """(job folder, metrics.json) of every job under sweep_dir whose record was written since
+    `since`."""
+    from nnlab.run_record import RunRecord
+
     jobs = []
     for path in sorted(Path(sweep_dir).rglob("metrics.json")):
         try:
-            if path.stat().st_mtime >= since:
-                jobs.append((path.parent, json.loads(path.read_text())))
-        except (OSError, ValueError):
+            fresh = path.stat().st_mtime >= since
+        except OSError:
             continue
+        record = RunRecord.read(path.parent) if fresh else None
+        if record is not None:
+            jobs.append((path.parent, record))
     return jobs
 
 
@@ -41,9 +46,8 @@ class SweepSummary(Callback):
         self.started = time.time() - 1.0  # file times may be coarser than time.time()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from nnlab.runs import (
-            live_status,
-        )  # a job killed outright (timeout, memory) still says 'running'
+        # a job killed outright (timeout, memory) still says 'running'
+        from nnlab.runs import clean, live_status
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         jobs = [
@@ -63,10 +67,8 @@ class SweepSummary(Callback):
         ]
         for job_dir, record in failed:
             name = job_dir.relative_to(sweep_dir) if job_dir != sweep_dir else job_dir.name
-            lines.append(
-                f"  {name}: {record.get('status')}: {record.get('error', '')}".rstrip(": ")
-            )
+            error = clean(record.get("error") or "")
+            lines.append(f"  {clean(name)}: {record.get('status')}: {error}".rstrip(": "))
         print("\n".join(lines), file=sys.stderr)
-        raise SystemExit(
-            1
-        )  # Hydra's callbacks turn an Exception into a warning; SystemExit ends the sweep
+        # Hydra's callbacks turn an Exception into a warning; SystemExit ends the sweep
+        raise SystemExit(1)

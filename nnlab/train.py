@@ -1,7 +1,11 @@
 """The single entry point: `nnlab train [overrides]` == `python -m nnlab.train [overrides]`.
 
-compose config -> validate -> seed -> datamodule, model, loggers, callbacks, trainer
--> fit -> test -> metrics.json (+ HParams) -> return the metric that sweeps optimise.
+The recipe of one run (`train`):
+    check   validate the config, then check every _target_ against the packaged allowlist
+    build   datamodule, model, loggers, callbacks, trainer (from the checked, resolved config)
+    fit     and test; return the metric that sweeps optimise
+all inside `RunGuard`, which owns the run folder (its lock) and its record (metrics.json):
+finished, failed (with the reason), or interrupted (Ctrl-C, SIGTERM) with the resume command.
 
 Only Hydra and OmegaConf are imported at module level: --help and --cfg job answer without
 torch. Everything heavy is imported inside `train()`.
@@ -9,10 +13,13 @@ torch. Everything heavy is imported inside `train()`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
+import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,15 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.config_check import validate
-from nnlab.errors import ConfigError, DataError, DeviceError, NNLabError, report_and_exit
+from nnlab.errors import (
+    ConfigError,
+    DataError,
+    DeviceError,
+    NNLabError,
+    StorageError,
+    report_and_exit,
+    unwrap_instantiation,
+)
 from nnlab.run_record import RunRecord
 
 log = logging.getLogger("nnlab")
@@ -35,6 +50,9 @@ HPARAM_KEYS = (
     "trainer.accelerator",
     "seed",
 )
+# the sections of the config that become objects
+BUILT = ("model", "dataset", "trainer", "callbacks", "logger")
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -59,30 +77,8 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
     return params
 
 
-def check_device(cfg: DictConfig) -> None:
-    import torch
-
-    accel = str(cfg.trainer.get("accelerator", "auto")).lower()
-    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise DeviceError(
-            f"trainer.accelerator={accel} asks for a GPU, but torch sees none (torch.cuda.is_available() is "
-            f"False; torch {torch.__version__}, CUDA build {torch.version.cuda}). Run on the CPU with "
-            "accelerator=cpu, or let nnlab choose with accelerator=auto; on a GPU machine, check `nvidia-smi` "
-            "and that the NVIDIA driver matches this torch build."
-        )
-    if accel == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError(
-            "trainer.accelerator=mps asks for Apple's GPU, but it is not available. Use accelerator=cpu."
-        )
-    if not torch.cuda.is_available():
-        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (fork-safe CUDA probe). With no usable GPU the probe
-        # never caches, and every Adam/AdamW step re-probes NVML (~0.1-0.4 ms a step); without CUDA there is
-        # no fork to protect, so take torch's plain (cached) check.
-        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-
-
 class _NoAdverts(logging.Filter):
-    """Drops Lightning's "💡 Tip: ... try installing litlogger" line: an advert, not news about this run."""
+    """Drops Lightning's "💡 Tip: ... try installing litlogger" line: an advert, not news."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("💡 Tip")
@@ -90,7 +86,8 @@ class _NoAdverts(logging.Filter):
 
 def check_ddp_sweep(cfg: DictConfig) -> None:
     """DDP inside a local sweep cannot work: Lightning re-launches `nnlab train` with this process's
-    arguments (the whole sweep's) for every extra process. Under SLURM, SLURM starts the processes."""
+    arguments (the whole sweep's) for every extra process. Under SLURM, SLURM starts the processes.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -104,157 +101,17 @@ def check_ddp_sweep(cfg: DictConfig) -> None:
     launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_", default=""))
     if hydra_cfg.mode == RunMode.MULTIRUN and "SlurmLauncher" not in launcher:
         raise ConfigError(
-            f"trainer.strategy={strategy} cannot run inside a local sweep (-m): Lightning starts each extra "
-            "DDP process by re-running the command line, which would start the whole sweep again. Run the "
-            "DDP jobs one at a time (without -m), or sweep them on SLURM with hydra/launcher=slurm "
-            "hydra.launcher.gpus_per_node=N hydra.launcher.tasks_per_node=N (SLURM starts the processes)."
+            f"trainer.strategy={strategy} cannot run inside a local sweep (-m): Lightning starts "
+            "each extra DDP process by re-running the command line, which would start the whole "
+            "sweep again. Run the DDP jobs one at a time (without -m), or sweep them on SLURM with "
+            "hydra/launcher=slurm hydra.launcher.gpus_per_node=N hydra.launcher.tasks_per_node=N "
+            "(SLURM starts the processes)."
         )
-
-
-def _instantiate_group(group: DictConfig | None) -> list:
-    from hydra.utils import instantiate
-
-    if not group:
-        return []
-    return [instantiate(spec) for spec in group.values() if spec is not None and "_target_" in spec]
-
-
-def _write_hparams(trainer, params: dict, metrics: dict) -> None:
-    """The HParams tab: the run's hyper-parameters with its final metrics (read from their scalars)."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-    from torch.utils.tensorboard.summary import hparams
-
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-            writer = logger.experiment._get_file_writer()
-            for summary in hparams(
-                params, {k: v for k, v in metrics.items() if isinstance(v, float)}
-            ):
-                writer.add_summary(summary)
-            logger.experiment.flush()
-
-
-class _SilentRecord(RunRecord):
-    """The extra processes of a DDP run (ranks > 0) keep a record but never write it."""
-
-    def write(self) -> None:
-        pass
 
 
 def _rank_zero() -> bool:
-    """Rank 0 of a DDP run (Lightning's launcher, torchrun or SLURM tasks set these), or no DDP at all."""
+    """Rank 0 of a DDP run (Lightning's launcher, torchrun or SLURM tasks set these), or no DDP."""
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
-
-
-def train(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Train and test one configuration; return the monitored validation metric."""
-    record = (RunRecord if _rank_zero() else _SilentRecord)(
-        run_dir,
-        {
-            "model": cfg.model.name,
-            "dataset": cfg.dataset.name,
-            "run_dir": str(run_dir),
-            "overrides": list(_overrides()),
-        },
-    )
-    try:
-        validate(cfg)
-        check_ddp_sweep(cfg)
-        import pytorch_lightning as pl
-
-        lightning_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-        if not any(isinstance(f, _NoAdverts) for f in lightning_log.filters):
-            lightning_log.addFilter(_NoAdverts())
-        import torch
-        from hydra.utils import instantiate
-
-        check_device(cfg)
-        if cfg.get("threads"):
-            torch.set_num_threads(int(cfg.threads))
-        if cfg.get("matmul_precision"):
-            torch.set_float32_matmul_precision(cfg.matmul_precision)
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
-        data_dir = str(Path(cfg.dataset.data_dir).expanduser().resolve())
-        datamodule = instantiate(cfg.dataset, data_dir=data_dir, seed=cfg.seed)
-        datamodule.prepare_data()  # find the data now: a missing dataset fails before training starts
-        model = instantiate(cfg.model, _recursive_=False, _convert_="all")
-        loggers = _instantiate_group(cfg.get("logger"))
-        callbacks = _instantiate_group(cfg.get("callbacks"))
-        if not loggers:  # the learning-rate monitor needs a logger; logger=none drops it
-            callbacks = [
-                c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)
-            ]
-        from nnlab.lean import QuietProfiler, skip_idle_hooks
-
-        trainer = instantiate(
-            cfg.trainer,
-            logger=loggers or False,
-            callbacks=callbacks,
-            enable_checkpointing=any(
-                isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks
-            ),
-            profiler=cfg.trainer.get("profiler") or QuietProfiler(),
-        )
-        skip_idle_hooks(trainer.callbacks)
-
-        ckpt_path = cfg.get("ckpt_path")
-        if ckpt_path and str(ckpt_path) not in ("last", "best", "hpc", "registry"):
-            from nnlab.checkpoints import check_fits, load_checkpoint
-
-            check_fits(
-                load_checkpoint(ckpt_path), model, ckpt_path
-            )  # a clear error before Lightning's
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        monitored = metrics.get(cfg.model.monitor)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if cfg.get("test_after_fit", True):
-            trainer.test(
-                model,
-                datamodule=datamodule,
-                ckpt_path=best or None,
-                verbose=True,
-                weights_only=True,
-            )
-            metrics.update(
-                {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-            )
-        metrics.update(getattr(model, "extra_metrics", {}) or {})
-        _write_hparams(trainer, hparams_of(cfg), metrics)
-        record.finish(
-            "finished",
-            metrics=dict(sorted(metrics.items())),
-            epochs=trainer.current_epoch,
-            global_step=trainer.global_step,
-            best_checkpoint=best or None,
-        )
-        log.info("Run folder: %s  (tensorboard --logdir %s)", run_dir, run_dir.parent)
-        return monitored
-    except KeyboardInterrupt:
-        from nnlab.checkpoints import interrupted
-
-        record.finish("interrupted", resume=interrupted(run_dir))
-        raise
-    except SystemExit:  # Lightning answers Ctrl-C with its clean-up and sys.exit(1)
-        trainer = locals().get("trainer")
-        if trainer is None or not trainer.interrupted:
-            raise
-        from nnlab.checkpoints import interrupted
-
-        record.finish("interrupted", resume=interrupted(run_dir))
-        raise KeyboardInterrupt from None
-    except NNLabError as err:
-        record.finish("failed", error=str(err).splitlines()[0])
-        raise
-    except Exception as err:
-        record.finish(
-            "failed",
-            error=f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}",
-        )
-        raise
 
 
 def _overrides() -> list[str]:
@@ -266,25 +123,318 @@ def _overrides() -> list[str]:
         return []
 
 
-@hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="train")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[-1][:500] if text else ''}"
+
+
+class Interrupted(Exception):
+    """The run stopped on a signal; `code` is the exit code (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def _exit_at_once(signum, frame) -> None:
+    os._exit(128 + signum)  # a second Ctrl-C while exiting: no atexit traceback
+
+
+# -- the run guard: the folder's lock and the run's record -----------------------------------------
+class RunGuard:
+    """Owns one run folder for the life of a run: its lock, its stale temporary files, and its
+    record. On the way out it writes what happened: finished (by `finished()`), failed (the
+    reason, as one paragraph for nnlab's own errors), or interrupted (Ctrl-C, SIGTERM, including
+    the SystemExit Lightning turns Ctrl-C into) with the resume command.
+
+    A new run's record is written at once, so a config mistake is recorded as failed. A resume
+    touches the record only in `started()`, after the config, the data and the checkpoint passed:
+    a resume that cannot start leaves the run as it was."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig):
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.resuming = bool(cfg.get("resume"))
+        self.rank_zero = _rank_zero()
+        self.record: RunRecord | None = None
+        self.trainer = None
+        self.lock = None
+
+    def __enter__(self) -> RunGuard:
+        from nnlab.run_folder import RunLock, remove_stale_temporaries
+
+        if self.rank_zero:
+            self.lock = RunLock(self.run_dir, "nnlab train").acquire()
+            remove_stale_temporaries(self.run_dir)
+            if not self.resuming and (self.run_dir / "metrics.json").exists():
+                self.lock.release()
+                raise ConfigError(
+                    f"The run folder {self.run_dir} holds another run (its metrics.json): nnlab "
+                    "writes every run into a new folder. Continue that run with "
+                    f"`nnlab train resume={self.run_dir}`, or choose another folder."
+                )
+        if not self.resuming:
+            info = {
+                "model": self.cfg.model.name,
+                "dataset": self.cfg.dataset.name,
+                "run_dir": str(self.run_dir),
+                "overrides": _overrides(),
+            }
+            self.record = RunRecord.new(self.run_dir, info, enabled=self.rank_zero)
+        return self
+
+    def started(self, trainer, from_step: int) -> None:
+        """Everything is built and checked: a resume now updates the record in place."""
+        self.trainer = trainer
+        if self.resuming:
+            from nnlab.run_folder import read_recorded_overrides
+
+            recorded = set(read_recorded_overrides(self.run_dir))
+            new = [
+                o
+                for o in _overrides()
+                if o not in recorded and not o.startswith(("ckpt_path=", "resume="))
+            ]
+            self.record = RunRecord.resumed(
+                self.run_dir, new, from_step=from_step, enabled=self.rank_zero
+            )
+
+    def finished(self, **fields: Any) -> None:
+        self.record.finish("finished", **fields)
+        log.info("Run folder: %s  (tensorboard --logdir %s)", self.run_dir, self.run_dir.parent)
+
+    def _end(self, status: str, **fields: Any) -> None:
+        if self.record is None:
+            return
+        try:
+            self.record.finish(status, **fields)
+        except StorageError as err:  # the disk that failed the run fails its record too
+            print(f"nnlab: {err}", file=sys.stderr)
+
+    def __exit__(self, kind, err, tb) -> None:
+        try:
+            self._exit(err)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _exit(self, err: BaseException | None) -> None:
+        from nnlab.run_folder import interrupted
+
+        if err is None:
+            return
+        stopped = isinstance(err, KeyboardInterrupt) or (
+            isinstance(err, SystemExit) and self.trainer is not None and self.trainer.interrupted
+        )
+        if stopped:
+            sigterm = type(err).__name__ == "SIGTERMException"
+            if threading_main():
+                signal.signal(signal.SIGINT, _exit_at_once)
+            self._end("interrupted", resume=interrupted(self.run_dir))
+            raise Interrupted(143 if sigterm else 130) from None
+        if isinstance(err, SystemExit):
+            return
+        mine = unwrap_instantiation(err)
+        if isinstance(err, OSError) and err.errno in DISK_ERRORS:
+            mine = StorageError(
+                f"Writing the run failed: {err.strerror} ({err.filename or self.run_dir}). "
+                + (
+                    "The disk is full: free some space and resume the run "
+                    f"(nnlab train resume={self.run_dir})."
+                    if err.errno in (errno.ENOSPC, errno.EDQUOT)
+                    else "Make the run folder writable, or choose another one."
+                )
+            )
+        if isinstance(mine, NNLabError):
+            self._end("failed", error=str(mine).splitlines()[0])
+            if mine is not err:
+                raise mine from None
+            return
+        self._end("failed", error=_last_line(err.__cause__ or err))
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# -- the recipe ---------------------------------------------------------------------------------
+def check(cfg: DictConfig) -> dict[str, Any]:
+    """Validate the values, then resolve the sections that become objects and check them against
+    the packaged allowlist (nnlab.trust). Returns those sections as plain data."""
+    from nnlab.trust import check_config
+
+    validate(cfg)
+    check_ddp_sweep(cfg)
+    try:
+        config = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in BUILT if k in cfg}
+    except Exception as err:  # noqa: BLE001 - interpolation errors are config mistakes
+        raise ConfigError(f"The config cannot be resolved: {err}") from None
+    check_config(config)
+    return config
+
+
+def _specs(group: dict | None) -> list[dict]:
+    """The entries of a callbacks/logger group that name a class (null entries are switched off)."""
+    return [s for s in (group or {}).values() if isinstance(s, dict) and "_target_" in s]
+
+
+def _instantiate(spec: dict, **kwargs: Any):
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(spec, **kwargs)
+    except Exception as err:
+        raise unwrap_instantiation(err) from err
+
+
+def _check_validation_split(trainer) -> None:
+    """An empty validation split is a data mistake, not a `finished` run without a best
+    checkpoint: said before the first training step (by `build`'s callback)."""
+    if trainer.limit_val_batches == 0 or trainer.datamodule is None:
+        return
+    try:
+        n = len(trainer.datamodule.val_dataloader())
+    except TypeError:  # a loader without a length
+        return
+    if n == 0:
+        raise DataError(
+            f"The validation split of dataset '{trainer.datamodule.name}' is empty (0 batches): "
+            "nothing would choose the best checkpoint. Hold out more images "
+            "(dataset.val_fraction=0.1) or use a larger dataset; trainer.limit_val_batches=0 "
+            "skips validation on purpose."
+        )
+
+
+def build(cfg: DictConfig, config: dict[str, Any], run_dir: Path, extra_callbacks: Sequence):
+    """The datamodule (data found now), the model, the loggers, callbacks and the trainer."""
+    import pytorch_lightning as pl
+    import torch
+
+    from nnlab.device import check_device, prefer_cached_cuda_check
+    from nnlab.lean import QuietProfiler, skip_idle_hooks
+    from nnlab.trust import check_optimizer_classes
+
+    lightning_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdverts) for f in lightning_log.filters):
+        lightning_log.addFilter(_NoAdverts())
+    check_optimizer_classes(config["model"])
+    trainer_cfg = config["trainer"]
+    check_device(trainer_cfg.get("accelerator", "auto"), trainer_cfg.get("precision"))
+    prefer_cached_cuda_check()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    if cfg.get("matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    dataset = config["dataset"]
+    data_dir = str(Path(dataset["data_dir"]).expanduser().resolve())
+    datamodule = _instantiate(dataset, data_dir=data_dir, seed=cfg.seed)
+    datamodule.prepare_data()  # find the data now: a missing dataset fails before training
+    model = _instantiate(config["model"], _recursive_=False, _convert_="all")
+    loggers = [_instantiate(s) for s in _specs(config.get("logger"))]
+    callbacks = [_instantiate(s) for s in _specs(config.get("callbacks"))]
+    if not loggers:  # the learning-rate monitor needs a logger; logger=none drops it
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    check_data = pl.callbacks.LambdaCallback(on_train_start=lambda t, m: _check_validation_split(t))
+    callbacks += [*extra_callbacks, check_data]
+    trainer = _instantiate(
+        trainer_cfg,
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+        profiler=trainer_cfg.get("profiler") or QuietProfiler(),
+    )
+    skip_idle_hooks(trainer.callbacks)
+    return datamodule, model, trainer
+
+
+def _write_hparams(trainer, params: dict, metrics: dict) -> None:
+    """The HParams tab: the run's hyper-parameters with its final metrics."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from torch.utils.tensorboard.summary import hparams
+
+    from nnlab.lightning_compat import tensorboard_file_writer
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+            writer = tensorboard_file_writer(logger)
+            scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            for summary in hparams(params, scalars):
+                writer.add_summary(summary)
+            logger.experiment.flush()
+
+
+def _scalars(trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def fit_and_test(cfg: DictConfig, datamodule, model, trainer) -> tuple[dict, float | None, str]:
+    """fit (from cfg.ckpt_path when set), then test the best checkpoint: (metrics, the monitored
+    validation metric, the best checkpoint's path)."""
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+    if trainer.num_training_batches == 0:
+        raise DataError(
+            f"Dataset '{datamodule.name}' gave no training batches, so nothing was trained. Check "
+            "dataset.n_train / the data files, and that trainer.limit_train_batches is not 0."
+        )
+    metrics = _scalars(trainer)
+    monitored = metrics.get(cfg.model.monitor)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test_after_fit", True):
+        trainer.test(
+            model, datamodule=datamodule, ckpt_path=best or None, verbose=True, weights_only=True
+        )
+        metrics.update(_scalars(trainer))
+    metrics.update(getattr(model, "extra_metrics", {}) or {})
+    return dict(sorted(metrics.items())), monitored, best
+
+
+def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence = ()) -> float | None:
+    """Train and test one configuration in run_dir; return the monitored validation metric.
+    `callbacks`: extra Lightning callbacks (objects), e.g. scripts/bench.py's timers."""
+    with RunGuard(run_dir, cfg) as guard:
+        config = check(cfg)
+        datamodule, model, trainer = build(cfg, config, run_dir, callbacks)
+        from_step = 0
+        if cfg.get("ckpt_path") and str(cfg.ckpt_path) not in ("last", "best", "hpc", "registry"):
+            from nnlab.inference import check_fits, load_checkpoint
+
+            ckpt = load_checkpoint(cfg.ckpt_path)  # a clear error before Lightning's
+            check_fits(ckpt, model, cfg.ckpt_path)
+            from_step = int(ckpt.get("global_step", 0) or 0)
+        guard.started(trainer, from_step)
+        metrics, monitored, best = fit_and_test(cfg, datamodule, model, trainer)
+        _write_hparams(trainer, hparams_of(cfg), metrics)
+        guard.finished(
+            metrics=metrics,
+            epochs=trainer.current_epoch,
+            global_step=trainer.global_step,
+            best_checkpoint=best or None,
+        )
+        return monitored
+
+
+def _job(cfg: DictConfig, callbacks: Sequence) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        result = train(cfg, run_dir)
+        result = train(cfg, run_dir, callbacks)
     except NNLabError as err:
         # missing data or an absent GPU fail every job of a sweep alike: stop the sweep at once
-        if not sweeping or isinstance(err, (DataError, DeviceError)):
+        if not sweeping or isinstance(err, (DataError, DeviceError, StorageError)):
             report_and_exit(err)
-        log.error(
-            "%s", err.render()
-        )  # a sweep goes on: metrics.json says failed, nnlab.sweeps sums up
+        log.error("%s", err.render())  # a sweep goes on: metrics.json says failed
         return None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except Interrupted as stop:
+        raise SystemExit(stop.code) from None
     except Exception:
         if not sweeping:
             raise
@@ -293,18 +443,31 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return None if result is None or math.isnan(result) else result
 
 
-def main() -> float | None:
-    """`nnlab train`: resume=<run dir> becomes Hydra arguments first (nnlab/checkpoints.py)."""
-    from nnlab.checkpoints import prepare_argv
+def main(callbacks: Sequence = ()) -> None:
+    """`nnlab train`: resume=<run dir> becomes Hydra arguments first (nnlab/run_folder.py); an
+    explicit run folder is locked before Hydra writes into it. `callbacks`: extra Lightning
+    callbacks for every run (objects; the configs' callbacks are built from the allowlist)."""
     from nnlab.config_check import check_group_choices
+    from nnlab.run_folder import claim_run_folder, prepare_argv
 
     try:
         sys.argv = prepare_argv(sys.argv)
         check_group_choices(sys.argv[1:])
+        lock = claim_run_folder(sys.argv)
     except NNLabError as err:
         report_and_exit(err)
-    return _hydra_main()
+
+    @hydra.main(version_base="1.3", config_path="pkg://nnlab.configs", config_name="train")
+    def job(cfg: DictConfig) -> float | None:
+        return _job(cfg, callbacks)
+
+    job.__module__ = __name__  # Hydra names the job (train.log) after the task's module
+    try:
+        job()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is None else 0)
+    main()

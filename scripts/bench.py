@@ -1,41 +1,47 @@
-"""`make bench`: how fast nnlab trains, against a hand-written PyTorch loop and the usual DataLoader pipeline.
+"""`make bench`: how fast nnlab trains, against a hand-written PyTorch loop and the usual
+DataLoader pipeline.
 
-For each model (ae, and lenet / lstm / dcgan where the branch has them) at its default batch size, three
-ways of training the same nn.Module with the same optimiser, batch size and loss on Fashion-MNIST, and the
-first two in turn:
+For each model (ae, lenet, lstm, dcgan) at its default batch size, three ways of training the same
+nn.Module with the same optimiser, batch size and loss on Fashion-MNIST, and the first two in turn:
 
-  nnlab       the real `nnlab train` path, in this process: the Hydra entry point `nnlab.train.main`
-              with the default callbacks (checkpoint, lr monitor, progress bar on), TensorBoard logger
-              and logging cadence; only `test_after_fit=false` and a timing callback are added. Its
-              img/s = training images / time from on_train_epoch_start to the end of the epoch's last
-              training batch, so validation, checkpointing, start-up and data loading are not counted.
-  hand        a plain loop: the same nets (taken from the LightningModule built from the same config),
-              optimiser (the module's configure_optimizers), the train split as resident uint8 tensors
-              (the datamodule's own), a shuffled permutation per epoch, x = images[idx].float() / 255,
-              zero_grad / loss / backward / step (lstm: with the model's gradient clipping; dcgan: a D step then
-              a G step, as the model does). Its img/s = images / loop time. It runs with the environment of a
-              process that never imported Lightning (see _ENV_BEFORE_LIGHTNING).
-  dataloader  the torchvision way: a FashionMNIST-style Dataset over the same uint8 tensors that turns each
-              sample into a PIL image and back with ToTensor (as torchvision.datasets.FashionMNIST does),
-              DataLoader(batch_size, shuffle=True, num_workers=--workers), and the hand loop above.
-  interleaved one more nnlab run, in which a callback runs one hand-written step (as above, on a second copy of
-              the model) after each nnlab step: the `step-paired` column is hand-written time / nnlab time over those
-              pairs. Both paths meet the machine at the same moment, so it holds where the machine's speed drifts
-              between runs (this 2-core VM's swings by 20-40%); it runs once, not every repetition.
+  nnlab       the real `nnlab train` path, in this process: the entry point `nnlab.train.main`
+              with the default callbacks (checkpoint, lr monitor, progress bar on), TensorBoard
+              logger and logging cadence; only `test_after_fit=false` and a timing callback
+              (passed to `main(callbacks=...)`) are added. Its img/s = training images / time from
+              on_train_epoch_start to the end of the epoch's last training batch, so validation,
+              checkpointing, start-up and data loading are not counted.
+  hand        a plain loop: the same nets (taken from the LightningModule built from the same
+              config), optimiser (the module's configure_optimizers), the train split as resident
+              uint8 tensors (the datamodule's own), a shuffled permutation per epoch,
+              x = images[idx].float() / 255, zero_grad / loss / backward / step (lstm: with the
+              model's gradient clipping; dcgan: a D step then a G step, as the model does). Its
+              img/s = images / loop time. It runs with the environment of a process that never
+              imported Lightning (see _ENV_BEFORE_LIGHTNING).
+  dataloader  the torchvision way: a FashionMNIST-style Dataset over the same uint8 tensors that
+              turns each sample into a PIL image and back with ToTensor (as
+              torchvision.datasets.FashionMNIST does), DataLoader(batch_size, shuffle=True,
+              num_workers=--workers), and the hand loop above.
+  interleaved one more nnlab run, in which a callback runs one hand-written step (as above, on a
+              second copy of the model) after each nnlab step: the `step-paired` column is
+              hand-written time / nnlab time over those pairs. Both paths meet the machine at the
+              same moment, so it holds where the machine's speed drifts between runs (this 2-core
+              VM's swings by 20-40%); it runs once, not every repetition.
 
---compile adds the nnlab path with model.compile=true (`compile/nnlab`: epochs after the first, which compiles)
-and `compile step-paired`: a compiled and a plain copy of the model taking hand-written steps in turn, plain
-time / compiled time, torch.compile's own gain without the framework in it.
+--compile adds the nnlab path with model.compile=true (`compile/nnlab`: epochs after the first,
+which compiles) and `compile step-paired`: a compiled and a plain copy of the model taking
+hand-written steps in turn, plain time / compiled time, torch.compile's own gain without the
+framework in it.
 
-ae, lenet and lstm time whole epochs; on the CPU dcgan times only the first 40 batches of each epoch (see MODELS;
-the `batches/epoch` column), unless --limit-batches is given; on a GPU every model runs whole epochs.
-Repetitions are interleaved (nnlab, hand, dataloader, nnlab, ...) so the load of a shared machine hits all
-three alike; the table shows medians (over repetitions of the img/s of all measured epochs of a repetition)
-and the ratios nnlab/hand and nnlab/dataloader. The JSON also has each run's img/s of this process's CPU time
-(cpu_img_s; not for the dataloader, whose workers are other processes): on a loaded machine it shows the
-overhead without the waits for a core. It also times `nnlab --help`, `nnlab train --cfg job`, and
-(--full-train) the whole default `nnlab train`, and the peak memory of a one-epoch `nnlab train` subprocess
-(ru_maxrss; torch.cuda.max_memory_allocated of the in-process nnlab runs on a GPU).
+ae, lenet and lstm time whole epochs; on the CPU dcgan times only the first 40 batches of each
+epoch (see MODELS; the `batches/epoch` column), unless --limit-batches is given; on a GPU every
+model runs whole epochs. Repetitions are interleaved (nnlab, hand, dataloader, nnlab, ...) so the
+load of a shared machine hits all three alike; the table shows medians (over repetitions of the
+img/s of all measured epochs of a repetition) and the ratios nnlab/hand and nnlab/dataloader. The
+JSON also has each run's img/s of this process's CPU time (cpu_img_s; not for the dataloader,
+whose workers are other processes): on a loaded machine it shows the overhead without the waits
+for a core. It also times `nnlab --help`, `nnlab train --cfg job`, and (--full-train) the whole
+default `nnlab train`, and the peak memory of a one-epoch `nnlab train` subprocess (ru_maxrss;
+torch.cuda.max_memory_allocated of the in-process nnlab runs on a GPU).
 
     python scripts/bench.py --threads 1           # everything: ~20 min on a loaded 2-core CPU
     python scripts/bench.py --quick --models ae   # seconds: 1 rep, 1 epoch, 50 batches
@@ -57,9 +63,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-# a hand-written script does not import Lightning, which sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (see nnlab/train.py):
+# a hand-written script does not import Lightning, which sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (see
+# nnlab/device.py):
 # the hand-written paths run with the environment as it was before that import
 _ENV_BEFORE_LIGHTNING = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
 import pytorch_lightning as pl  # noqa: E402
@@ -70,16 +78,15 @@ _ENV_AFTER_LIGHTNING = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# the timing callback is instantiated by Hydra as `bench.EpochTimer`: one module, whether run or imported
-sys.modules.setdefault("bench", sys.modules[__name__])
 
 
-# -- the models: config overrides, and the hand-written step over the LightningModule's own nets ----------
+# -- the models: config overrides, and the hand-written step over the LightningModule's own nets ---
 @dataclass
 class Entry:
     name: str
     overrides: list[str]
-    loss: Callable  # loss(module, x, y) -> the training loss, written out by hand from the module's nets
+    # loss(module, x, y) -> the training loss, written out by hand from the module's nets
+    loss: Callable
     step: Callable | None = (
         None  # step(module, optimizers, x, y); default: one optimiser, zero_grad/backward/step
     )
@@ -110,7 +117,8 @@ def rnn_loss(m, x, y):
 
 
 def clipped_step(entry_loss):
-    """One Adam step with the gradient norm clipped at the model's default (lstm: 1.0), as nnlab does."""
+    """One Adam step with the gradient norm clipped at the model's default (lstm: 1.0), as nnlab
+    does."""
 
     def step(m, opts, x, y):
         (opt,) = opts
@@ -126,7 +134,8 @@ def clipped_step(entry_loss):
 
 
 def gan_d_loss(m, x, y, fake=None):
-    """DCGAN discriminator loss -[log D(x) + log(1 - D(G(z)))], written out as two BCEs on logits."""
+    """DCGAN discriminator loss -[log D(x) + log(1 - D(G(z)))], written out as two BCEs on
+    logits."""
     real = x * 2 - 1
     fake = (
         m.generator(torch.randn(len(real), m.latent_dim, device=x.device), None)
@@ -150,7 +159,8 @@ def gan_model_d_loss(m, x, y):
 
 
 def gan_step(m, opts, x, y):
-    """One D step, then one G step (non-saturating: softplus(-l)) judged by the updated D on the same fakes."""
+    """One D step, then one G step (non-saturating: softplus(-l)) judged by the updated D on the
+    same fakes."""
     opt_g, opt_d = opts
     fake = m.generator(torch.randn(len(x), m.latent_dim, device=x.device), None)
     d_loss = gan_d_loss(m, x, y, fake)
@@ -204,7 +214,7 @@ def entry_step(entry: Entry):
     return entry.step or single_optimizer_step(entry)
 
 
-# -- building the same things nnlab builds ---------------------------------------------------------------
+# -- building the same things nnlab builds ---------------------------------------------------------
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
@@ -216,7 +226,8 @@ def compose(overrides: list[str]):
 
 
 def build(overrides: list[str]):
-    """(cfg, datamodule set up on the CPU, LightningModule, [optimisers]) from the composed config."""
+    """(cfg, datamodule set up on the CPU, LightningModule, [optimisers]) from the composed
+    config."""
     from hydra.utils import instantiate
 
     cfg = compose(overrides)
@@ -237,7 +248,8 @@ def build(overrides: list[str]):
 
 @contextlib.contextmanager
 def cuda_probe_env(lightning: bool):
-    """The CUDA-probe setting of a fresh process that did (nnlab) or did not (hand-written) import Lightning."""
+    """The CUDA-probe setting of a fresh process that did (nnlab) or did not (hand-written) import
+    Lightning."""
     saved = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
     _set_env(
         "PYTORCH_NVML_BASED_CUDA_CHECK",
@@ -262,12 +274,13 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-# -- the three ways of training ------------------------------------------------------------------------
+# -- the three ways of training --------------------------------------------------------------------
 @dataclass
 class HandSide:
-    """What a hand-written path trains: the module built from the config, its optimisers, the train split resident
-    on the device (the datamodule's own uint8 tensors), the batch size, the step function, and the number of full
-    batches of an epoch (drop_last, as nnlab's training batches; at most `limit`)."""
+    """What a hand-written path trains: the module built from the config, its optimisers, the train
+    split resident on the device (the datamodule's own uint8 tensors), the batch size, the step
+    function, and the number of full batches of an epoch (drop_last, as nnlab's training batches; at
+    most `limit`)."""
 
     model: torch.nn.Module
     opts: list
@@ -292,7 +305,7 @@ class HandSide:
 
 def hand_side(entry: Entry, overrides: list[str], device, limit: int | None = None) -> HandSide:
     cfg, dm, model, opts = build(overrides)
-    images, labels = (t.to(device) for t in dm.splits["train"])
+    images, labels = (t.to(device) for t in dm.raw("train"))
     bs = int(cfg.dataset.batch_size)
     n_batches = max(1, len(images) // bs)
     return HandSide(
@@ -322,7 +335,8 @@ def run_hand(entry: Entry, overrides: list[str], epochs: int, limit: int | None,
 
 
 class FashionMNISTStyle:
-    """torchvision.datasets.FashionMNIST's __getitem__ over uint8 tensors: PIL image -> ToTensor per sample."""
+    """torchvision.datasets.FashionMNIST's __getitem__ over uint8 tensors: PIL image -> ToTensor
+    per sample."""
 
     def __init__(self, images, labels):
         from torchvision import transforms
@@ -352,7 +366,7 @@ def run_dataloader(
 
     cfg, dm, model, opts = build(overrides)
     model.to(device).train()
-    images, labels = dm.splits["train"]
+    images, labels = dm.raw("train")
     bs, step = int(cfg.dataset.batch_size), entry_step(entry)
     loader = DataLoader(
         FashionMNISTStyle(images, labels),
@@ -379,9 +393,11 @@ def run_dataloader(
 
 
 class EpochTimer(pl.Callback):
-    """Added to the nnlab run as a callback: the time of each training epoch (without validation)."""
+    """Passed to the nnlab run as an extra callback: the time of each training epoch (without
+    validation), in `results`."""
 
-    results: list[dict] = []
+    def __init__(self):
+        self.results: list[dict] = []
 
     def on_train_epoch_start(self, trainer, pl_module):
         _sync(pl_module.device)
@@ -391,7 +407,7 @@ class EpochTimer(pl.Callback):
         self.images += len(batch[0])
         if batch_idx + 1 == trainer.num_training_batches:  # one sync per epoch, at its last batch
             _sync(pl_module.device)
-            EpochTimer.results.append(
+            self.results.append(
                 {
                     "images": self.images,
                     "seconds": time.perf_counter() - self.t0,
@@ -401,9 +417,8 @@ class EpochTimer(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         if pl_module.device.type == "cuda":
-            EpochTimer.results.append(
-                {"cuda_max_memory_allocated": torch.cuda.max_memory_allocated(pl_module.device)}
-            )
+            memory = torch.cuda.max_memory_allocated(pl_module.device)
+            self.results.append({"cuda_max_memory_allocated": memory})
 
 
 def run_nnlab(
@@ -414,10 +429,11 @@ def run_nnlab(
     device,
     extra=(),
     warmup_epochs: int = 0,
+    callbacks: tuple = (),
 ) -> dict:
     from nnlab.train import main
 
-    EpochTimer.results = []
+    timer = EpochTimer()
     with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
         argv = sys.argv
         sys.argv = [
@@ -425,7 +441,6 @@ def run_nnlab(
             *overrides,
             f"trainer.max_epochs={epochs}",
             "test_after_fit=false",
-            "+callbacks.bench_timer._target_=bench.EpochTimer",
             f"hydra.run.dir={tmp}/run",
             *extra,
         ]
@@ -439,14 +454,14 @@ def run_nnlab(
         sink = io.StringIO()
         try:
             with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
-                main()
+                main(callbacks=[timer, *callbacks])
         except SystemExit as err:  # a config error: show what nnlab said
             raise RuntimeError(
                 f"nnlab train {' '.join(sys.argv[1:])} failed ({err}):\n{sink.getvalue()[-2000:]}"
-            )
+            ) from err
         finally:
             sys.argv = argv
-    epochs_run = [r for r in EpochTimer.results if "seconds" in r]
+    epochs_run = [r for r in timer.results if "seconds" in r]
     if warmup_epochs and len(epochs_run) > warmup_epochs:
         epochs_run = epochs_run[warmup_epochs:]  # torch.compile: leave the compiling epoch out
     n_img, seconds = sum(r["images"] for r in epochs_run), sum(r["seconds"] for r in epochs_run)
@@ -455,13 +470,11 @@ def run_nnlab(
         "img_s": n_img / seconds if seconds else float("nan"),
         "images": n_img,
         "seconds": seconds,
-        "epoch_img_s": [r["images"] / r["seconds"] for r in EpochTimer.results if "seconds" in r],
+        "epoch_img_s": [r["images"] / r["seconds"] for r in timer.results if "seconds" in r],
         "cpu_img_s": n_img / cpu if cpu else float("nan"),
     }
     mem = [
-        r["cuda_max_memory_allocated"]
-        for r in EpochTimer.results
-        if "cuda_max_memory_allocated" in r
+        r["cuda_max_memory_allocated"] for r in timer.results if "cuda_max_memory_allocated" in r
     ]
     if mem:
         out["cuda_max_memory_allocated_mb"] = max(mem) / 2**20
@@ -469,21 +482,23 @@ def run_nnlab(
 
 
 class StepPairs(pl.Callback):
-    """The `interleaved` path: one nnlab run with this callback, which after each nnlab training step runs one
-    hand-written step (run_hand's, on a second copy of the model and its optimisers built the same way). Each pair
-    of steps meets the machine at the same moment, so the ratio holds on a machine whose speed drifts by tens of
-    percent between epochs. An nnlab step is timed from the end of the previous hand-written step to the end of
-    its own batch: fetch, transfer, hooks, logging and all. The first batch of each epoch is left out (its gap holds
-    the validation and the epoch's start)."""
+    """The `interleaved` path: one nnlab run with this callback, which after each nnlab training
+    step runs one hand-written step (run_hand's, on a second copy of the model and its optimisers
+    built the same way). Each pair of steps meets the machine at the same moment, so the ratio holds
+    on a machine whose speed drifts by tens of percent between epochs. An nnlab step is timed from
+    the end of the previous hand-written step to the end of its own batch: fetch, transfer, hooks,
+    logging and all. The first batch of each epoch is left out (its gap holds the validation and the
+    epoch's start)."""
 
-    hand: HandSide | None = None  # set by run_interleaved
-    pairs: list[tuple[float, float, int]] = []  # (nnlab seconds, hand-written seconds, images)
+    def __init__(self, hand: HandSide):
+        self.hand = hand
+        self.pairs: list[tuple[float, float, int]] = []  # (nnlab s, hand-written s, images)
 
     def on_train_start(self, trainer, pl_module):
-        self.order, self.i, self.t = StepPairs.hand.order(0), 0, None
+        self.order, self.i, self.t = self.hand.order(0), 0, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        hand = StepPairs.hand
+        hand = self.hand
         _sync(hand.images.device)
         now = time.perf_counter()
         nnlab_s = now - self.t if self.t is not None and batch_idx > 0 else None
@@ -492,20 +507,15 @@ class StepPairs(pl.Callback):
         _sync(hand.images.device)
         self.t = time.perf_counter()
         if nnlab_s is not None:
-            StepPairs.pairs.append((nnlab_s, self.t - now, len(batch[0])))
+            self.pairs.append((nnlab_s, self.t - now, len(batch[0])))
 
 
 def run_interleaved(
     entry: Entry, overrides: list[str], epochs: int, limit: int | None, device
 ) -> dict:
-    StepPairs.hand, StepPairs.pairs = (
-        hand_side(entry, overrides, device),
-        [],
-    )  # built as run_hand builds it
-    run_nnlab(
-        entry, overrides, epochs, limit, device, ["+callbacks.bench_pairs._target_=bench.StepPairs"]
-    )
-    pairs, StepPairs.hand = StepPairs.pairs, None
+    stepper = StepPairs(hand_side(entry, overrides, device))  # built as run_hand builds it
+    run_nnlab(entry, overrides, epochs, limit, device, callbacks=(stepper,))
+    pairs = stepper.pairs
     n_img, nnlab_s, hand_s = (
         sum(p[2] for p in pairs),
         sum(p[0] for p in pairs),
@@ -528,10 +538,11 @@ def run_interleaved(
 def run_compile_pairs(
     entry: Entry, overrides: list[str], limit: int | None, device, warmup: int = 20
 ) -> dict:
-    """--compile: torch.compile's own gain, step by step. A plain and a compiled copy of the model (compiled as
-    nnlab's model.compile=true does it: each child net in place) take hand-written steps in turn on the same batches;
-    the first `warmup` pairs (which compile) are left out. The ratio is plain time / compiled time: above 1, compiling
-    pays. The framework is not in it: that is the interleaved path's job."""
+    """--compile: torch.compile's own gain, step by step. A plain and a compiled copy of the model
+    (compiled as nnlab's model.compile=true does it: each child net in place) take hand-written
+    steps in turn on the same batches; the first `warmup` pairs (which compile) are left out. The
+    ratio is plain time / compiled time: above 1, compiling pays. The framework is not in it: that
+    is the interleaved path's job."""
     plain = hand_side(entry, overrides, device, limit)
     compiled = hand_side(entry, [*overrides, "model.compile=true"], device, limit)
     compiled.model.configure_model()
@@ -565,8 +576,9 @@ def run_compile_pairs(
     }
 
 
-# -- command-line wall times and peak memory -----------------------------------------------------------
-# A child forked from this (large) process would inherit its peak RSS: Linux keeps ru_maxrss across exec.
+# -- command-line wall times and peak memory -------------------------------------------------------
+# A child forked from this (large) process would inherit its peak RSS: Linux keeps ru_maxrss across
+# exec.
 # So a small launcher process starts the command and reports the command's own rusage.
 _LAUNCHER = """
 import json, os, subprocess, sys, time
@@ -575,7 +587,8 @@ proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subproce
 err = proc.stderr.read().decode(errors="replace")
 _, status, usage = os.wait4(proc.pid, 0)
 print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime,
-                  "maxrss": usage.ru_maxrss, "rc": os.waitstatus_to_exitcode(status), "err": err[-2000:]}))
+                  "maxrss": usage.ru_maxrss, "rc": os.waitstatus_to_exitcode(status),
+                  "err": err[-2000:]}))
 """
 
 
@@ -594,7 +607,8 @@ def _run_child(cmd: list[str], env=None) -> dict:
 
 
 def wall(cmd: list[str], reps: int, env=None) -> dict:
-    """Median wall time of a command (and its CPU time: on a loaded machine the wall time waits for a core)."""
+    """Median wall time of a command (and its CPU time: on a loaded machine the wall time waits for
+    a core)."""
     runs = [_run_child(cmd, env) for _ in range(reps)]
     return {
         "cmd": " ".join(cmd),
@@ -609,7 +623,7 @@ def peak_memory(cmd: list[str], env=None) -> dict:
     return {"cmd": " ".join(cmd), **_run_child(cmd, env)}
 
 
-# -- the run -------------------------------------------------------------------------------------------
+# -- the run ---------------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -649,13 +663,15 @@ def parse_args(argv=None):
     p.add_argument(
         "--paths",
         default="nnlab,hand,dataloader,interleaved",
-        help="which of nnlab,hand,dataloader,interleaved to run (interleaved: once, not every repetition)",
+        help="which of nnlab,hand,dataloader,interleaved to run (interleaved: once, not every "
+        "repetition)",
     )
     p.add_argument(
         "--compile",
         action="store_true",
-        help="also time the nnlab path with model.compile=true (with --epochs > 1 the first, compiling, epoch is "
-        "left out), and a compiled against a plain copy of the model, step by step (`compile step-paired`)",
+        help="also time the nnlab path with model.compile=true (with --epochs > 1 the first, "
+        "compiling, epoch is left out), and a compiled against a plain copy of the model, step by "
+        "step (`compile step-paired`)",
     )
     p.add_argument(
         "--full-train",
@@ -703,7 +719,8 @@ def summarise(row: dict, epochs: int) -> dict:
         if not (runs.get(a) and runs.get(b)):
             continue
         row[f"{a}/{b}"] = row[a] / row[b]
-        # the same ratio within each repetition (runs next to each other share the machine's load), then the median
+        # the same ratio within each repetition (runs next to each other share the machine's load),
+        # then the median
         row[f"{a}/{b} paired"] = statistics.median(
             x["img_s"] / y["img_s"] for x, y in zip(runs[a], runs[b])
         )
@@ -764,6 +781,18 @@ def fmt_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _paired_text(result: dict) -> str:
+    nnlab_ms, hand_ms = result["ms_per_step"]
+    return (
+        f"{result['steps']} steps in turn, median {nnlab_ms:.2f} ms a step {result['pair'][0]} "
+        f"against {hand_ms:.2f} {result['pair'][1]}: ratio {result['ratio']:.2f})"
+    )
+
+
+def _cpu_text(result: dict) -> str:
+    return f"{result.get('cpu_img_s', float('nan')):.0f} img/s of this process's CPU time)"
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.from_json:
@@ -788,7 +817,8 @@ def main(argv=None) -> dict:
         flush=True,
     )
 
-    # one-time costs that any training process pays once (torch._dynamo is imported by the first optimiser
+    # one-time costs that any training process pays once (torch._dynamo is imported by the first
+    # optimiser
     # step or self.log), paid here so that the first timed path does not carry them alone
     __import__("torch._dynamo")
 
@@ -797,26 +827,19 @@ def main(argv=None) -> dict:
         entry = MODELS[name]
         overrides = [*entry.overrides, accel, f"threads={threads}", *args.set]
         limit = args.limit_batches or (entry.max_batches if device.type == "cpu" else None)
+        common = (entry, overrides, args.epochs, limit, device)  # bound now: no late binding
         jobs = {
-            "nnlab": lambda: run_nnlab(entry, overrides, args.epochs, limit, device),
-            "hand": lambda: run_hand(entry, overrides, args.epochs, limit, device),
-            "dataloader": lambda: run_dataloader(
-                entry, overrides, args.epochs, limit, device, args.workers
-            ),
-            "interleaved": lambda: run_interleaved(entry, overrides, args.epochs, limit, device),
+            "nnlab": partial(run_nnlab, *common),
+            "hand": partial(run_hand, *common),
+            "dataloader": partial(run_dataloader, *common, args.workers),
+            "interleaved": partial(run_interleaved, *common),
         }
         runs = {p: [] for p in paths}
         if args.compile:
-            jobs["nnlab+compile"] = lambda: run_nnlab(
-                entry,
-                overrides,
-                args.epochs,
-                limit,
-                device,
-                ["model.compile=true"],
-                warmup_epochs=1,
+            jobs["nnlab+compile"] = partial(
+                run_nnlab, *common, ["model.compile=true"], warmup_epochs=1
             )
-            jobs["compile-paired"] = lambda: run_compile_pairs(entry, overrides, limit, device)
+            jobs["compile-paired"] = partial(run_compile_pairs, entry, overrides, limit, device)
             runs["nnlab+compile"], runs["compile-paired"] = [], []
         for rep in range(args.reps):  # interleaved: A B C A B C ...
             for path in runs:
@@ -831,12 +854,7 @@ def main(argv=None) -> dict:
                 print(
                     f"  {name} rep {rep + 1}/{args.reps} {path:14s} {result['img_s']:8.0f} img/s "
                     f"({result['images']} images in {result['seconds']:.2f} s; "
-                    + (
-                        f"{result['steps']} steps in turn, median {result['ms_per_step'][0]:.2f} ms a step {result['pair'][0]} "
-                        f"against {result['ms_per_step'][1]:.2f} {result['pair'][1]}: ratio {result['ratio']:.2f})"
-                        if "steps" in result
-                        else f"{result.get('cpu_img_s', float('nan')):.0f} img/s of this process's CPU time)"
-                    ),
+                    + (_paired_text(result) if "steps" in result else _cpu_text(result)),
                     flush=True,
                 )
         cfg = compose(overrides)
@@ -898,13 +916,13 @@ def main(argv=None) -> dict:
         print(f"{key:40s} {figure}")
     for row in rows:
         if "cuda_max_memory_allocated_mb" in row:
-            print(
-                f"{row['model']}: torch.cuda.max_memory_allocated {row['cuda_max_memory_allocated_mb']:.0f} MB"
-            )
+            mb = row["cuda_max_memory_allocated_mb"]
+            print(f"{row['model']}: torch.cuda.max_memory_allocated {mb:.0f} MB")
     if device.type != "cuda":
         print("GPU: none here (torch.cuda.is_available() is False): no GPU figures")
     print(
-        f"load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f}, on {os.cpu_count()} cores"
+        f"load average (1 min) at start {load0[0]:.1f}, at end {load1[0]:.1f}, "
+        f"on {os.cpu_count()} cores"
     )
 
     report = {

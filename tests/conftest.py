@@ -18,7 +18,8 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
-    """An IDX file exactly as LeCun's format defines it: magic (0, 0, type, ndim), big-endian dims, data."""
+    """An IDX file exactly as LeCun's format defines it: magic (0, 0, type, ndim), big-endian
+    dims, data."""
     array = np.ascontiguousarray(array)
     codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
     header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
@@ -68,7 +69,8 @@ def write_cifar_folder(root: Path, n_per_batch: int = 20, seed: int = 0) -> Path
 
 
 def run_train(tmp_path: Path, *overrides: str, name: str = "run") -> Path:
-    """`nnlab train <overrides>` in this process (the real Hydra entry point); returns the run folder."""
+    """`nnlab train <overrides>` in this process (the real Hydra entry point); returns the run
+    folder."""
     from nnlab.train import main
 
     run_dir = Path(tmp_path) / name
@@ -89,8 +91,8 @@ def run_train(tmp_path: Path, *overrides: str, name: str = "run") -> Path:
 def run_fails(
     tmp_path: Path, capsys, *overrides: str, code: int = 2, name: str = "run"
 ) -> tuple[str, dict | None]:
-    """`nnlab train <overrides>` that must end with exit `code` and no traceback: (its stderr, the run's
-    metrics.json or None when the run never started)."""
+    """`nnlab train <overrides>` that must end with exit `code` and no traceback: (its stderr, the
+    run's metrics.json or None when the run never started)."""
     import pytest
 
     with pytest.raises(SystemExit) as exc:

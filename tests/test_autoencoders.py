@@ -27,7 +27,7 @@ from nnlab.models.autoencoders import (
 TINY = ("model.latent_dim=4", "model.n_embed=32")
 
 
-# -- every model, end to end ------------------------------------------------------------------------
+# -- every model, end to end -----------------------------------------------------------------------
 # (ae mlp with a 2-d code, dae and stacked_ae run in the tests further down)
 @pytest.mark.parametrize(
     "model, shape, extra",
@@ -81,12 +81,13 @@ def test_event_file_has_the_analyses(tmp_path):
     assert 'tensor_name: "test_codes' in projector and "sprite" in projector
     tsv = next(run.rglob("tensors.tsv")).read_text().strip().splitlines()
     assert len(tsv) == 40 and len(tsv[0].split("\t")) == 2
-    # the reconstructions grid: a row of inputs above a row of reconstructions (16 images of 28 + padding)
+    # the reconstructions grid: a row of inputs above a row of reconstructions (16 images of 28 +
+    # padding)
     image = acc.Images("reconstructions")[-1]
     assert (image.height, image.width) == (2 * 30 + 2, 16 * 30 + 2)
 
 
-# -- the penalties against hand computations ----------------------------------------------------------------
+# -- the penalties against hand computations -------------------------------------------------------
 def test_kl_sparsity_by_hand():
     h = torch.tensor([[0.1, 0.5], [0.3, 0.7]])  # rho_hat = [0.2, 0.6]
     rho = 0.25
@@ -156,7 +157,7 @@ def test_cae_picks_the_closed_form_only_for_one_layer():
     )
 
 
-# -- the corruptions have the requested noise level ---------------------------------------------------------
+# -- the corruptions have the requested noise level ------------------------------------------------
 def test_corruption_levels():
     g = torch.Generator().manual_seed(0)
     x = torch.full((64, 3, 16, 16), 0.5)
@@ -194,7 +195,7 @@ def test_dae_rows_are_clean_corrupted_reconstructed():
     assert torch.equal(noisy, model.reconstruction_rows(x)[1])  # a fixed corruption: epochs compare
 
 
-# -- PCA baseline --------------------------------------------------------------------------------------------
+# -- PCA baseline ----------------------------------------------------------------------------------
 def test_pca_equals_svd_reconstruction():
     torch.manual_seed(0)
     x = torch.randn(50, 3) @ torch.randn(3, 12) + 0.1 * torch.randn(50, 12) + 2.0
@@ -219,7 +220,7 @@ def test_pca_equals_svd_reconstruction():
     )
 
 
-# -- the stacked autoencoder's greedy pre-training -----------------------------------------------------------
+# -- the stacked autoencoder's greedy pre-training -------------------------------------------------
 def test_greedy_pretraining_trains_each_layer_on_the_codes_below():
     torch.manual_seed(0)
     model = StackedAE(
@@ -271,7 +272,7 @@ def test_stacked_ae_pretrain_flag(tmp_path):
     assert bool(ckpt["state_dict"]["pretrained"])  # a resumed run does not pre-train again
 
 
-# -- sampling from a trained model (`nnlab sample`) ----------------------------------------------------------
+# -- sampling from a trained model (`nnlab sample`) ------------------------------------------------
 def test_dae_run_and_sample_grid_from_checkpoint(tmp_path):
     run = run_train(
         tmp_path,

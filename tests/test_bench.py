@@ -93,7 +93,7 @@ def test_hand_written_loss_is_the_models_loss(bench, name):
         pytest.skip(f"{name} is not in this branch yet")
     entry = bench.MODELS[name]
     cfg, dm, model, opts = bench.build([*entry.overrides, "dataset=synthetic", "accelerator=cpu"])
-    images, labels = dm.splits["train"]
+    images, labels = dm.raw("train")
     x, y = images[:16].float() / 255.0, labels[:16]
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -106,7 +106,8 @@ def test_hand_written_loss_is_the_models_loss(bench, name):
     torch.manual_seed(0)
     hand_loss = entry.loss(model, x, y)
     assert torch.allclose(hand_loss, model_loss, rtol=1e-6, atol=1e-7)
-    # and one hand-written step with the module's own optimiser changes the weights and lowers nothing to NaN
+    # and one hand-written step with the module's own optimiser changes the weights and lowers
+    # nothing to NaN
     before = [p.detach().clone() for p in model.parameters()]
     loss = bench.entry_step(entry)(model, opts, x, y)
     assert torch.isfinite(loss) and any(
@@ -131,7 +132,8 @@ def test_per_step_scalars_still_logged_at_the_logging_cadence(tmp_path):
 
 
 def test_compile_pairs_time_a_compiled_copy_against_a_plain_one(bench):
-    """--compile's step-paired figure: model.compile=true's nets (compiled in place) against plain ones, in turn."""
+    """--compile's step-paired figure: model.compile=true's nets (compiled in place) against plain
+    ones, in turn."""
     entry = bench.MODELS["ae"]
     result = bench.run_compile_pairs(
         entry,

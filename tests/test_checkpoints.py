@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, safe loading, exact resume after kill -9, Ctrl-C, nnlab eval / sample."""
+"""Checkpoints: atomic writes, safe loading, exact resume after kill -9, Ctrl-C, nnlab eval /
+sample."""
 
 from __future__ import annotations
 
@@ -117,9 +118,10 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ResumableCheckpoint(dirpath=tmp_path)._save_checkpoint(trainer, str(target))
     assert target.read_bytes() == b"previous"
+    assert not list(tmp_path.glob("*.tmp*"))  # the partial file of this process is gone
     trainer.save_checkpoint = lambda path, weights_only=False: Path(path).write_bytes(b"complete")
     ResumableCheckpoint(dirpath=tmp_path)._save_checkpoint(trainer, str(target))
-    assert target.read_bytes() == b"complete" and not Path(f"{target}.tmp").exists()
+    assert target.read_bytes() == b"complete" and not list(tmp_path.glob("*.tmp*"))
 
 
 # -- safe loading ---------------------------------------------------------------------------------
@@ -134,8 +136,8 @@ class _Payload:
 
 
 def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path, capsys):
-    from nnlab.checkpoints import load_checkpoint
     from nnlab.evaluate import main as eval_main
+    from nnlab.inference import load_checkpoint
 
     marker, evil = tmp_path / "pwned", tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"name": "ae"}, "x": _Payload(marker)}, evil)
@@ -151,7 +153,7 @@ def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path, capsys):
 
 
 def test_not_a_checkpoint_truncated_and_another_model(tmp_path, ae_run):
-    from nnlab.checkpoints import check_fits, load_checkpoint
+    from nnlab.inference import check_fits, load_checkpoint
     from nnlab.models.autoencoders import AE
 
     text = tmp_path / "notes.ckpt"
@@ -215,9 +217,9 @@ def test_sample_without_sample_grid_is_a_clear_error(ae_run, monkeypatch, capsys
     assert exc.value.code != 0 and "has no sample_grid" in capsys.readouterr().err
 
 
-# -- kill -9 mid-epoch, resume, same result --------------------------------------------------------------
+# -- kill -9 mid-epoch, resume, same result --------------------------------------------------------
 def test_kill_9_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
-    from nnlab.checkpoints import load_checkpoint
+    from nnlab.inference import load_checkpoint
     from nnlab.train import main
 
     crashed = tmp_path / "crashed"
@@ -247,7 +249,7 @@ def test_kill_9_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
 
 
 def test_ctrl_c_saves_last_marks_interrupted_and_prints_the_resume_command(tmp_path):
-    from nnlab.checkpoints import load_checkpoint
+    from nnlab.inference import load_checkpoint
 
     run = tmp_path / "run"
     proc = _nnlab(

@@ -13,12 +13,12 @@ from nnlab.models.classifiers import (
     LeNet,
     SequenceClassifier,
     error_labels,
-    errors_grid,
     load_classifier,
     pick_errors,
 )
 from nnlab.nets.lenet import LeNet5
 from nnlab.nets.sequence import SequenceNet
+from nnlab.viz import errors_grid
 
 COLOUR = ("dataset.shape=[3,32,32]",)
 
@@ -165,17 +165,13 @@ def test_errors_grid_labels_match_predictions():
 
 
 def test_sample_grid_is_the_errors_grid_on_test_images(lenet_run):
-    class Data:  # the datamodule's interface that sample_grid uses
+    class Data:  # the data face that sample_grid uses
         classes = [str(i) for i in range(10)]
-        splits = {
-            "test": (
-                torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8),
-                torch.arange(40) % 10,
-            )
-        }
+        x, y = torch.rand(40, 1, 28, 28), torch.arange(40) % 10
 
-        def setup(self, stage=None):
-            pass
+        def images(self, split, n=None, label=None):
+            keep = self.y == label if label is not None else slice(None)
+            return self.x[keep][:n], self.y[keep][:n]
 
     model = load_classifier(lenet_run)
     image = model.sample_grid(n=8, datamodule=Data())

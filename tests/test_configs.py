@@ -83,7 +83,8 @@ def test_model_shape_follows_dataset():
 
 
 def test_configs_ship_inside_the_package():
-    """The YAML lives in the importable package nnlab.configs (so a non-editable install finds it)."""
+    """The YAML lives in the importable package nnlab.configs (so a non-editable install finds
+    it)."""
     assert (CONFIG_DIR / "train.yaml").is_file() and (CONFIG_DIR / "model" / "ae.yaml").is_file()
 
 

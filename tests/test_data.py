@@ -155,13 +155,15 @@ def test_datamodule_split_is_seeded_and_normalises_per_batch(tmp_path):
     )
     dm.setup()
     assert (
-        dm.split_size("train") == 80 and dm.split_size("val") == 20 and dm.split_size("test") == 20
+        len(dm.raw("train")[0]) == 80
+        and len(dm.raw("val")[0]) == 20
+        and len(dm.raw("test")[0]) == 20
     )
     dm2 = ImageDataModule(
         "mnist", data_dir=str(folder), download=False, val_fraction=0.2, split_seed=7
     )
     dm2.setup()
-    assert torch.equal(dm.splits["val"][1], dm2.splits["val"][1])
+    assert torch.equal(dm.raw("val")[1], dm2.raw("val")[1])
     images, labels = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())))
     assert (
         images.dtype == torch.float32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,13 +20,15 @@ def _flat(text: str) -> str:
 
 
 def _fails(tmp_path, capsys, *overrides, **kwargs):
-    """run_fails with the stderr whitespace removed: the paragraph is wrapped at spaces and hyphens."""
+    """run_fails with the stderr whitespace removed: the paragraph is wrapped at spaces and
+    hyphens."""
     err, record = run_fails(tmp_path, capsys, *overrides, **kwargs)
     return _flat(err), record
 
 
 def _train_fails(capsys, *argv) -> str:
-    """`nnlab train <argv>` as typed (no run folder added) that must stop; its stderr without whitespace."""
+    """`nnlab train <argv>` as typed (no run folder added) that must stop; its stderr without
+    whitespace."""
     from nnlab.train import main
 
     saved, sys.argv = sys.argv, ["nnlab train", *argv]
@@ -43,11 +46,11 @@ def _train_fails(capsys, *argv) -> str:
     [
         (
             "model=vea",
-            "model=vea is not an option of the config group 'model'. Did you mean model=vae? The options are: ae, cae,",
+            "model='vea' is unknown; use one of ae, cae,",
         ),
         (
             "dataset=nosuch",
-            "dataset=nosuch is not an option of the config group 'dataset'. The options are: cifar10,",
+            "dataset='nosuch' is unknown; use one of cifar10,",
         ),
         ("accelerator=gpux", "Did you mean accelerator=gpu?"),
     ],
@@ -211,11 +214,12 @@ def test_eval_and_sample_of_bad_targets(tmp_path, capsys):
 
 
 def test_the_real_command_prints_one_paragraph_without_traceback(tmp_path):
-    """The installed `nnlab` entry point, as a user runs it (config errors import no torch: fast)."""
+    """The installed `nnlab` entry point, as a user runs it (config errors import no torch:
+    fast)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for args, code, needle in (
         (["model.latent_dim=abc"], 2, "model.latent_dim='abc' is not valid"),
-        (["model=nosuch"], 2, "model=nosuch is not an option of the config group 'model'"),
+        (["model=nosuch"], 2, "model='nosuch' is unknown; use one of ae,"),
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "nnlab.cli", "train", *args, f"hydra.run.dir={tmp_path / 'r'}"],
@@ -230,3 +234,170 @@ def test_the_real_command_prints_one_paragraph_without_traceback(tmp_path):
             and _flat(needle) in _flat(proc.stderr)
             and "Traceback" not in proc.stderr
         )
+
+
+# -- issue 16, part 5: paragraphs where there were tracebacks -------------------------------------
+def test_an_unreadable_data_file_is_not_called_corrupt(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    from nnlab.data import readers
+
+    folder = write_mnist_folder(tmp_path / "mnist", n_train=60, n_test=20)
+    real_open = builtins.open
+
+    def deny(path, *args, **kwargs):  # root reads everything: deny the way chmod 000 would
+        if str(path).startswith(str(folder)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(readers, "open", deny, raising=False)
+    err, record = _fails(
+        tmp_path,
+        capsys,
+        "dataset=mnist",
+        f"dataset.data_dir={folder}",
+        "dataset.download=false",
+        "debug=fast",
+        "accelerator=cpu",
+    )
+    assert "permissiondenied" in err and "delete" not in err and record["status"] == "failed"
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_an_output_folder_in_proc_is_a_paragraph_even_for_root(tmp_path, capsys, sweep):
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    err = _train_fails(capsys, *FAST, *(["-m"] if sweep else []), f"{key}=/proc/nnlab/x")
+    assert "Cannotcreatethe" in err and "/proc/nnlab/x" in err
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "1.5"])
+def test_seed_outside_numpys_range(tmp_path, capsys, seed):
+    err, record = _fails(tmp_path, capsys, *FAST, f"seed={seed}")
+    assert "seed=" in err and "[0,2^32)" in err and record["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("dataset.n_train=0", "dataset.n_train=0isnotvalid"),
+        ("trainer.limit_train_batches=0", "0wouldtrainnothing"),
+        ("trainer.precision=16-mixed", "needsaCUDAGPU"),
+        ("model.net=resnet", "model.net='resnet'isunknown"),  # raised inside the constructor
+    ],
+)
+def test_more_config_mistakes_are_paragraphs(tmp_path, capsys, override, needle):
+    err, record = _fails(tmp_path, capsys, *FAST, override)
+    assert needle in err and "Errorincalltotarget" not in err
+    assert record["status"] == "failed" and "Instantiation" not in record["error"]
+
+
+def test_an_empty_validation_split_fails_the_run(tmp_path, capsys):
+    err, record = _fails(tmp_path, capsys, *FAST, "dataset.n_train=4", "dataset.val_fraction=0.1")
+    assert "validationsplit" in err and "isempty" in err and record["status"] == "failed"
+
+
+def test_max_steps_is_a_trainer_key(tmp_path):
+    from conftest import read_metrics
+
+    run = run_train(tmp_path, *FAST, "trainer.max_steps=2", "test_after_fit=false")
+    assert read_metrics(run)["global_step"] == 2
+
+
+def test_a_full_disk_is_a_paragraph_and_leaves_no_partial_files(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import pytorch_lightning as pl
+
+    def full(self, path, weights_only=False, storage_options=None):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(b"")  # what a full disk leaves: a file with nothing in it
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", full)
+    err, record = _fails(tmp_path, capsys, *FAST)
+    assert "storageerror" in err and "diskisfull" in err and "resume=" in err
+    assert record["status"] == "failed" and "No space left" in record["error"]
+    assert not list((tmp_path / "run").rglob("*.tmp*"))
+
+
+def test_eval_of_a_read_only_run_folder_prints_and_says_so(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from nnlab import run_record
+    from nnlab.evaluate import main as eval_main
+    from nnlab.run_folder import RunLock
+
+    run = run_train(tmp_path, *FAST, "threads=1", name="ro")
+    before = (run / "metrics.json").read_text()
+    real_replace = os.replace
+
+    def read_only(src, dst, *a, **kw):
+        if str(dst).startswith(str(run)):
+            raise OSError(errno.EROFS, "Read-only file system", str(dst))
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(run_record.os, "replace", read_only)
+    monkeypatch.setattr(
+        RunLock,
+        "acquire",
+        lambda self: (_ for _ in ()).throw(
+            run_record.StorageError("Cannot lock: Read-only file system")
+        ),
+    )
+    assert eval_main([str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert "test/mse" in out and "were not written" in err and "Traceback" not in err
+    assert (run / "metrics.json").read_text() == before
+
+
+def test_sample_options_are_checked(tmp_path, capsys):
+    from nnlab.sample import main as sample_main
+
+    run = run_train(tmp_path, *FAST, "threads=1", name="s")
+    (tmp_path / "folder").mkdir()
+    for args, needle in (
+        ([f"out={tmp_path / 'folder'}"], "isafolder"),
+        ([f"out={tmp_path / 'grid.txt'}"], "noimagesuffix"),
+        (["n=1000000000"], "<=1024"),
+        (["label=10"], "label='10'isnotvalid"),
+        (["label=-1"], "label='-1'isnotvalid"),
+        (["seed=-3"], "seed='-3'isnotvalid"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            sample_main([str(run), *args])
+        err = _flat(capsys.readouterr().err)
+        assert exc.value.code == 2 and needle in err and "Traceback" not in err, args
+
+
+def test_a_damaged_run_folder_is_a_paragraph(tmp_path, capsys):
+    from nnlab.evaluate import main as eval_main
+
+    run = run_train(tmp_path, *FAST, "threads=1", name="d")
+    (run / ".hydra" / "config.yaml").write_text("model: [unclosed\n\x00")
+    assert eval_main([str(run)]) == 0  # .hydra/config.yaml is not what rebuilds the run
+    capsys.readouterr()
+    (run / ".hydra" / "overrides.yaml").write_text("- model: [unclosed\n")
+    with pytest.raises(SystemExit) as exc:
+        eval_main([str(run)])
+    err = _flat(capsys.readouterr().err)
+    assert exc.value.code == 2 and "overrides.yaml" in err and "Traceback" not in err
+
+
+def test_a_second_ctrl_c_while_exiting_ends_the_process_quietly(tmp_path):
+    import signal
+
+    from omegaconf import OmegaConf
+
+    from nnlab.train import Interrupted, RunGuard, _exit_at_once
+
+    cfg = OmegaConf.create({"model": {"name": "ae"}, "dataset": {"name": "synthetic"}})
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(Interrupted) as stop:
+            with RunGuard(tmp_path / "run", cfg):
+                raise KeyboardInterrupt
+        assert stop.value.code == 130 and signal.getsignal(signal.SIGINT) is _exit_at_once
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "interrupted"

@@ -75,6 +75,7 @@ def test_cgan_dcgan_net_with_classifier_metrics(tmp_path):
         "model.projection=true",
         "model.ema=0.9",
         f"model.metrics.classifier_ckpt={ckpt}",
+        "model.monitor=val/fid",
         *QUIET,
     )
     m = read_metrics(run)["metrics"]
@@ -193,9 +194,10 @@ def test_projection_discriminator_takes_the_label_at_its_features(net, shape):
     proj = CGAN(
         "cgan", net=net, input_shape=shape, projection=True, **dims
     ).discriminator.eval()  # (no dropout)
-    first = lambda d: next(
-        m for m in d.net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
-    )
+
+    def first(d):
+        return next(m for m in d.net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+
     assert (
         first(concat).weight.shape[1] == first(proj).weight.shape[1] + 10
     )  # no label at the input

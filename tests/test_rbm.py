@@ -179,14 +179,15 @@ def test_movielens_readers_and_per_user_split(tmp_path, fmt):
     )
     dm.setup()
     assert (dm.n_users, dm.n_items) == (5, 6)
-    assert sum(dm.split_size(s) for s in ("train", "val", "test")) == len(RATINGS)
-    assert dm.split_size("test") > 0 and dm.split_size("val") > 0
+    assert sum(len(dm.ratings(s)) for s in ("train", "val", "test")) == len(RATINGS)
+    assert len(dm.ratings("test")) > 0 and len(dm.ratings("val")) > 0
     # every user keeps a training rating; a user's held-out ratings are not among its inputs
     inputs = torch.cat([x for x, _ in dm.val_dataloader()])
     held = torch.cat([y for _, y in dm.test_dataloader()])
     assert inputs.shape == (5, 6) and ((inputs > 0).sum(1) > 0).all()
     assert not ((inputs > 0) & (held > 0)).any()
-    # user 3 rated every item: the dense rows carry the levels (half stars go to the lower level on a tie)
+    # user 3 rated every item: the dense rows carry the levels (half stars go to the lower level on
+    # a tie)
     row = (
         inputs[2].long() + held[2].long() + torch.cat([y for _, y in dm.val_dataloader()])[2].long()
     )
@@ -197,7 +198,7 @@ def test_movielens_readers_and_per_user_split(tmp_path, fmt):
         "movielens", data_dir=str(tmp_path / "ml"), val_fraction=0.2, test_fraction=0.2
     )
     again.setup()
-    assert torch.equal(again.splits["test"].items, dm.splits["test"].items)
+    assert torch.equal(again.ratings("test").items, dm.ratings("test").items)
     assert len(list(dm.train_dataloader())) == 2  # 5 users, batches of 2, last one dropped
 
 
@@ -212,7 +213,7 @@ def test_synthetic_ratings_are_low_rank_levels():
     )
     dm.setup()
     x, _ = next(iter(dm.train_dataloader()))
-    assert x.max() <= 5 and dm.split_size("test") > 0
+    assert x.max() <= 5 and len(dm.ratings("test")) > 0
     assert dm.item_means.shape == (40,) and 1 <= dm.item_means.min() <= dm.item_means.max() <= 5
 
 
@@ -263,3 +264,13 @@ def test_rbm_cf_fast_run(tmp_path):
     )
     ckpt = torch.load(metrics["best_checkpoint"], weights_only=True)
     assert ckpt["hyper_parameters"]["n_items"] == 50  # a checkpoint rebuilds the model's shapes
+
+
+def test_rbm_cf_rmse_is_pooled_over_batches_and_ranks():
+    """The RMSE of all held-out ratings (sum the squared errors and counts, then the root), not a
+    mean of per-batch (or per-rank) RMSEs; its states are summed across DDP ranks."""
+    rmse = RBMCF("rbm_cf", n_items=2).rmse["val_rbm"]
+    rmse.update(torch.tensor([1.0]), torch.tensor([3.0]))  # one rating off by 2
+    rmse.update(torch.zeros(8), torch.zeros(8))  # eight exact ratings
+    assert float(rmse.compute()) == pytest.approx(math.sqrt(4 / 9))  # not (2 + 0) / 2
+    assert all(rmse._reductions[k].__name__ == "dim_zero_sum" for k in rmse._defaults)

@@ -188,8 +188,10 @@ def test_cli_errors_exit_nonzero_without_traceback(tmp_path):
 
 
 def test_eval_scalars_are_synchronised_across_ranks(monkeypatch):
-    """Validation/test epoch scalars ask Lightning for sync_dist (a no-op on one device); training ones do not."""
+    """Validation/test epoch scalars ask Lightning for sync_dist (a no-op on one device); training
+    ones and Metrics (they synchronise themselves) do not; self.log is Lightning's own."""
     import pytorch_lightning as pl
+    from torchmetrics import MeanMetric
 
     from nnlab.models.autoencoders import AE
 
@@ -198,18 +200,18 @@ def test_eval_scalars_are_synchronised_across_ranks(monkeypatch):
         pl.LightningModule, "log", lambda self, name, value, *a, **kw: calls.append((name, kw))
     )
     model = AE("ae", input_shape=(1, 28, 28))
-    for hook in ("validation_step", "on_test_epoch_end"):
-        model._current_fx_name = hook
-        model.log("val/x", 1.0, on_epoch=True)
-        model.log("val/y", 1.0, on_epoch=True, sync_dist=False)  # the caller's choice wins
-    model._current_fx_name = "on_train_epoch_end"
-    model.log("train/z", 1.0, on_epoch=True)
-    assert [kw.get("sync_dist") for _, kw in calls] == [True, False, True, False, None]
+    assert type(model).log is pl.LightningModule.log
+    model.log_terms("val", {"x": 1.0, "m": MeanMetric()})
+    model.log_terms("test", {"x": 1.0})
+    model.log_terms("train", {"z": 1.0})
+    assert [kw["sync_dist"] for _, kw in calls] == [True, False, True, False]
+    assert [kw["on_epoch"] for _, kw in calls] == [True, True, True, False]
 
 
 def test_idle_callback_hooks_are_skipped_and_the_others_still_run(tmp_path):
-    """nnlab.lean: Lightning skips a callback's per-batch hooks that are Callback's empty method (set to None on the
-    instance) and still calls the ones the callback overrides; the quiet profiler profiles nothing, at no cost."""
+    """nnlab.lean: Lightning skips a callback's per-batch hooks that are Callback's empty method
+    (set to None on the instance) and still calls the ones the callback overrides; the quiet
+    profiler profiles nothing, at no cost."""
     import pytorch_lightning as pl
     from torch import nn
 
@@ -265,13 +267,15 @@ def test_idle_callback_hooks_are_skipped_and_the_others_still_run(tmp_path):
 
 
 def test_a_configured_profiler_is_used(tmp_path):
-    """debug=profile (trainer.profiler=simple) replaces the quiet default: its report is in train.log."""
+    """debug=profile (trainer.profiler=simple) replaces the quiet default: its report is in
+    train.log."""
     run = run_train(tmp_path, *FAST, "debug=profile")
     assert "FIT Profiler Report" in (run / "train.log").read_text()
 
 
 def test_compiled_run_trains_and_keeps_the_checkpoint_keys(tmp_path):
-    """model.compile=true compiles each net in place (torch.compile through nn.Module.compile): the run trains, and
+    """model.compile=true compiles each net in place (torch.compile through nn.Module.compile): the
+    run trains, and
     its checkpoint has the keys of a plain run's, so either loads into the other."""
     plain = run_train(tmp_path, *FAST, "test_after_fit=false", name="plain")
     compiled = run_train(

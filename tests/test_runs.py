@@ -1,4 +1,5 @@
-"""`nnlab runs`: the table of runs, read from metrics.json, .hydra/ and (fallback) TensorBoard events.
+"""`nnlab runs`: the table of runs, read from metrics.json, .hydra/ and (fallback) TensorBoard
+events.
 
 The run folders here are written by hand in the formats nnlab train writes, so these tests take
 well under a second; tests/test_sweeps.py runs `nnlab runs` on real sweeps."""
@@ -181,7 +182,8 @@ def test_table_and_errors(runs_dir, capsys):
 
 
 def test_falls_back_to_event_files(tmp_path, capsys):
-    """A run that died without metrics.json: metrics, epochs and wall time from its TensorBoard events."""
+    """A run that died without metrics.json: metrics, epochs and wall time from its TensorBoard
+    events."""
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -212,3 +214,60 @@ def test_does_not_import_torch(runs_dir):
     )
     assert proc.returncode == 0, proc.stderr
     assert "6 runs under" in proc.stdout
+
+
+# -- any folder: a bad run is listed as unreadable, the others as usual (issue 16, part 4) ---------
+def test_malformed_records_are_unreadable_rows_and_the_rest_is_listed(tmp_path, capsys):
+    make_run(tmp_path / "good", metrics={"test/mse": 0.02})
+    make_run(
+        tmp_path / "types",
+        status=["finished"],
+        metrics={"test/mse": "low", "test/acc": [1]},
+        epochs="three",
+        wall_time_s={"x": 1},
+        pid="1; rm -rf /",
+        error=7,
+        overrides=[3, "model.latent_dim=8"],
+    )
+    make_run(tmp_path / "markup", status="failed", error="bad [/] and [link=http://x]click[/link]")
+    make_run(tmp_path / "big")
+    (tmp_path / "big" / "metrics.json").write_text(json.dumps({"error": "x" * (5 << 20)}))
+    make_run(tmp_path / "nested")
+    (tmp_path / "nested" / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
+    make_run(tmp_path / "fifo")
+    (tmp_path / "fifo" / "metrics.json").unlink()
+    os.mkfifo(tmp_path / "fifo" / "metrics.json")  # reading it would block forever
+    start = time.time()
+    by_name = {r["name"]: r for r in listed(capsys, str(tmp_path))}
+    assert time.time() - start < 20
+    assert (
+        by_name["good"]["status"] == "finished" and by_name["good"]["metrics"]["test/mse"] == 0.02
+    )
+    types = by_name["types"]
+    assert types["status"] == "unreadable" and types["metrics"] == {}
+    assert types["epochs"] is None and types["wall_time_s"] is None and types["error"] is None
+    assert types["overrides"] == ["model.latent_dim=8"]
+    for name in ("big", "nested", "fifo"):
+        assert by_name[name]["status"] == "unreadable" and by_name[name]["error"], name
+    assert nnlab_runs.main([str(tmp_path)]) == 0  # the table, and the errors under it
+    out, err = capsys.readouterr()
+    assert "5 runs" not in out and "6 runs under" in out
+    assert "[link=http://x]click[/link]" in " ".join(err.split()).replace(" ", "")
+    assert len(err) < 5000
+
+
+def test_run_data_reaches_the_terminal_without_control_characters(tmp_path, capsys):
+    make_run(
+        tmp_path / "evil",
+        model="ae\x1b[2J\x1b]0;title\x07",
+        status="failed",
+        error="\x1b[31mred\x1b[0m\rover",
+        overrides=["model.latent_dim=\x1b[5m8"],
+        metrics={"test/mse\x1b[1m": 0.5},
+    )
+    assert nnlab_runs.main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "\x07" not in out + err and "\r" not in out + err
+    assert nnlab_runs.main([str(tmp_path), "--csv"]) == 0
+    csv_out = capsys.readouterr().out
+    assert "\x1b" not in csv_out and "ae[2J]0;title" in csv_out

@@ -58,7 +58,9 @@ def hparams_of_events(run_dir: Path) -> tuple[dict, list[str]]:
 
 def test_submitit_local_sweep_lands_two_runs_with_hparams(tmp_path):
     """The SLURM launcher's path, run by submitit's local executor: two jobs, each in a folder named
-    by its overrides, each with the HParams summary (hyper-parameters + final metrics) in its events."""
+    by its overrides, each with the HParams summary (hyper-parameters + final metrics) in its
+    events.
+    """
     sweep = tmp_path / "sweep"
     proc = nnlab(
         "train",
@@ -150,7 +152,8 @@ def test_missing_data_stops_the_whole_sweep_at_once(tmp_path, capsys):
 
 
 def test_a_single_run_still_fails_with_one_paragraph(tmp_path, capsys):
-    """Outside a sweep a user error still ends the command: one paragraph, exit code 2, no traceback."""
+    """Outside a sweep a user error still ends the command: one paragraph, exit code 2, no
+    traceback."""
     err, record = run_fails(tmp_path, capsys, "model.latent_dim=-1", *FAST)
     assert "nnlab: config error: model.latent_dim=-1 is not valid" in err
     assert record["status"] == "failed"
@@ -188,7 +191,8 @@ def compose(*overrides: str):
 
 
 def test_presets_compose():
-    """The Optuna preset follows the model's monitor_mode; the SLURM template and DDP presets compose."""
+    """The Optuna preset follows the model's monitor_mode; the SLURM template and DDP presets
+    compose."""
     cfg = compose("hparams_search=ae_optuna")
     assert cfg.hydra.sweeper.direction == "minimize" and cfg.hydra.mode.name == "MULTIRUN"
     assert "model.latent_dim" in cfg.hydra.sweeper.params

@@ -1,4 +1,5 @@
-"""The VAE: ELBO terms by hand, the IWAE bound, end-to-end runs, image grids and TensorBoard tags."""
+"""The VAE: ELBO terms by hand, the IWAE bound, end-to-end runs, image grids and TensorBoard
+tags."""
 
 from __future__ import annotations
 
@@ -40,12 +41,12 @@ def test_elbo_terms_match_a_hand_computation():
     kl = 0.5 * sum(m * m + v - 1 - math.log(v) for m, v in zip(mu, var))
     assert kl == pytest.approx(0.5 * (4 - math.log(4)) + 2.0)
     # Bernoulli NLL summed over pixels: -[x log s(l) + (1 - x) log(1 - s(l))]
-    sig = lambda l: 1 / (1 + math.exp(-l))  # noqa: E731
-    flat_l = [l for row in logits for l in row]
+    sig = lambda t: 1 / (1 + math.exp(-t))  # noqa: E731
+    flat_l = [t for row in logits for t in row]
     nll = [
         -sum(
-            xi * math.log(sig(l)) + (1 - xi) * math.log(1 - sig(l))
-            for xi, l in zip(img.flatten().tolist(), flat_l)
+            xi * math.log(sig(t)) + (1 - xi) * math.log(1 - sig(t))
+            for xi, t in zip(img.flatten().tolist(), flat_l)
         )
         for img in x
     ]

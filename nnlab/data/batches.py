@@ -5,7 +5,8 @@ No per-sample transforms, no worker processes, no host round-trips per step. Und
 rank takes its own shard of the same permutation (rank::world_size), all of equal length.
 The order depends only on (seed, epoch), so a resumed run sees the same batches; the position
 within the epoch is the loader's state (state_dict/load_state_dict, which Lightning saves in every
-checkpoint and restores on a mid-epoch resume), so a run resumed mid-epoch continues where it stopped.
+checkpoint and restores on a mid-epoch resume), so a run resumed mid-epoch continues where it
+stopped.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class TensorBatches:
         self._calls = 0
         self._epoch, self._position = 0, 0  # the epoch being served and the batches yielded so far
         self._resume_at: tuple[int, int] | None = None
-        # Every rank gets the same number of samples: the permutation is cut to a multiple of world_size.
+        # Every rank gets the same number of samples: the permutation is cut to a multiple of
+        # world_size.
         self.per_rank = len(images) // world_size if world_size > 1 else len(images)
 
     def __len__(self) -> int:

@@ -1,7 +1,9 @@
-"""ImageDataModule: one datamodule for every image dataset (Fashion-MNIST, MNIST, CIFAR-10, synthetic).
+"""ImageDataModule: one datamodule for every image dataset (Fashion-MNIST, MNIST, CIFAR-10,
+synthetic).
 
 Each split is loaded once as uint8, moved to the training device once, and served by
 TensorBatches; `on_after_batch_transfer` turns a uint8 batch into floats in [0, 1] on the device.
+Models reach the images through the data face (`images`, `raw`: see ResidentDataModule).
 """
 
 from __future__ import annotations
@@ -13,15 +15,39 @@ import torch
 
 from nnlab.data.batches import TensorBatches
 from nnlab.data.sources import load_splits, locate, synthetic_splits
-from nnlab.errors import ConfigError, DataError
+from nnlab.errors import DataError, check_choice
 
 FORMATS = ("idx", "cifar10", "synthetic")
+SPLITS = ("train", "val", "test")
+
+
+def float_images(images: torch.Tensor) -> torch.Tensor:
+    """Stored images (uint8, 0..255) as floats in [0, 1]; floats pass through as float32. The one
+    place nnlab converts pixels: batches, the data face and the streaming consumers all call it."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
 
 
 class ResidentDataModule(pl.LightningDataModule):
     """What every nnlab datamodule shares: its splits live on the training device and are served by
-    TensorBatches (shuffled per epoch, one shard per DDP rank). Subclasses define `_batches(split, shuffle)`
-    and set batch_size, eval_batch_size and seed."""
+    TensorBatches (shuffled per epoch, one shard per DDP rank). Subclasses define `_batches(split,
+    shuffle)` and set batch_size, eval_batch_size and seed.
+
+    The data face - all a model, a figure callback or a metric may use (the storage is private):
+        device                     where the splits live (the training device)
+        batch_size, eval_batch_size
+        the Lightning loaders      train/val/test_dataloader: batches already on the device, in the
+                                   form the model's `step(batch, stage)` takes
+        one accessor per kind of example, returning model-ready tensors on the device:
+            images   ImageDataModule.images(split, n=None, label=None) -> (floats in [0, 1], labels)
+                     plus raw(split) (the stored uint8 tensors, read-only) for consumers that stream
+                     over a whole split (PCA fit, RBM biases) and convert chunks with float_images;
+                     classes, num_classes, shape
+            ratings  RatingsDataModule.ratings(split) -> CSR; n_users, n_items, levels, item_means
+    A new kind of data (sequences, text) is one more subclass with its own accessor in the same
+    style (e.g. sequences(split, n=None) -> (padded tensors, lengths); vocabulary), so that models
+    never index a datamodule's storage or convert its dtype themselves."""
 
     @property
     def device(self) -> torch.device:
@@ -74,10 +100,7 @@ class ImageDataModule(ResidentDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        if format not in FORMATS:
-            raise ConfigError(
-                f"dataset.format='{format}' is unknown; use one of {', '.join(FORMATS)}."
-            )
+        check_choice("dataset.format", format, FORMATS)
         self.name, self.format, self.data_dir, self.download = (
             name,
             format,
@@ -95,7 +118,7 @@ class ImageDataModule(ResidentDataModule):
         )
         self.n_train, self.n_test = int(n_train), int(n_test)
         self.folder: Path | None = None
-        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # uint8 images, labels
 
     # -- where the data comes from -------------------------------------------------------
     def prepare_data(self) -> None:
@@ -111,33 +134,33 @@ class ImageDataModule(ResidentDataModule):
         return load_splits(self.name, self.format, self.folder)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if self._splits:
             return
         raw = self._load()
         images, labels = raw["train"]
         if tuple(images.shape[1:]) != self.shape:
             raise DataError(
-                f"The {self.name} files hold images of shape {list(images.shape[1:])}, but dataset.shape is "
-                f"{list(self.shape)}. Point dataset.data_dir at the right dataset or fix dataset.shape."
+                f"The {self.name} files hold images of shape {list(images.shape[1:])}, but "
+                f"dataset.shape is {list(self.shape)}. Point dataset.data_dir at the right dataset "
+                "or fix dataset.shape."
             )
         n_val = int(round(len(images) * self.val_fraction))
         order = torch.randperm(
             len(images), generator=torch.Generator().manual_seed(self.split_seed)
         )
         device = self.device
-        self.splits = {
+        splits = {
             "train": (images[order[n_val:]], labels[order[n_val:]]),
             "val": (images[order[:n_val]], labels[order[:n_val]]),
             "test": raw["test"],
         }
-        self.splits = {
-            k: (x.to(device).contiguous(), y.to(device)) for k, (x, y) in self.splits.items()
+        self._splits = {
+            k: (x.to(device).contiguous(), y.to(device)) for k, (x, y) in splits.items()
         }
 
     # -- batches ---------------------------------------------------------------------------
     def _batches(self, split: str, shuffle: bool) -> TensorBatches:
-        self.setup()
-        images, labels = self.splits[split]
+        images, labels = self.raw(split)
         return self.resident_batches(images, labels, shuffle)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int = 0):
@@ -147,17 +170,24 @@ class ImageDataModule(ResidentDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         images, labels = batch
-        if images.dtype == torch.uint8:
-            images = images.float().div_(255.0)
-        return images, labels
+        return float_images(images), labels
 
-    # -- helpers for the models' images ------------------------------------------------------
-    def fixed_batch(self, split: str = "val", n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first n images of a split as floats in [0, 1]: the same images every epoch."""
+    # -- the data face -----------------------------------------------------------------------
+    def raw(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of a split as stored: uint8 (N, C, H, W) and int64 (N,), on the device.
+        Read-only; for consumers that stream over a whole split (convert chunks with
+        float_images)."""
+        check_choice("split", split, SPLITS)
         self.setup()
-        images, labels = self.splits[split]
-        return images[:n].float() / 255.0, labels[:n]
+        return self._splits[split]
 
-    def split_size(self, split: str) -> int:
-        self.setup()
-        return len(self.splits[split][0])
+    def images(
+        self, split: str, n: int | None = None, label: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n images of a split (of class `label` if given; all when n is None) as floats
+        in [0, 1] on the device, with their labels: the same images every call."""
+        images, labels = self.raw(split)
+        if label is not None:
+            keep = labels == int(label)
+            images, labels = images[keep], labels[keep]
+        return float_images(images[:n]), labels[:n]

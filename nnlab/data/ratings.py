@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from nnlab.data.batches import TensorBatches
-from nnlab.data.datamodule import ResidentDataModule
-from nnlab.errors import ConfigError, DataError
+from nnlab.data.datamodule import SPLITS, ResidentDataModule
+from nnlab.errors import ConfigError, DataError, check_choice
 
 FORMATS = ("movielens", "synthetic")
 FILES = ("u.data", "ratings.csv")  # in the order they are looked for
@@ -43,16 +43,18 @@ def read_ratings_file(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
                 header = fh.readline().strip().lower().split(",")
             if header[:3] != ["userid", "movieid", "rating"]:
                 raise DataError(
-                    f"{path}: the first line is {','.join(header)!r}, expected the MovieLens header "
-                    "'userId,movieId,rating,timestamp'. Point dataset.data_dir at an unmodified MovieLens folder."
+                    f"{path}: the first line is {','.join(header)!r}, expected the MovieLens "
+                    "header 'userId,movieId,rating,timestamp'. Point dataset.data_dir at an "
+                    "unmodified MovieLens folder."
                 )
             table = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1, 2), ndmin=2)
         else:
             table = np.loadtxt(path, delimiter="\t", usecols=(0, 1, 2), ndmin=2)
     except (OSError, ValueError, IndexError) as err:
         raise DataError(
-            f"Cannot read {path}: {err}. MovieLens u.data is tab-separated `user item rating timestamp`; "
-            "ratings.csv is `userId,movieId,rating,timestamp` with a header. Replace the file with the original."
+            f"Cannot read {path}: {err}. MovieLens u.data is tab-separated `user item rating "
+            "timestamp`; ratings.csv is `userId,movieId,rating,timestamp` with a header. Replace "
+            "the file with the original."
         ) from err
     if len(table) == 0:
         raise DataError(f"{path} holds no ratings. Replace it with the original MovieLens file.")
@@ -64,7 +66,8 @@ def read_ratings_file(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def find_ratings_file(data_dir: str | Path) -> Path:
-    """u.data or ratings.csv in data_dir, or in one of its sub-folders (ml-100k/, ml-latest-small/ ...)."""
+    """u.data or ratings.csv in data_dir, or in one of its sub-folders (ml-100k/, ml-latest-small/
+    ...)."""
     data_dir = Path(data_dir).expanduser()
     folders = [data_dir] + (
         sorted(p for p in data_dir.iterdir() if p.is_dir()) if data_dir.is_dir() else []
@@ -74,18 +77,20 @@ def find_ratings_file(data_dir: str | Path) -> Path:
             if (folder / name).is_file():
                 return folder / name
     raise DataError(
-        f"No MovieLens ratings found in dataset.data_dir={data_dir.resolve()} (looked for {' or '.join(FILES)} "
-        "there and in its sub-folders). Download a MovieLens set from https://grouplens.org/datasets/movielens/ "
-        "(ml-100k has u.data; ml-latest-small and the newer sets have ratings.csv), unpack it, and pass "
-        "dataset.data_dir=/path/to/folder (or set NNLAB_DATA_DIR). For an offline demo use dataset=synthetic_ratings."
+        f"No MovieLens ratings found in dataset.data_dir={data_dir.resolve()} (looked for "
+        f"{' or '.join(FILES)} there and in its sub-folders). Download a MovieLens set from "
+        "https://grouplens.org/datasets/movielens/ (ml-100k has u.data; ml-latest-small and the "
+        "newer sets have ratings.csv), unpack it, and pass dataset.data_dir=/path/to/folder (or "
+        "set NNLAB_DATA_DIR). For an offline demo use dataset=synthetic_ratings."
     )
 
 
 def synthetic_ratings(
     n_users: int, n_items: int, rank: int, density: float, noise: float, seed: int
 ):
-    """Ratings 1..5 from a low-rank model: r = round(3 + user_bias + item_bias + u.v / sqrt(rank) + noise),
-    observed for a random `density` share of the (user, item) pairs (popular items more often)."""
+    """Ratings 1..5 from a low-rank model: r = round(3 + user_bias + item_bias + u.v / sqrt(rank) +
+    noise), observed for a random `density` share of the (user, item) pairs (popular items more
+    often)."""
     g = torch.Generator().manual_seed(seed)
     u, v = torch.randn(n_users, rank, generator=g), torch.randn(n_items, rank, generator=g)
     user_bias, item_bias = (
@@ -145,7 +150,8 @@ class CSR:
 
 
 class UserBatches:
-    """Batches of users (TensorBatches over user ids) turned into dense (inputs, targets) matrices."""
+    """Batches of users (TensorBatches over user ids) turned into dense (inputs, targets)
+    matrices."""
 
     def __init__(self, users: TensorBatches, inputs: CSR, targets: CSR, n_items: int):
         self.users, self.inputs, self.targets, self.n_items = users, inputs, targets, n_items
@@ -153,7 +159,8 @@ class UserBatches:
     def __len__(self) -> int:
         return len(self.users)
 
-    # the position within the epoch (TensorBatches' state): a mid-epoch resume continues where it stopped
+    # the position within the epoch (TensorBatches' state): a mid-epoch resume continues where it
+    # stopped
     def state_dict(self) -> dict:
         return self.users.state_dict()
 
@@ -185,18 +192,16 @@ class RatingsDataModule(ResidentDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        if format not in FORMATS:
-            raise ConfigError(
-                f"dataset.format='{format}' is unknown; use one of {', '.join(FORMATS)}."
-            )
+        check_choice("dataset.format", format, FORMATS)
         if (
             not 0 <= val_fraction < 1
             or not 0 < test_fraction < 1
             or val_fraction + test_fraction >= 1
         ):
             raise ConfigError(
-                f"dataset.val_fraction={val_fraction} and dataset.test_fraction={test_fraction} must be fractions "
-                "of each user's ratings that leave some for training, e.g. val_fraction=0.1 test_fraction=0.1."
+                f"dataset.val_fraction={val_fraction} and dataset.test_fraction={test_fraction} "
+                "must be fractions of each user's ratings that leave some for training, e.g. "
+                "val_fraction=0.1 test_fraction=0.1."
             )
         self.name, self.format, self.data_dir = name, format, Path(data_dir)
         self.levels = [float(x) for x in levels]
@@ -212,7 +217,7 @@ class RatingsDataModule(ResidentDataModule):
         )
         self.file: Path | None = None
         self.n_users = self.n_items = 0
-        self.splits: dict[str, CSR] = {}
+        self._ratings: dict[str, CSR] = {}  # one CSR matrix per split
         self.item_means: torch.Tensor | None = (
             None  # mean training rating of each item (rating units)
         )
@@ -232,7 +237,7 @@ class RatingsDataModule(ResidentDataModule):
         return read_ratings_file(self.file)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if self._ratings:
             return
         users, items, ratings = self._load()
         users = torch.from_numpy(np.unique(users, return_inverse=True)[1].reshape(-1))
@@ -245,13 +250,14 @@ class RatingsDataModule(ResidentDataModule):
         ) + 1  # 1..K
         split = self.split_per_user(users, self.val_fraction, self.test_fraction, self.split_seed)
         device = self.device
-        self.splits = {
+        self._ratings = {
             name: CSR(users[split == i], items[split == i], level[split == i], self.n_users).to(
                 device
             )
             for i, name in enumerate(("train", "val", "test"))
         }
-        # the item-mean baseline: each item's mean training rating (the global mean for unseen items)
+        # the item-mean baseline: each item's mean training rating (the global mean for unseen
+        # items)
         train = split == 0
         values = levels[level[train].long() - 1]
         sums = torch.zeros(self.n_items).index_add_(0, items[train], values)
@@ -264,7 +270,8 @@ class RatingsDataModule(ResidentDataModule):
     def split_per_user(
         users: torch.Tensor, val_fraction: float, test_fraction: float, seed: int
     ) -> torch.Tensor:
-        """0 (train), 1 (val) or 2 (test) for each rating: a seeded random share of each user's ratings."""
+        """0 (train), 1 (val) or 2 (test) for each rating: a seeded random share of each user's
+        ratings."""
         g = torch.Generator().manual_seed(seed)
         order = torch.argsort(torch.rand(len(users), generator=g))
         order = order[
@@ -282,13 +289,16 @@ class RatingsDataModule(ResidentDataModule):
         return torch.where(rank < n_test, 2, torch.where(rank < n_test + n_val, 1, 0))
 
     def _batches(self, split: str, shuffle: bool) -> UserBatches:
-        """Batches of users: each user's training ratings as input, the split's ratings as targets."""
-        self.setup()
+        """Batches of users: each user's training ratings as input, the split's ratings as
+        targets."""
         user_ids = torch.arange(self.n_users, device=self.device)
         users = self.resident_batches(user_ids, user_ids, shuffle)
-        return UserBatches(users, self.splits["train"], self.splits[split], self.n_items)
+        return UserBatches(users, self.ratings("train"), self.ratings(split), self.n_items)
 
-    def split_size(self, split: str) -> int:
-        """The number of ratings in a split."""
+    # -- the data face -----------------------------------------------------------------------
+    def ratings(self, split: str) -> CSR:
+        """The ratings of a split as a CSR matrix on the device (read-only): `items` and `levels`
+        (1..K) per rating, grouped by user; len() is the number of ratings."""
+        check_choice("split", split, SPLITS)
         self.setup()
-        return len(self.splits[split])
+        return self._ratings[split]

@@ -23,6 +23,12 @@ def _open(path: Path) -> bytes:
         with open(path, "rb") as fh:
             raw = fh.read()
         return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except PermissionError as err:  # not damaged: only unreadable for this user
+        raise DataError(
+            f"Cannot read {path}: permission denied ({err.strerror}). The file may be fine: make "
+            "it readable for this user (chmod a+r), or copy the dataset into a folder you own and "
+            "point dataset.data_dir at it."
+        ) from err
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise DataError(
             f"Cannot read {path}: {err}. The file is truncated or corrupt; delete it and let nnlab "
@@ -36,8 +42,9 @@ def read_idx(path: str | Path) -> torch.Tensor:
     data = _open(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
         raise DataError(
-            f"{path} is not an IDX file (bad magic number {data[:4].hex() or 'empty'}). "
-            "Point dataset.data_dir at the original MNIST-format files (train-images-idx3-ubyte[.gz] ...)."
+            f"{path} is not an IDX file (bad magic number {data[:4].hex() or 'empty'}). Point "
+            "dataset.data_dir at the original MNIST-format files (train-images-idx3-ubyte[.gz] "
+            "...)."
         )
     dtype, ndim = np.dtype(IDX_DTYPES[data[2]]), data[3]
     header = 4 + 4 * ndim
@@ -49,8 +56,9 @@ def read_idx(path: str | Path) -> torch.Tensor:
     expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(dims) != ndim or len(data) != expected:
         raise DataError(
-            f"{path} is truncated or corrupt: its header promises {expected} bytes, the file has {len(data)}. "
-            "Delete it and let nnlab fetch it again, or copy a good one into dataset.data_dir."
+            f"{path} is truncated or corrupt: its header promises {expected} bytes, the file has "
+            f"{len(data)}. Delete it and let nnlab fetch it again, or copy a good one into "
+            "dataset.data_dir."
         )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     return torch.from_numpy(array.astype(array.dtype.newbyteorder("="), copy=True))
@@ -84,8 +92,8 @@ def read_cifar_batch(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
     except (OSError, EOFError, KeyError, ValueError, TypeError, pickle.UnpicklingError) as err:
         raise DataError(
-            f"{path} is not a readable CIFAR-10 python batch ({type(err).__name__}: {err}). "
-            "Use the original cifar-10-python.tar.gz contents (data_batch_1..5, test_batch)."
+            f"{path} is not a readable CIFAR-10 python batch ({type(err).__name__}: {err}). Use "
+            "the original cifar-10-python.tar.gz contents (data_batch_1..5, test_batch)."
         ) from err
     if len(images) != len(labels):
         raise DataError(

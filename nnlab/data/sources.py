@@ -1,4 +1,5 @@
-"""Where the data comes from, in order: dataset.data_dir, Debian's package folder, torchvision's download.
+"""Where the data comes from, in order: dataset.data_dir, Debian's package folder, torchvision's
+download.
 
 `locate()` returns the folder holding the files, or raises one DataError that names all three
 sources and how to fix each. `load_splits()` reads the official train and test splits.
@@ -20,7 +21,8 @@ IDX_FILES = {
 }
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-# `make data` unpacks data files shipped inside pinned pip wheels (aeon, statsmodels, scikit-learn...)
+# `make data` unpacks data files shipped inside pinned pip wheels (aeon, statsmodels,
+# scikit-learn...)
 # into the venv: <venv>/share/nnlab/<package>-<version>/ (`make clean` removes them with the venv).
 PACKAGED_DATA = Path(sys.prefix) / "share" / "nnlab"
 # Debian's packages put real datasets here (apt-get install dataset-fashion-mnist).
@@ -102,17 +104,16 @@ def locate(
         else (f"{CIFAR_DIR}/" + ", ".join(CIFAR_FILES["train"] + CIFAR_FILES["test"]))
     )
     debian_line = (
-        f"(2) Debian's package folder {debian}: not there - install it with "
-        f"`apt-get install dataset-{name.replace('_', '-')}` (as root; `make setup` does this);"
+        f"(2) Debian's package folder {debian}: not there - install it with `apt-get install "
+        f"dataset-{name.replace('_', '-')}` (as root; `make setup` does this);"
         if debian is not None
         else f"(2) Debian's package folder: Debian ships no package for {name};"
     )
     raise DataError(
-        f"Dataset '{name}' not found. Tried, in order: "
-        f"(1) dataset.data_dir={data_dir.resolve()}: no {files} there - copy the files in, or pass "
-        f"dataset.data_dir=/path/to/folder (or set NNLAB_DATA_DIR); "
-        f"{debian_line} "
-        f"(3) torchvision's download: {why} - connect to the internet once and keep dataset.download=true."
+        f"Dataset '{name}' not found. Tried, in order: (1) dataset.data_dir={data_dir.resolve()}: "
+        f"no {files} there - copy the files in, or pass dataset.data_dir=/path/to/folder (or set "
+        f"NNLAB_DATA_DIR); {debian_line} (3) torchvision's download: {why} - connect to the "
+        "internet once and keep dataset.download=true."
     )
 
 
@@ -135,14 +136,16 @@ def load_splits(name: str, fmt: str, folder: Path) -> dict[str, tuple[torch.Tens
         if images.dtype != torch.uint8 or len(images) != len(labels):
             raise DataError(
                 f"{folder}: the {split} split has {len(images)} images of type {images.dtype} and "
-                f"{len(labels)} labels; expected as many uint8 images as labels. The files are corrupt."
+                f"{len(labels)} labels; expected as many uint8 images as labels. The files are "
+                "corrupt."
             )
         splits[split] = (images, labels)
     return splits
 
 
 def synthetic_splits(shape, num_classes: int, n_train: int, n_test: int, seed: int):
-    """Random images with class structure: each class has a random template, images are template + noise."""
+    """Random images with class structure: each class has a random template, images are template +
+    noise."""
     g = torch.Generator().manual_seed(seed)
     templates = torch.rand((num_classes, *shape), generator=g)
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import torch
 
+from nnlab.data.datamodule import float_images
+
 
 class PCA:
-    """x (N, d) -> codes (N, k) = (x - mean) @ components.T -> reconstruction codes @ components + mean."""
+    """x (N, d) -> codes (N, k) = (x - mean) @ components.T -> reconstruction codes @ components +
+    mean."""
 
     def __init__(self, k: int):
         if k < 1:
@@ -22,11 +25,11 @@ class PCA:
         self.k = int(k)
         self.mean: torch.Tensor | None = None
         self.components: torch.Tensor | None = None  # (k, d), orthonormal rows
-        self.explained_variance: torch.Tensor | None = None  # (k,), largest first
 
     @torch.no_grad()
     def fit(self, x: torch.Tensor, chunk: int = 8192, exact_max_dim: int = 1024) -> PCA:
-        """x: (N, d) or images (N, C, H, W), floats or uint8 (uint8 is taken as /255).
+        """x: (N, d) or images (N, C, H, W), floats or stored uint8 images (converted in chunks by
+        the data face's float_images).
 
         Exact where it is cheap: the SVD of the centred data when N <= d, the eigen-decomposition of
         the d x d covariance (accumulated in chunks, solved in float64) when d <= exact_max_dim.
@@ -36,34 +39,33 @@ class PCA:
         n, d = x.shape
         k = min(self.k, d, n)
         if n <= d:
-            xf = _float(x).double()
+            xf = float_images(x).double()
             mean = xf.mean(0)
-            _, s, vt = torch.linalg.svd(xf - mean, full_matrices=False)
-            components, variance = vt[:k], s[:k] ** 2 / max(n - 1, 1)
+            _, _, vt = torch.linalg.svd(xf - mean, full_matrices=False)
+            components = vt[:k]
         elif d <= exact_max_dim:
             mean = torch.zeros(d, dtype=torch.float64, device=x.device)
             for i in range(0, n, chunk):
-                mean += _float(x[i : i + chunk]).double().sum(0)
+                mean += float_images(x[i : i + chunk]).double().sum(0)
             mean /= n
             cov = torch.zeros(d, d, dtype=torch.float64, device=x.device)
             for i in range(0, n, chunk):
-                xc = _float(x[i : i + chunk]) - mean.float()
+                xc = float_images(x[i : i + chunk]) - mean.float()
                 cov += (xc.T @ xc).double()
             evals, evecs = torch.linalg.eigh(cov / max(n - 1, 1))  # ascending
             top = torch.argsort(evals, descending=True)[:k]
-            components, variance = evecs[:, top].T, evals[top]
+            components = evecs[:, top].T
         else:
-            xf = _float(x)
+            xf = float_images(x)
             mean = xf.mean(0)
-            _, s, v = torch.pca_lowrank(xf, q=min(2 * k + 10, d, n), center=True, niter=6)
-            components, variance = v[:, :k].T, s[:k] ** 2 / max(n - 1, 1)
+            _, _, v = torch.pca_lowrank(xf, q=min(2 * k + 10, d, n), center=True, niter=6)
+            components = v[:, :k].T
         self.mean = mean.float()
         self.components = components.contiguous().float()
-        self.explained_variance = variance.float()
         return self
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return (_float(_flat(x)) - self.mean) @ self.components.T
+        return (float_images(_flat(x)) - self.mean) @ self.components.T
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return codes @ self.components + self.mean
@@ -73,14 +75,11 @@ class PCA:
         return self.decode(self.encode(x)).view(x.shape)
 
     def mse(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean squared reconstruction error per pixel (the same figure as an autoencoder's test/mse)."""
-        x = _float(x)
+        """Mean squared reconstruction error per pixel (the same figure as an autoencoder's
+        test/mse)."""
+        x = float_images(x)
         return torch.mean((self.reconstruct(x) - x) ** 2)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(len(x), -1)
-
-
-def _float(x: torch.Tensor) -> torch.Tensor:
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()

@@ -8,10 +8,10 @@ reconstruction loss, logging, and the analyses every autoencoder logs); each mod
     stacked_ae  greedy layer-wise pre-training of a stack of autoencoders, then a softmax
                 layer on top of the stacked encoder, fine-tuned with labels
 
-Analyses logged by every autoencoder (base-class hooks, so subclasses inherit them):
-  `reconstructions` grid of fixed validation images each epoch; `test/mse` and the PCA baseline
-  `test/pca_mse` (as many components as the code, fitted on the training split); the test codes
-  in TensorBoard's embedding projector (labels and thumbnails); `latent` scatter when latent_dim == 2.
+Measured by every autoencoder: `test/mse` and the PCA baseline `test/pca_mse` (as many components
+as the code, fitted on the training split). Its figures (nnlab/figures/autoencoders.py) draw from
+the hooks here: `reconstructions` (reconstruction_rows), the `latent` scatter when latent_dim == 2
+and the test codes in TensorBoard's embedding projector (encode).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnlab import viz
-from nnlab.errors import ConfigError, NNLabError
+from nnlab.data.datamodule import float_images
+from nnlab.errors import ConfigError, NNLabError, check_choice
 from nnlab.metrics.pca import PCA
 from nnlab.models.base import NNLabModule
 from nnlab.nets import NETS, build_decoder, build_encoder
@@ -33,10 +34,12 @@ log = logging.getLogger("nnlab")
 LOSSES = ("mse", "bce", "l1")
 SPARSITIES = ("kl", "l1")
 CORRUPTIONS = ("gaussian", "masking", "salt_pepper")
-N_STORED = 256  # test images kept in checkpoints, so `sample_grid` works from a checkpoint alone
+N_STORED = (
+    256  # test images (uint8) kept in checkpoints: `sample_grid` works from a checkpoint alone
+)
 
 
-# -- the losses, as in the literature ---------------------------------------------------------------
+# -- the losses, as in the literature --------------------------------------------------------------
 def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
     """Mean per-pixel reconstruction loss; the decoder outputs logits, images are in [0, 1]."""
     if kind == "bce":
@@ -62,7 +65,8 @@ def l1_sparsity(h: torch.Tensor) -> torch.Tensor:
 
 def contractive_penalty_sigmoid(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """||J_f(x)||_F^2 in closed form for one sigmoid layer h = s(W x + b) (Rifai et al. 2011):
-    dh_j/dx_i = h_j (1 - h_j) W_ji, so ||J||_F^2 = sum_j (h_j (1 - h_j))^2 sum_i W_ji^2. Batch mean."""
+    dh_j/dx_i = h_j (1 - h_j) W_ji, so ||J||_F^2 = sum_j (h_j (1 - h_j))^2 sum_i W_ji^2. Batch
+    mean."""
     return ((h * (1 - h)) ** 2 @ weight.pow(2).sum(1)).mean()
 
 
@@ -96,76 +100,20 @@ def corrupt(
     hit = rand(pixels) < level
     if kind == "masking":
         return x.masked_fill(hit, 0.0)
-    if kind == "salt_pepper":
-        salt = (rand(pixels) < 0.5).to(x.dtype).expand_as(x)
-        return torch.where(hit, salt, x)
-    raise ConfigError(f"model.corruption='{kind}' is unknown; use one of {', '.join(CORRUPTIONS)}.")
+    check_choice("model.corruption", kind, CORRUPTIONS)
+    salt = (rand(pixels) < 0.5).to(x.dtype).expand_as(x)  # salt_pepper
+    return torch.where(hit, salt, x)
 
 
 def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB for images in [0, 1]: 10 log10(1 / MSE), per image, averaged."""
+    """Peak signal-to-noise ratio in dB for images in [0, 1]: 10 log10(1 / MSE), per image,
+    averaged."""
     mse = (x_hat - x).pow(2).flatten(1).mean(1).clamp_min(1e-10)
     return (-10 * torch.log10(mse)).mean()
 
 
-# -- pictures -----------------------------------------------------------------------------------------
-PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (127, 127, 127),
-    (188, 189, 34),
-    (23, 190, 207),
-]
-
-
-def scatter_image(
-    points: torch.Tensor, labels: torch.Tensor, classes, size: int = 360
-) -> torch.Tensor:
-    """2-D codes as a (3, H, W) scatter plot coloured by class, with a legend (PIL, no matplotlib)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    pts, labels = points.detach().float().cpu(), labels.cpu().tolist()
-    lo, hi = pts.min(0).values, pts.max(0).values
-    margin = 8
-    xy = (pts - lo) / (hi - lo).clamp_min(1e-8) * (size - 2 * margin) + margin
-    image = Image.new("RGB", (size + 120, size), "white")
-    draw = ImageDraw.Draw(image)
-    for (px, py), c in zip(xy.tolist(), labels):
-        py = size - py
-        draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=PALETTE[c % len(PALETTE)])
-    for i, name in enumerate(classes):
-        y = 8 + 14 * i
-        draw.rectangle([size + 6, y + 2, size + 14, y + 10], fill=PALETTE[i % len(PALETTE)])
-        draw.text((size + 18, y), str(name), fill=(0, 0, 0))
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
-
-
-def paired_grid(batches: list[torch.Tensor], per_row: int = 8) -> torch.Tensor:
-    """Equally long batches (e.g. inputs and reconstructions) as blocks of rows of `per_row`:
-    images 0-7 of each batch, then images 8-15 of each batch, ..."""
-    n = len(batches[0])
-    per_row = max(1, min(per_row, n))
-    chunks = []
-    for i in range(0, n, per_row):
-        for b in batches:
-            c = b[i : i + per_row]
-            chunks.append(torch.cat([c, c.new_ones(per_row - len(c), *c.shape[1:])]))
-    return viz.grid(torch.cat(chunks), nrow=per_row)
-
-
-def _as_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-
-
-# -- the base class -------------------------------------------------------------------------------------
+# -- the base class -------------------------------------------------------------------------
 class AutoencoderBase(NNLabModule):
-    family = "autoencoder"
     reconstructs = True  # False: the model ends as a classifier (no reconstruction figures)
 
     def __init__(
@@ -181,21 +129,20 @@ class AutoencoderBase(NNLabModule):
         **kwargs,
     ):
         super().__init__(name, **kwargs)
-        if net not in NETS:
-            raise ConfigError(f"model.net='{net}' is unknown; use one of {', '.join(NETS)}.")
-        if loss not in LOSSES:
-            raise ConfigError(f"model.loss='{loss}' is unknown; use one of {', '.join(LOSSES)}.")
+        check_choice("model.net", net, NETS)
+        check_choice("model.loss", loss, LOSSES)
         self.loss_kind, self.n_log_images, self.n_embed = loss, int(n_log_images), int(n_embed)
         self.net_kind, self.latent_dim = net, int(latent_dim)
         widths = list(channels) if net == "conv" else list(hidden_dims)
         self.encoder, self.decoder = self.build_nets(net, widths, self.latent_dim)
         self.pca: PCA | None = None
-        self.stored_images: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.stored_images: tuple[torch.Tensor, torch.Tensor] | None = None  # uint8, labels
 
     def build_nets(
         self, net: str, widths: list[int], latent_dim: int
     ) -> tuple[nn.Module, nn.Module]:
-        """(encoder, decoder); `widths` are the MLP widths (net=mlp) or the conv channels (net=conv)."""
+        """(encoder, decoder); `widths` are the MLP widths (net=mlp) or the conv channels
+        (net=conv)."""
         return (
             build_encoder(net, self.input_shape, widths, latent_dim),
             build_decoder(net, latent_dim, widths, self.input_shape),
@@ -219,7 +166,8 @@ class AutoencoderBase(NNLabModule):
         return {"loss": recon}
 
     def batch_terms(self, batch) -> dict[str, torch.Tensor]:
-        """The training objective from a whole (images, labels) batch; autoencoders ignore the labels."""
+        """The training objective from a whole (images, labels) batch; autoencoders ignore the
+        labels."""
         return self.loss_terms(batch[0])
 
     def eval_terms(self, batch, stage: str) -> dict[str, torch.Tensor]:
@@ -231,156 +179,68 @@ class AutoencoderBase(NNLabModule):
             terms["pca_mse"] = self.pca.mse(x)
         return terms
 
-    def reconstruction_rows(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The rows of the `reconstructions` grid: inputs above their reconstructions."""
-        return [x, self(x)]
-
-    # -- the Lightning steps ---------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
+    def step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         terms = self.batch_terms(batch)
-        for key, value in terms.items():
-            self.log(
-                f"train/{key}",
-                value,
-                on_step=True,
-                on_epoch=False,
-                prog_bar=key == "loss",
-                batch_size=len(batch[0]),
-            )
-        return terms["loss"]
-
-    def _eval_step(self, batch, stage: str):
-        terms = self.batch_terms(batch)
-        terms.update(self.eval_terms(batch, stage))
-        for key, value in terms.items():
-            self.log(
-                f"{stage}/{key}",
-                value,
-                on_epoch=True,
-                prog_bar=stage == "val" and key == "loss",
-                batch_size=len(batch[0]),
-            )
+        if stage != "train":
+            terms.update(self.eval_terms(batch, stage))
         return terms
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    # -- the analyses every autoencoder logs -----------------------------------------------------
-    @torch.no_grad()
-    def on_validation_epoch_end(self):
-        if self.datamodule is None or self.trainer.sanity_checking:
-            return
-        if self.reconstructs:
-            x, _ = self.datamodule.fixed_batch("val", self.n_log_images)
-            viz.log_image(
-                self, "reconstructions", viz.rows(*self.reconstruction_rows(x.to(self.device)))
-            )
-        if self.latent_dim == 2:
-            codes, labels, _ = self.codes("val", self.n_embed or 1000)
-            viz.log_image(self, "latent", scatter_image(codes, labels, self.datamodule.classes))
 
     @torch.no_grad()
     def on_test_start(self):
         """Fit the PCA baseline on the training split, with as many components as the code."""
         if self.datamodule is None or not self.reconstructs:
             return
-        train_images = self.datamodule.splits["train"][0]
+        train_images, _ = self.datamodule.raw("train")
         self.pca = PCA(min(self.latent_dim, train_images[0].numel())).fit(train_images)
 
-    @torch.no_grad()
-    def on_test_epoch_end(self):
-        if self.datamodule is None:
-            return
-        experiments = self.tensorboards()
-        if self.n_embed > 0 and experiments:
-            codes, labels, images = self.codes("test", self.n_embed)
-            names = [str(self.datamodule.classes[i]) for i in labels.tolist()]
-            thumbs = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-            for exp in experiments:
-                exp.add_embedding(
-                    codes.cpu(),
-                    metadata=names,
-                    label_img=thumbs.cpu(),
-                    global_step=self.global_step,
-                    tag="test_codes",
-                )
-        if self.latent_dim == 2:
-            codes, labels, _ = self.codes("test", self.n_embed or 1000)
-            viz.log_image(self, "latent", scatter_image(codes, labels, self.datamodule.classes))
+    # -- what the figures draw, and `nnlab sample` -----------------------------------------------
+    def reconstruction_rows(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """The rows of the `reconstructions` grid: inputs above their reconstructions."""
+        return [x, self(x)] if self.reconstructs else None
 
-    @torch.no_grad()
-    def codes(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """encode() of the first n images of a split: (codes, labels, images in [0, 1])."""
-        images, labels = self.datamodule.splits[split]
-        images, labels = _as_float(images[:n]).to(self.device), labels[:n]
-        step = self.datamodule.eval_batch_size
-        codes = torch.cat([self.encode(images[i : i + step]) for i in range(0, len(images), step)])
-        return codes, labels, images
-
-    def tensorboards(self) -> list:
-        """The TensorBoard SummaryWriters of this run (rank 0 only)."""
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None or not trainer.is_global_zero:
-            return []
-        return [
-            lg.experiment
-            for lg in trainer.loggers
-            if hasattr(getattr(lg, "experiment", None), "add_embedding")
-        ]
-
-    # -- images from a trained model (`nnlab sample`) --------------------------------------------
     @torch.no_grad()
     def sample_grid(self, n: int = 64, label=None, interpolate: bool = False) -> torch.Tensor:
         """A (3, H, W) image in [0, 1]: fixed test images above their reconstructions (blocks of 8
         per row), or with interpolate=True rows that decode the straight line between the codes of
         two test images. `label` picks the test images of one class."""
-        was_training = self.training
-        self.eval()
-        try:
+        with viz.eval_mode(self):
             if not interpolate:
-                x = self.test_images(n, label)
-                return paired_grid(self.reconstruction_rows(x))
+                return viz.paired_grid(self.reconstruction_rows(self.test_images(n, label)))
             steps = 8
             x = self.test_images(2 * max(1, n // steps), label)
             pairs = len(x) // 2
             z1, z2 = self.encode(x[:pairs]), self.encode(x[pairs : 2 * pairs])
             t = torch.linspace(0, 1, steps, device=self.device).view(1, steps, 1)
             z = (1 - t) * z1[:, None] + t * z2[:, None]  # (pairs, steps, latent)
-            walk = torch.sigmoid(self.decode_logits(z.flatten(0, 1)))
-            return viz.grid(walk, nrow=steps)
-        finally:
-            self.train(was_training)
+            return viz.grid(torch.sigmoid(self.decode_logits(z.flatten(0, 1))), nrow=steps)
 
     def test_images(self, n: int, label=None) -> torch.Tensor:
-        """The first n test images (of class `label`), from the datamodule or from the checkpoint."""
+        """The first n test images (of class `label`) in [0, 1], from the datamodule or from the
+        checkpoint."""
         if self.datamodule is not None:
-            images, labels = self.datamodule.splits["test"]
+            images, _ = self.datamodule.images("test", n, label)
         elif self.stored_images is not None:
             images, labels = self.stored_images
+            if label is not None:
+                images = images[labels == int(label)]
+            images = float_images(images)
         else:
             raise NNLabError(
                 "This model has no test images to reconstruct: load it from an nnlab checkpoint "
                 "(they keep a few test images) or attach it to a trainer with its datamodule."
             )
-        if label is not None:
-            keep = labels == int(label)
-            if not bool(keep.any()):
-                raise ConfigError(
-                    f"label={label} has no test images; use a class index in 0..{int(labels.max())}."
-                )
-            images = images[keep.to(images.device)]
-        return _as_float(images[:n]).to(self.device)
+        if len(images) == 0:
+            raise ConfigError(f"label={label} has no test images; use a class index they hold.")
+        return images[:n].to(self.device)
 
     def on_save_checkpoint(self, checkpoint):
-        dm = self.datamodule
-        if dm is not None and dm.splits:
-            images, labels = dm.splits["test"]
+        """A compact copy of the first test images (not a view: a view would save the whole
+        split's storage)."""
+        if self.datamodule is not None:
+            images, labels = self.datamodule.raw("test")
             checkpoint["nnlab_test_images"] = {
-                "images": images[:N_STORED].cpu(),
-                "labels": labels[:N_STORED].cpu(),
+                "images": images[:N_STORED].cpu().clone(),
+                "labels": labels[:N_STORED].cpu().clone(),
             }
 
     def on_load_checkpoint(self, checkpoint):
@@ -401,13 +261,11 @@ class SparseAE(AutoencoderBase):
 
     def __init__(self, name, sparsity="kl", rho=0.05, beta=1e-3, l1_weight=1e-3, **kwargs):
         super().__init__(name, **kwargs)
-        if sparsity not in SPARSITIES:
-            raise ConfigError(
-                f"model.sparsity='{sparsity}' is unknown; use one of {', '.join(SPARSITIES)}."
-            )
+        check_choice("model.sparsity", sparsity, SPARSITIES)
         if not 0 < rho < 1:
             raise ConfigError(
-                f"model.rho={rho} must be a target activation strictly between 0 and 1, e.g. model.rho=0.05."
+                f"model.rho={rho} must be a target activation strictly between 0 and 1, e.g. "
+                "model.rho=0.05."
             )
         self.sparsity, self.rho, self.beta, self.l1_weight = (
             sparsity,
@@ -430,16 +288,6 @@ class SparseAE(AutoencoderBase):
             loss = recon + self.l1_weight * penalty
         return {"loss": loss, "recon": recon, "sparsity": penalty, "rho_hat": rho_hat.mean()}
 
-    @torch.no_grad()
-    def on_validation_epoch_end(self):
-        super().on_validation_epoch_end()
-        if self.datamodule is None or self.trainer.sanity_checking:
-            return
-        x, _ = self.datamodule.fixed_batch("val", 512)
-        h = self.encode(x.to(self.device))
-        for exp in self.tensorboards():
-            exp.add_histogram("hidden_activations", h.flatten().cpu(), self.global_step)
-
 
 class DAE(AutoencoderBase):
     """Denoising autoencoder (Vincent et al. 2008): L = recon(x, g(f(x~))), x~ ~ corrupt(x).
@@ -447,14 +295,11 @@ class DAE(AutoencoderBase):
 
     def __init__(self, name, corruption="gaussian", noise_level=0.5, **kwargs):
         super().__init__(name, **kwargs)
-        if corruption not in CORRUPTIONS:
-            raise ConfigError(
-                f"model.corruption='{corruption}' is unknown; use one of {', '.join(CORRUPTIONS)}."
-            )
+        check_choice("model.corruption", corruption, CORRUPTIONS)
         if noise_level < 0 or (corruption != "gaussian" and noise_level > 1):
             raise ConfigError(
-                f"model.noise_level={noise_level} is out of range: sigma >= 0 for gaussian, a fraction "
-                "in [0, 1] for masking and salt_pepper."
+                f"model.noise_level={noise_level} is out of range: sigma >= 0 for gaussian, a "
+                "fraction in [0, 1] for masking and salt_pepper."
             )
         self.corruption, self.noise_level = corruption, float(noise_level)
 
@@ -483,9 +328,9 @@ class DAE(AutoencoderBase):
 
 
 class CAE(AutoencoderBase):
-    """Contractive autoencoder (Rifai et al. 2011): L = recon + lam * ||J_f(x)||_F^2, h = f(x) sigmoid.
-    The Frobenius norm is in closed form for a one-layer encoder (hidden_dims: [] and net=mlp), and by
-    autograd (one backward pass per code unit) for deeper ones."""
+    """Contractive autoencoder (Rifai et al. 2011): L = recon + lam * ||J_f(x)||_F^2, h = f(x)
+    sigmoid. The Frobenius norm is in closed form for a one-layer encoder (hidden_dims: [] and
+    net=mlp), and by autograd (one backward pass per code unit) for deeper ones."""
 
     def __init__(self, name, lam=1e-2, **kwargs):
         super().__init__(name, **kwargs)
@@ -508,10 +353,11 @@ class CAE(AutoencoderBase):
 
 
 class StackedAE(AutoencoderBase):
-    """Stacked autoencoder (Bengio et al. 2007): layer k is an autoencoder h_k = s(W_k h_{k-1} + b_k),
-    trained greedily on the codes of layer k-1 (`pretrain_epochs` each, before fit); then the stacked
-    encoder plus a softmax layer is fine-tuned with labels (cross-entropy). pretrain=false trains the
-    same classifier from scratch. The code is the top layer (latent_dim units)."""
+    """Stacked autoencoder (Bengio et al. 2007): layer k is an autoencoder h_k = s(W_k h_{k-1} +
+    b_k),
+    trained greedily on the codes of layer k-1 (`pretrain_epochs` each, before fit); then the
+    stacked encoder plus a softmax layer is fine-tuned with labels (cross-entropy). pretrain=false
+    trains the same classifier from scratch. The code is the top layer (latent_dim units)."""
 
     reconstructs = False
 
@@ -568,55 +414,51 @@ class StackedAE(AutoencoderBase):
     def eval_terms(self, batch, stage):
         return {}
 
-    # -- greedy layer-wise pre-training -----------------------------------------------------------------
+    # -- greedy layer-wise pre-training ---------------------------------------------------------
     def on_fit_start(self):
         if self.pretrain and not bool(self.pretrained) and self.datamodule is not None:
-            self.greedy_pretrain(self.datamodule.splits["train"][0], self.datamodule.batch_size)
+            self.greedy_pretrain(self.datamodule.raw("train")[0], self.datamodule.batch_size)
 
     def greedy_pretrain(self, images: torch.Tensor, batch_size: int) -> list[list[float]]:
-        """Train autoencoder k on the codes of layers 1..k-1 (frozen), for each k in turn. Returns (and
-        keeps) each layer's mean reconstruction loss: before training, then after each epoch."""
+        """Train autoencoder k on the codes of layers 1..k-1 (frozen), for each k in turn. Returns
+        (and keeps) each layer's mean reconstruction loss: before training, then after each epoch.
+        `images`: the stored (uint8) training images, converted per batch."""
         self.train()
-        data = images.flatten(1)  # layer 1 reads pixels (uint8 on the device, converted per batch)
+        data = images.flatten(1)  # layer 1 reads pixels
         generator = torch.Generator().manual_seed(0)
         self.pretrain_history = []
-        for k, (enc, dec) in enumerate(zip(self.encoder, self.decoder), start=1):
-            optimizer = torch.optim.Adam(
-                [*enc.parameters(), *dec.parameters()], lr=self.pretrain_lr
-            )
-
-            def layer_loss(v):
-                return reconstruction_loss(dec(enc(v)), v, self.loss_kind)
-
-            with torch.no_grad():
-                history = [float(layer_loss(_as_float(data[: 4 * batch_size])))]
-            for epoch in range(self.pretrain_epochs):
-                order = torch.randperm(len(data), generator=generator).to(data.device)
-                total, batches = 0.0, 0
-                for i in range(0, len(data), batch_size):
-                    loss = layer_loss(_as_float(data[order[i : i + batch_size]]))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total, batches = total + loss.detach(), batches + 1
-                history.append(float(total / batches))
-                log.info(
-                    "pre-training layer %d, epoch %d: reconstruction loss %.5f",
-                    k,
-                    epoch + 1,
-                    history[-1],
-                )
-                for exp in self.tensorboards():
-                    exp.add_scalar(f"pretrain/layer{k}_loss", history[-1], epoch + 1)
-            self.pretrain_history.append(history)
+        for k, enc in enumerate(self.encoder, start=1):
+            self.pretrain_history.append(self.pretrain_layer(k, data, batch_size, generator))
             with torch.no_grad():  # the codes of this layer are the data of the next
-                data = torch.cat(
-                    [enc(_as_float(data[i : i + 4096])) for i in range(0, len(data), 4096)]
-                )
+                data = torch.cat([enc(float_images(chunk)) for chunk in data.split(4096)])
         self.pretrained.fill_(True)
-        if self.datamodule is not None:  # the pre-trained stack as a deep autoencoder
-            with torch.no_grad():
-                x, _ = self.datamodule.fixed_batch("val", self.n_log_images)
-                x = x.to(self.device)
-                viz.log_image(self, "pretrain_reconstructions", viz.rows(x, self(x)), step=0)
         return self.pretrain_history
+
+    def pretrain_layer(self, k: int, data, batch_size: int, generator) -> list[float]:
+        """Layer k as an autoencoder of `data` for pretrain_epochs: its loss before, after each
+        epoch."""
+        enc, dec = self.encoder[k - 1], self.decoder[k - 1]
+        optimizer = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=self.pretrain_lr)
+
+        def layer_loss(v):
+            v = float_images(v)
+            return reconstruction_loss(dec(enc(v)), v, self.loss_kind)
+
+        with torch.no_grad():
+            history = [float(layer_loss(data[: 4 * batch_size]))]
+        for epoch in range(1, self.pretrain_epochs + 1):
+            order = torch.randperm(len(data), generator=generator).to(data.device)
+            total = 0.0
+            for idx in order.split(batch_size):
+                loss = layer_loss(data[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total = total + loss.detach()
+            history.append(float(total / len(order.split(batch_size))))
+            log.info(
+                "pre-training layer %d, epoch %d: reconstruction loss %.5f", k, epoch, history[-1]
+            )
+            for logger in self.loggers:
+                logger.log_metrics({f"pretrain/layer{k}_loss": history[-1]}, step=epoch)
+        return history

@@ -1,16 +1,22 @@
-"""NNLabModule: what every nnlab LightningModule shares.
+"""NNLabModule: what every nnlab LightningModule shares - the step contract and the protocol that
+training, `nnlab eval`, `nnlab sample` and the figure callbacks rely on.
+
+The step contract: a model defines `step(batch, stage) -> {name: scalar tensor or torchmetrics
+Metric}` for stage "train", "val" or "test"; the base's training_step/validation_step/test_step
+call it and log every entry as f"{stage}/{name}" by one rule (`log_terms`). Training minimises
+terms["objective"] when the step returns one (e.g. a warmed-up KL weight), else terms["loss"].
+Manual-optimisation families (GANs, RBMs) write their own training_step and reuse the rest.
+`step` takes no batch index: a step that needs a counter reads `self.batch_index`.
 
 The optimiser and the optional scheduler come from the model's YAML as plain specs
-({_target_: torch.optim.Adam, lr: 1e-3}) and are built in configure_optimizers. All
-constructor arguments are saved as hyper-parameters (plain Python types, so checkpoints
-load with torch.load(weights_only=True)).
+({_target_: torch.optim.Adam, lr: 1e-3}) and are built in configure_optimizers. All constructor
+arguments are saved as hyper-parameters (plain Python types, so checkpoints load with
+torch.load(weights_only=True)).
 
-Speed: `self.log` of a per-step training scalar (on_step=True, on_epoch=False) is passed on to
-Lightning only on the steps its loggers write (every trainer.log_every_n_steps) - the values
-of the other steps are thrown away by Lightning anyway, after costing ~10% of a small model's
-step on the CPU. `compile: true` compiles every child net with torch.compile (nn.Module.compile,
-so checkpoints keep their keys). Lightning's per-hook bookkeeping attribute skips nn.Module's
-__setattr__ checks (~0.1 ms a step).
+Speed: per-step training scalars are logged only on the steps the loggers write (every
+trainer.log_every_n_steps, `self.logging_step`): the values of the other steps would be thrown
+away by Lightning after costing ~10% of a small model's step on the CPU. `compile: true` compiles
+every child net with torch.compile (nn.Module.compile, so checkpoints keep their keys).
 """
 
 from __future__ import annotations
@@ -18,48 +24,52 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
+from torchmetrics import Metric
 
+from nnlab import lightning_compat as compat
 from nnlab.errors import ConfigError
 
-# the hooks of one training step: a scalar logged there with on_step (their default) is written every log_every_n_steps
-PER_STEP_HOOKS = frozenset(
-    {
-        "training_step",
-        "on_before_backward",
-        "on_after_backward",
-        "on_before_optimizer_step",
-        "on_before_zero_grad",
-    }
-)
-# Adam and AdamW run as one fused kernel over all parameters unless the spec says otherwise (fused/foreach):
-# on this CPU a 200k-parameter Adam step took 0.33 ms fused against 1.25 ms with torch's per-tensor default
+# Adam and AdamW run as one fused kernel over all parameters unless the spec says otherwise
+# (fused/foreach): on this CPU a 200k-parameter Adam step took 0.33 ms fused against 1.25 ms with
+# torch's per-tensor default
 FUSABLE = frozenset({"torch.optim.Adam", "torch.optim.AdamW"})
 
 
 def build_optimizer(spec: dict, params) -> Any:
-    """The optimiser of a plain spec ({_target_: torch.optim.Adam, lr: 1e-3}), fused where torch offers it."""
+    """The optimiser of a plain spec ({_target_: torch.optim.Adam, lr: 1e-3}), fused where torch
+    offers it."""
     spec = dict(spec)
     if spec.get("_target_") in FUSABLE and "fused" not in spec and "foreach" not in spec:
         spec["fused"] = True
     return instantiate(spec, params=params)
 
 
-# the hooks of validation and test: their epoch-level scalars are averaged over the DDP ranks (once per epoch)
-EVAL_HOOKS = frozenset(
-    {"validation_step", "test_step", "on_validation_epoch_end", "on_test_epoch_end"}
-)
+class NNLabModule(compat.QuickHookName, pl.LightningModule):
+    """The base of every nnlab model. The protocol (what the rest of nnlab may call):
 
+    step(batch, stage)      the loss terms of one batch (see the module docstring)
+    sample_grid(n, label, interpolate)
+                            one (3, H, W) image in [0, 1] for `nnlab sample`; NotImplementedError
+                            where the family has no samples
+    extra_metrics           {name: float} computed at test time beyond the logged scalars
+                            (e.g. per-class accuracy), merged into metrics.json
+    figure hooks            reconstruction_rows(x), sample_images(): what the shared figure
+                            callbacks of nnlab/figures draw; None where there is nothing to draw
+    datamodule              the trainer's datamodule (its data face), or None outside a trainer
+    batch_index, logging_step
+                            the training step counter and whether this step is logged
+    """
 
-class NNLabModule(pl.LightningModule):
-    family = "base"
+    n_log_images = 16  # images per figure; models with the option set it from their YAML
 
     def __init__(
         self,
         name: str,
         optimizer: dict | None = None,
         scheduler: dict | None = None,
-        monitor: str = "val/loss",
+        monitor: str | None = "val/loss",
         monitor_mode: str = "min",
         input_shape=(1, 28, 28),
         compile: bool = False,
@@ -73,50 +83,84 @@ class NNLabModule(pl.LightningModule):
             raise ConfigError(
                 f"input_shape must be [channels, height, width], got {list(input_shape)}."
             )
+        self.monitor = monitor
         self.compile_nets, self._nets_compiled = bool(compile), False
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets this plain attribute before and after every hook it calls, ~40 times a training step;
-        # nn.Module.__setattr__ first checks for parameters, modules and buffers: 2.7 us against 0.3 us here
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
+        self.extra_metrics: dict[str, float] = {}
 
     def configure_model(self) -> None:
-        """model.compile=true: torch.compile each child net in place (once; state_dict keys unchanged)."""
+        """model.compile=true: torch.compile each child net in place (once; state_dict keys
+        unchanged)."""
         if self.compile_nets and not self._nets_compiled:
             for child in self.children():
                 child.compile()
             self._nets_compiled = True
 
+    # -- the step contract ---------------------------------------------------------------------
+    def step(self, batch, stage: str) -> dict[str, torch.Tensor | Metric]:
+        """The terms of one batch for stage "train", "val" or "test": "loss" and whatever else is
+        worth logging (scalar tensors, or torchmetrics Metrics updated here)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no step(batch, stage)")
+
+    def training_step(self, batch, batch_idx):
+        terms = self.step(batch, "train")
+        if self.logging_step:
+            self.log_terms("train", terms, len(batch[0]))
+        return terms["objective"] if "objective" in terms else terms["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        self.log_terms("val", self.step(batch, "val"), len(batch[0]))
+
+    def test_step(self, batch, batch_idx):
+        self.log_terms("test", self.step(batch, "test"), len(batch[0]))
+
+    def log_terms(self, stage: str, terms: dict, batch_size: int | None = None) -> None:
+        """The one logging rule: each term as f"{stage}/{name}"; training terms per step (call it on
+        the logged steps only: `if self.logging_step`), val/test terms per epoch, averaged over the
+        batches and the DDP ranks (Metrics synchronise themselves); the loss and the monitored
+        metric in the progress bar."""
+        train = stage == "train"
+        for key, value in terms.items():
+            name = f"{stage}/{key}"
+            self.log(
+                name,
+                value,
+                on_step=train,
+                on_epoch=not train,
+                prog_bar=key == "loss" or name == self.monitor,
+                batch_size=batch_size,
+                sync_dist=not train and not isinstance(value, Metric),
+            )
+
     @property
     def logging_step(self) -> bool:
-        """True on the training steps whose per-step scalars Lightning writes (every trainer.log_every_n_steps):
-        compute a per-step statistic only then (e.g. `if self.logging_step: self.log("train/grad_norm", ...)`)."""
-        trainer = getattr(self, "_trainer", None)
-        return (
-            trainer is None
-            or bool(trainer.fast_dev_run)
-            or trainer._logger_connector.should_update_logs
+        """True on the training steps whose per-step scalars the loggers write (every
+        trainer.log_every_n_steps): compute and log a per-step statistic only then."""
+        trainer = compat.trainer_of(self)
+        return trainer is None or compat.should_update_logs(trainer)
+
+    @property
+    def batch_index(self) -> int:
+        """The training batch being processed, counted from 0 over the whole fit (a resumed fit
+        continues the count); 0 outside a trainer."""
+        trainer = compat.trainer_of(self)
+        return 0 if trainer is None else compat.batch_index(trainer)
+
+    # -- the rest of the protocol --------------------------------------------------------------
+    def sample_grid(self, n: int = 64, label=None, interpolate: bool = False) -> torch.Tensor:
+        """One (3, H, W) image in [0, 1] for `nnlab sample`."""
+        raise NotImplementedError(
+            f"model {self.hparams.name} ({type(self).__name__}) has no samples to draw"
         )
 
-    def log(self, name: str, value: Any, *args, **kwargs) -> None:
-        """Lightning's log, minus the per-step training scalars that Lightning would not write anyway; the
-        epoch-level validation and test scalars are synchronised across DDP ranks unless told otherwise
-        (each rank sees its own shard: without it, rank 0 would report its shard alone)."""
-        if (
-            not args
-            and self._current_fx_name in PER_STEP_HOOKS
-            and kwargs.get("on_step") is not False
-            and not kwargs.get("on_epoch")
-            and not self.logging_step
-        ):
-            return
-        if not args and self._current_fx_name in EVAL_HOOKS and not kwargs.get("on_step"):
-            kwargs.setdefault("sync_dist", True)
-        super().log(name, value, *args, **kwargs)
+    def reconstruction_rows(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """Figure hook: the rows of the `reconstructions` grid for images x (inputs first)."""
+        return None
 
+    def sample_images(self) -> torch.Tensor | None:
+        """Figure hook: the images of the `samples` grid, from the same noise every epoch."""
+        return None
+
+    # -- optimisers ------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         spec = dict(self.hparams.get("optimizer") or {"_target_": "torch.optim.Adam", "lr": 1e-3})
         optimizer = build_optimizer(spec, self.parameters())
@@ -125,9 +169,7 @@ class NNLabModule(pl.LightningModule):
             return optimizer
         sched = dict(sched)
         interval = sched.pop("interval", "epoch")
-        if (
-            sched.get("total_steps") == "auto"
-        ):  # OneCycleLR & co.: the optimizer steps of the whole fit
+        if sched.get("total_steps") == "auto":  # OneCycleLR & co.: the optimizer steps of the fit
             sched["total_steps"] = int(self.trainer.estimated_stepping_batches)
         return {
             "optimizer": optimizer,
@@ -139,5 +181,5 @@ class NNLabModule(pl.LightningModule):
 
     @property
     def datamodule(self):
-        trainer = getattr(self, "_trainer", None)
+        trainer = compat.trainer_of(self)
         return getattr(trainer, "datamodule", None) if trainer is not None else None

@@ -1,6 +1,6 @@
-"""The GAN family. AdversarialBase holds the two-player game (Lightning 2 manual optimisation with two
-optimisers, generator first), the fixed-noise samples, the NaN guard and the offline quality metrics;
-the models are small subclasses.
+"""The GAN family. AdversarialBase holds the two-player game (Lightning 2 manual optimisation with
+two optimisers, generator first), the fixed-noise samples, the NaN guard and the offline quality
+metrics; the models are small subclasses.
 
     gan    Goodfellow et al. (2014): MLP generator G and discriminator D playing
                min_G max_D  E_x[log D(x)] + E_z[log(1 - D(G(z)))]
@@ -9,7 +9,8 @@ the models are small subclasses.
 
 Discriminator loss: -[log D(x) + log(1 - D(G(z)))]; one-sided label smoothing replaces the real
 target 1 by 1 - label_smoothing (Salimans et al. 2016). Generator loss:
-    minimax         minimise  log(1 - D(G(z)))   (the game itself; its gradient vanishes when D wins)
+    minimax         minimise  log(1 - D(G(z)))   (the game itself; its gradient vanishes when D
+    wins)
     non_saturating  minimise -log D(G(z))        (same fixed point, strong gradients early on)
 Images enter the nets in [-1, 1] (the generators end in tanh); the rest of nnlab sees [0, 1].
 
@@ -21,21 +22,20 @@ cgan `test/label_acc` the LeNet's accuracy on generated images against the reque
 from __future__ import annotations
 
 import copy
-import logging
 import math
 
 import torch
 import torch.nn.functional as F
 
+from nnlab import lightning_compat as compat
 from nnlab import viz
-from nnlab.errors import ConfigError, NNLabError
-from nnlab.metrics.fid import batched, fid_from_features
+from nnlab.errors import ConfigError, NNLabError, check_choice
+from nnlab.metrics.fid import GeneratorQuality
 from nnlab.models.base import NNLabModule, build_optimizer
 from nnlab.nets.gan import GAN_NETS, build_gan_nets
 
-log = logging.getLogger("nnlab")
-
 GENERATOR_LOSSES = ("minimax", "non_saturating")
+QUALITY_KEYS = ("val/fid", "val/label_acc")  # the monitors that need model.metrics.classifier_ckpt
 
 
 class TrainingDiverged(NNLabError):
@@ -46,7 +46,8 @@ class TrainingDiverged(NNLabError):
 def discriminator_loss(
     real_logits: torch.Tensor, fake_logits: torch.Tensor, real_target: float = 1.0
 ) -> torch.Tensor:
-    """-[log D(x) + log(1 - D(G(z)))] as two binary cross-entropies; real_target < 1 is one-sided smoothing."""
+    """-[log D(x) + log(1 - D(G(z)))] as two binary cross-entropies; real_target < 1 is one-sided
+    smoothing."""
     real = F.binary_cross_entropy_with_logits(
         real_logits, torch.full_like(real_logits, real_target)
     )
@@ -55,16 +56,157 @@ def discriminator_loss(
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str = "non_saturating") -> torch.Tensor:
-    """minimax: E[log(1 - D(G(z)))] = E[-softplus(l)];  non_saturating: E[-log D(G(z))] = E[softplus(-l)]."""
+    """minimax: E[log(1 - D(G(z)))] = E[-softplus(l)];
+    non_saturating: E[-log D(G(z))] = E[softplus(-l)]."""
     if kind == "minimax":
         return -F.softplus(fake_logits).mean()
-    if kind == "non_saturating":
-        return F.softplus(-fake_logits).mean()
-    raise ValueError(f"unknown generator loss '{kind}'; use one of {GENERATOR_LOSSES}")
+    check_choice("generator loss", kind, GENERATOR_LOSSES, error=ValueError)
+    return F.softplus(-fake_logits).mean()  # non_saturating
 
 
-class AdversarialBase(NNLabModule):
-    family = "gan"
+def check_options(hp) -> None:
+    """One paragraph for the first bad GAN option (ConfigError), before anything is built."""
+    check_choice("model.net", hp["net"], GAN_NETS)
+    check_choice("model.generator_loss", hp["generator_loss"], GENERATOR_LOSSES)
+    d_steps, label_smoothing, ema = hp["d_steps"], hp["label_smoothing"], hp["ema"]
+    monitor, metrics = hp["monitor"], hp["metrics"]
+    problems = {
+        "d_steps": not (isinstance(d_steps, int) and d_steps >= 1),
+        "label_smoothing": not 0.0 <= float(label_smoothing) < 0.5,
+        "ema": not 0.0 <= float(ema) < 1.0,
+        "scheduler": bool(hp.get("scheduler")),
+        "monitor": monitor in QUALITY_KEYS and not (metrics or {}).get("classifier_ckpt"),
+    }
+    texts = {
+        "d_steps": f"model.d_steps={d_steps!r} must be a positive integer (discriminator steps "
+        "per generator step).",
+        "label_smoothing": f"model.label_smoothing={label_smoothing} must be in [0, 0.5): the "
+        "real target is 1 - label_smoothing.",
+        "ema": f"model.ema={ema} must be in [0, 1): the decay of the generator's moving average "
+        "(0 = off; 0.999 is usual).",
+        "scheduler": "model.scheduler is not supported by the GAN models (two optimisers, manual "
+        "optimisation); set it to null.",
+        "monitor": f"model.monitor={monitor} is measured only with a classifier: pass "
+        "model.metrics.classifier_ckpt=<a lenet run folder>, or model.monitor=null to keep the "
+        "last epoch.",
+    }
+    for key, bad in problems.items():
+        if bad:
+            raise ConfigError(texts[key])
+
+
+def check_finite(model, losses: dict[str, torch.Tensor], iteration: int) -> None:
+    """Stop at the first NaN/inf loss; the checkpoints on disk are from before it (one host sync
+    per step)."""
+    if bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
+        return
+    bad = [f"train/{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v))]
+    ckpt = model.trainer.checkpoint_callback
+    last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else ""
+    kept = f"The last good checkpoint is kept: {last}." if last else "No checkpoint yet."
+    raise TrainingDiverged(
+        f"The GAN diverged at training step {iteration + 1} (epoch {model.current_epoch}, batch "
+        f"{compat.batch_in_epoch(model.trainer)} of the epoch): {', '.join(bad)}. Training was "
+        f"stopped. {kept} Try a lower model.optimizer.lr, model.label_smoothing=0.1, or "
+        "model.generator_loss=non_saturating."
+    )
+
+
+class GeneratorSampling:
+    """Images from a GAN's generator (a mixin of AdversarialBase): noise, labels, the moving
+    average of G, `nnlab sample`'s grid and what the figures draw."""
+
+    # -- the generator --------------------------------------------------------------------------
+    def noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, device=self.device)
+
+    def labels_for(self, n: int, labels=None) -> torch.Tensor | None:
+        """The labels a conditional generator needs (given, or cycling through the classes);
+        None otherwise."""
+        if not self.conditional:
+            if labels is not None:
+                raise ConfigError(
+                    f"model {self.hparams.name} is unconditional: it cannot generate a requested "
+                    "label (use model=cgan)."
+                )
+            return None
+        if labels is None:
+            return torch.arange(n, device=self.device) % self.n_classes
+        labels = torch.as_tensor(labels, device=self.device).long()
+        labels = labels.expand(n) if labels.dim() == 0 else labels
+        if labels.min() < 0 or labels.max() >= self.n_classes:
+            raise ConfigError(
+                f"label must be in 0..{self.n_classes - 1}, got {labels.tolist()[:8]}."
+            )
+        return labels
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The generator that makes the images: G's moving average when model.ema > 0, else G."""
+        return self.generator if self.generator_ema is None else self.generator_ema
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        """generator_ema <- d * generator_ema + (1 - d) * generator after G's step-th update, with
+        d = min(ema, (1 + step) / (10 + step)) warming up so early averages do not drag the random
+        init along; batch-norm statistics are copied."""
+        if self.generator_ema is None:
+            return
+        decay = min(self.ema_decay, (1.0 + step) / (10.0 + step))
+        ema_params = list(self.generator_ema.parameters())
+        compat.lerp_(ema_params, list(self.generator.parameters()), 1.0 - decay)
+        for mine, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            mine.copy_(live)
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size=1000):
+        """G(z, y) in [0, 1], with the generator in eval mode (batch norm: running statistics)."""
+        with viz.eval_mode(self.sampler) as net:
+            out = [
+                net(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+                for i in range(0, len(z), batch_size)
+            ]
+        return torch.cat(out).add(1).div(2).clamp(0, 1)
+
+    def sample(self, n: int, labels=None) -> torch.Tensor:
+        """n new images (n, C, H, W) in [0, 1]; cgan: of the given labels (an int or n ints),
+        else all classes in turn."""
+        return self.generate(self.noise(n), self.labels_for(n, labels))
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """G(z, y) in [0, 1] (the moving average of G when model.ema > 0)."""
+        return self.sampler(z, labels).add(1).div(2)
+
+    # -- images: `nnlab sample`, and what the figures draw (nnlab/figures/gans.py) ---------------
+    def sample_grid(self, n: int = 64, label=None, interpolate: bool = False) -> torch.Tensor:
+        """One (3, H, W) image in [0, 1] for `nnlab sample`: a grid of n samples; cgan with
+        label=None: the class grid (one row per class, the same noise in each column);
+        interpolate: each row walks linearly from one noise vector to another."""
+        if self.conditional and label is None and not interpolate:
+            return self.class_grid(max(1, n // self.n_classes))
+        if not interpolate:
+            return viz.grid(self.sample(n, label))
+        ncol = viz.side(n)
+        nrow = max(1, n // ncol)
+        t = torch.linspace(0, 1, ncol, device=self.device)[None, :, None]
+        ends = self.noise(2 * nrow).view(nrow, 2, 1, self.latent_dim)
+        z = ((1 - t) * ends[:, 0] + t * ends[:, 1]).reshape(-1, self.latent_dim)
+        labels = None
+        if self.conditional:
+            labels = self.labels_for(nrow, label).repeat_interleave(ncol)
+        return viz.grid(self.generate(z, labels), nrow=ncol)
+
+    def class_grid(self, n_per_class: int = 8, z: torch.Tensor | None = None) -> torch.Tensor:
+        """One row per class, the same noise vectors in every row."""
+        z = self.noise(n_per_class) if z is None else z[:n_per_class]
+        labels = torch.arange(self.n_classes, device=self.device).repeat_interleave(len(z))
+        return viz.grid(self.generate(z.repeat(self.n_classes, 1), labels), nrow=len(z))
+
+    def sample_images(self) -> torch.Tensor:
+        return self.generate(self.fixed_z, self.labels_for(len(self.fixed_z)))
+
+
+class AdversarialBase(GeneratorSampling, NNLabModule):
     conditional = False
 
     def __init__(
@@ -86,163 +228,41 @@ class AdversarialBase(NNLabModule):
         **kwargs,
     ):
         super().__init__(name, **kwargs)
-        if net not in GAN_NETS:
-            raise ConfigError(f"model.net='{net}' is unknown; use one of {', '.join(GAN_NETS)}.")
-        if generator_loss not in GENERATOR_LOSSES:
-            raise ConfigError(
-                f"model.generator_loss='{generator_loss}' is unknown; use one of {', '.join(GENERATOR_LOSSES)}."
-            )
-        if not (isinstance(d_steps, int) and d_steps >= 1):
-            raise ConfigError(
-                f"model.d_steps={d_steps!r} must be a positive integer (discriminator steps per generator step)."
-            )
-        if not 0.0 <= float(label_smoothing) < 0.5:
-            raise ConfigError(
-                f"model.label_smoothing={label_smoothing} must be in [0, 0.5): the real target is 1 - label_smoothing."
-            )
-        if not 0.0 <= float(ema) < 1.0:
-            raise ConfigError(
-                f"model.ema={ema} must be in [0, 1): the decay of the generator's moving average (0 = off; 0.999 is usual)."
-            )
-        if kwargs.get("scheduler"):
-            raise ConfigError(
-                "model.scheduler is not supported by the GAN models (two optimisers, manual optimisation); set it to null."
-            )
+        check_options(self.hparams)
         self.automatic_optimization = False
         self.latent_dim, self.loss_kind, self.d_steps = int(latent_dim), generator_loss, d_steps
         self.real_target = 1.0 - float(label_smoothing)
         self.n_classes = int(num_classes) if self.conditional else 0
-        self.metrics_cfg = {
-            "classifier_ckpt": None,
-            "n_samples": 10000,
-            "n_val_samples": 1000,
-            **(metrics or {}),
-        }
+        self.n_log_images = int(n_log_images)
+        self.metrics_cfg = {"classifier_ckpt": None, "n_samples": 10000, "n_val_samples": 1000}
+        self.metrics_cfg.update(metrics or {})
+        self.quality = GeneratorQuality(self.metrics_cfg["classifier_ckpt"], self.skipped_note())
         self.generator, self.discriminator = build_gan_nets(
-            net,
-            self.latent_dim,
-            g_dims,
-            d_dims,
-            self.input_shape,
-            self.n_classes,
-            projection=bool(projection),
+            net, self.latent_dim, g_dims, d_dims, self.input_shape, self.n_classes, bool(projection)
         )
-        # ema > 0: an exponential moving average of G's weights generates every image (Yazici et al. 2019)
+        # ema > 0: a moving average of G's weights generates every image (Yazici et al. 2019)
         self.ema_decay = float(ema)
         self.generator_ema = (
             copy.deepcopy(self.generator).requires_grad_(False) if self.ema_decay else None
         )
-        # the same noise every epoch, so the `samples` images compare across epochs (saved with the model)
-        self.register_buffer(
-            "fixed_z",
-            torch.randn(
-                int(n_log_images), self.latent_dim, generator=torch.Generator().manual_seed(0)
-            ),
+        # the same noise every epoch, so the `samples` images compare (saved with the model)
+        noise = torch.randn(
+            n_log_images, self.latent_dim, generator=torch.Generator().manual_seed(0)
         )
-        self._classifier_cache: list = []  # [classifier or None], kept out of the module tree and the checkpoint
-        self._real_features: dict[str, torch.Tensor] = {}
+        self.register_buffer("fixed_z", noise)
 
-    # -- the model --------------------------------------------------------------------------
-    def noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.latent_dim, device=self.device)
+    def skipped_note(self) -> str:
+        acc = ", test/label_acc" if self.conditional else ""
+        return (
+            "model.metrics.classifier_ckpt is not set: the quality metrics (val/fid, test/fid, "
+            f"test/fid_floor{acc}) are skipped; train one with `nnlab train model=lenet` and pass "
+            "model.metrics.classifier_ckpt=<its run folder>."
+        )
 
-    def labels_for(self, n: int, labels=None) -> torch.Tensor | None:
-        """The labels a conditional generator needs (given, or cycling through the classes); None otherwise."""
-        if not self.conditional:
-            if labels is not None:
-                raise ConfigError(
-                    f"model {self.hparams.name} is unconditional: it cannot generate a requested label (use model=cgan)."
-                )
-            return None
-        if labels is None:
-            return torch.arange(n, device=self.device) % self.n_classes
-        labels = torch.as_tensor(labels, device=self.device).long()
-        labels = labels.expand(n) if labels.dim() == 0 else labels
-        if labels.min() < 0 or labels.max() >= self.n_classes:
-            raise ConfigError(
-                f"label must be in 0..{self.n_classes - 1}, got {labels.tolist()[:8]}."
-            )
-        return labels
-
-    @property
-    def sampler(self) -> torch.nn.Module:
-        """The generator that makes the images: the moving average of G when model.ema > 0, else G itself."""
-        return self.generator if self.generator_ema is None else self.generator_ema
-
-    @torch.no_grad()
-    def update_ema(self, step: int) -> None:
-        """generator_ema <- d * generator_ema + (1 - d) * generator, after G's step-th update; batch-norm statistics
-        are copied. d = min(ema, (1 + step) / (10 + step)) warms up, so early averages do not drag the random init along."""
-        if self.generator_ema is None:
-            return
-        decay = min(self.ema_decay, (1.0 + step) / (10.0 + step))
-        ema_params = list(self.generator_ema.parameters())
-        torch._foreach_lerp_(ema_params, list(self.generator.parameters()), 1.0 - decay)
-        for mine, live in zip(self.generator_ema.buffers(), self.generator.buffers()):
-            mine.copy_(live)
-
-    @torch.no_grad()
-    def generate(
-        self, z: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 1000
-    ) -> torch.Tensor:
-        """G(z, y) in [0, 1], with the generator in eval mode (batch norm uses its running statistics)."""
-        net = self.sampler
-        was_training = net.training
-        net.eval()
-        try:
-            out = [
-                net(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
-                for i in range(0, len(z), batch_size)
-            ]
-        finally:
-            net.train(was_training)
-        return torch.cat(out).add(1).div(2).clamp(0, 1)
-
-    def sample(self, n: int, labels=None) -> torch.Tensor:
-        """n new images (n, C, H, W) in [0, 1]; cgan: of the given labels (an int or n ints), else all classes in turn."""
-        return self.generate(self.noise(n), self.labels_for(n, labels))
-
-    def sample_grid(self, n: int = 64, label=None, interpolate: bool = False) -> torch.Tensor:
-        """One (3, H, W) image in [0, 1] for `nnlab sample`.
-
-        Plain: a grid of n samples. cgan with label=None: the class grid (one row per class, the same noise
-        in each column). interpolate: each row walks linearly from one noise vector to another.
-        """
-        if self.conditional and label is None and not interpolate:
-            return self.class_grid(max(1, n // self.n_classes))
-        ncol = max(2, round(math.sqrt(n)))
-        nrow = max(1, n // ncol)
-        if interpolate:
-            t = torch.linspace(0, 1, ncol, device=self.device)[None, :, None]
-            ends = self.noise(2 * nrow).view(nrow, 2, 1, self.latent_dim)
-            z = ((1 - t) * ends[:, 0] + t * ends[:, 1]).reshape(-1, self.latent_dim)
-            labels = None
-            if self.conditional:
-                labels = (
-                    (torch.arange(nrow, device=self.device) % self.n_classes)
-                    if label is None
-                    else self.labels_for(nrow, label)
-                )
-                labels = labels.repeat_interleave(ncol)
-            return viz.grid(self.generate(z, labels), nrow=ncol)
-        return viz.grid(self.sample(nrow * ncol, label), nrow=ncol)
-
-    def class_grid(self, n_per_class: int = 8, z: torch.Tensor | None = None) -> torch.Tensor:
-        """One row per class, the same noise vectors in every row."""
-        z = self.noise(n_per_class) if z is None else z[:n_per_class]
-        labels = torch.arange(self.n_classes, device=self.device).repeat_interleave(len(z))
-        return viz.grid(self.generate(z.repeat(self.n_classes, 1), labels), nrow=len(z))
-
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """G(z, y) in [0, 1] (the moving average of G when model.ema > 0)."""
-        return self.sampler(z, labels).add(1).div(2)
-
-    # -- the game (manual optimisation: D then, every d_steps batches, G) -----------------------------
+    # -- the game (manual optimisation: D then, every d_steps batches, G) ------------------------
     def configure_optimizers(self):
-        spec = dict(
-            self.hparams.get("optimizer")
-            or {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.5, 0.999]}
-        )
+        default = {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.5, 0.999]}
+        spec = dict(self.hparams.get("optimizer") or default)
         d_spec = dict(self.hparams.get("d_optimizer") or spec)
         return [
             build_optimizer(spec, self.generator.parameters()),
@@ -264,7 +284,7 @@ class AdversarialBase(NNLabModule):
         losses = {"d_loss": d_loss.detach()}
 
         # generator, once per d_steps batches: the D just updated judges the same fakes
-        iteration = self.trainer.fit_loop.total_batch_idx
+        iteration = self.batch_index
         if (iteration + 1) % self.d_steps == 0:
             self.discriminator.requires_grad_(False)
             g_loss = generator_loss(self.discriminator(fake, y), self.loss_kind)
@@ -275,134 +295,34 @@ class AdversarialBase(NNLabModule):
             self.discriminator.requires_grad_(True)
             losses["g_loss"] = g_loss.detach()
 
-        self.check_finite(losses, iteration)
-        scalars = {
-            **losses,
-            "d_real": torch.sigmoid(real_logits.detach()).mean(),
-            "d_fake": torch.sigmoid(fake_logits.detach()).mean(),
-        }
-        for key, value in scalars.items():
-            self.log(
-                f"train/{key}",
-                value,
-                on_step=True,
-                on_epoch=False,
-                prog_bar=key.endswith("loss"),
-                batch_size=len(x),
+        check_finite(self, losses, iteration)
+        if self.logging_step:
+            d_real, d_fake = (
+                torch.sigmoid(real_logits.detach()),
+                torch.sigmoid(fake_logits.detach()),
             )
+            scalars = {**losses, "d_real": d_real.mean(), "d_fake": d_fake.mean()}
+            self.log_terms("train", scalars, len(x))
 
-    def check_finite(self, losses: dict[str, torch.Tensor], iteration: int) -> None:
-        """Stop at the first NaN/inf loss; the checkpoints on disk are from before it (one host sync per step)."""
-        if bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
-            return
-        bad = ", ".join(
-            f"train/{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v))
-        )
-        ckpt = self.trainer.checkpoint_callback
-        last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else ""
-        kept = (
-            f"The last good checkpoint is kept: {last}."
-            if last
-            else "No checkpoint had been saved yet."
-        )
-        raise TrainingDiverged(
-            f"The GAN diverged at training step {iteration + 1} (epoch {self.current_epoch}, batch "
-            f"{self.trainer.fit_loop.epoch_loop.batch_idx} of the epoch): {bad}. Training was stopped. {kept} "
-            "Try a lower model.optimizer.lr, model.label_smoothing=0.1, or model.generator_loss=non_saturating."
-        )
-
-    # -- validation and test: D on held-out real images, and the offline quality metrics ------------
-    def _eval_step(self, batch, stage: str):
+    # -- validation and test: D on held-out real images, and the offline quality metrics --------
+    def step(self, batch, stage: str) -> dict[str, torch.Tensor]:
         x, y = batch
-        d_real = torch.sigmoid(
-            self.discriminator(x * 2 - 1, y if self.conditional else None)
-        ).mean()
-        self.log(f"{stage}/d_real", d_real, on_epoch=True, batch_size=len(x))
+        logits = self.discriminator(x * 2 - 1, y if self.conditional else None)
+        return {"d_real": torch.sigmoid(logits).mean()}
 
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
+    def measure(self, stage: str, n: int, floor: bool = False) -> None:
+        def generate(labels):
+            return self.generate(self.noise(len(labels)), labels if self.conditional else None)
 
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
+        values = self.quality(generate, self.datamodule, stage, n, floor, self.conditional)
+        self.log_terms(stage, values)
 
     def on_validation_epoch_end(self):
         if not self.trainer.sanity_checking:
-            self._log_quality("val", int(self.metrics_cfg["n_val_samples"]))
+            self.measure("val", int(self.metrics_cfg["n_val_samples"]))
 
     def on_test_epoch_end(self):
-        self._log_quality("test", int(self.metrics_cfg["n_samples"]), floor=True)
-
-    def on_train_epoch_end(self):
-        step = self.trainer.fit_loop.total_batch_idx + 1
-        labels = self.labels_for(len(self.fixed_z))
-        viz.log_image(
-            self,
-            "samples",
-            viz.grid(
-                self.generate(self.fixed_z, labels),
-                nrow=max(1, round(math.sqrt(len(self.fixed_z)))),
-            ),
-            step,
-        )
-        if self.conditional:
-            viz.log_image(self, "class_grid", self.class_grid(8, self.fixed_z), step)
-
-    def on_fit_start(self):
-        monitor = self.hparams.get("monitor")
-        if self.classifier() is None and monitor in ("val/fid", "val/label_acc"):
-            for cb in (
-                self.trainer.checkpoint_callbacks
-            ):  # nothing logs that key: keep the last epoch instead
-                if cb.monitor == monitor:
-                    cb.monitor = None
-
-    def classifier(self):
-        """The LeNet-5 of model.metrics.classifier_ckpt (loaded once), or None with one log line saying what is skipped."""
-        if not self._classifier_cache:
-            path = self.metrics_cfg.get("classifier_ckpt")
-            if path:
-                from nnlab.models.classifiers import load_classifier
-
-                self._classifier_cache.append(load_classifier(path))
-            else:
-                self._classifier_cache.append(None)
-                log.warning(
-                    "model.metrics.classifier_ckpt is not set: the quality metrics (val/fid, test/fid, test/fid_floor%s) "
-                    "are skipped and the checkpoint keeps the last epoch; train one with `nnlab train model=lenet` "
-                    "and pass model.metrics.classifier_ckpt=<its run folder>.",
-                    ", test/label_acc" if self.conditional else "",
-                )
-        clf = self._classifier_cache[0]
-        return clf.to(self.device) if clf is not None else None
-
-    def _features(self, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """LeNet features of the first n real images of a split (cached: real images do not change), and their labels."""
-        images, labels = self.datamodule.splits[split]
-        images, labels = images[:n], labels[:n]
-        if split not in self._real_features or len(self._real_features[split]) != len(images):
-            self._real_features[split] = batched(
-                self.classifier().features, images.float().div(255)
-            )
-        return self._real_features[split], labels
-
-    @torch.no_grad()
-    def quality(self, split: str, n: int, floor: bool = False) -> dict[str, float]:
-        """{'fid', 'label_acc' (cgan), 'fid_floor' (floor=True)} against the first n images of `split`; {} without a classifier."""
-        clf = self.classifier()
-        if clf is None or self.datamodule is None:
-            return {}
-        real, labels = self._features(split, n)
-        fake = self.generate(self.noise(len(real)), labels if self.conditional else None)
-        out = {"fid": fid_from_features(batched(clf.features, fake), real)}
-        if self.conditional:
-            out["label_acc"] = float((batched(clf, fake).argmax(1) == labels).float().mean())
-        if floor:
-            out["fid_floor"] = fid_from_features(self._features("train", len(real))[0], real)
-        return out
-
-    def _log_quality(self, stage: str, n: int, floor: bool = False) -> None:
-        for key, value in self.quality(stage, n, floor).items():
-            self.log(f"{stage}/{key}", value, on_epoch=True)
+        self.measure("test", int(self.metrics_cfg["n_samples"]), floor=True)
 
 
 class GAN(AdversarialBase):
@@ -410,7 +330,8 @@ class GAN(AdversarialBase):
 
 
 class DCGAN(AdversarialBase):
-    """Radford et al. (2015): transposed-conv G (BN, ReLU, tanh), strided-conv D (LeakyReLU), Adam(2e-4, beta1 0.5)."""
+    """Radford et al. (2015): transposed-conv G (BN, ReLU, tanh), strided-conv D (LeakyReLU),
+    Adam(2e-4, beta1 0.5)."""
 
     def __init__(self, name, net="dcgan", g_dims=(128, 64), d_dims=(64, 128), **kwargs):
         super().__init__(name, net=net, g_dims=g_dims, d_dims=d_dims, **kwargs)

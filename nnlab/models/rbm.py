@@ -5,11 +5,12 @@
     hidden units p(h_j = 1 | v) = sigmoid(c_j + (v^T W)_j)
     CD-k         d log p(v) / dW  ~  <v h>_data - <v h>_model
                  = v0^T p(h|v0) - vk^T p(h|vk)   (vk: k Gibbs steps v -> h -> v from the data,
-                   or from persistent chains: PCD, Tieleman 2008); db = v0 - vk, dc = p(h|v0) - p(h|vk)
+                   or from persistent chains: PCD, Tieleman 2008); db = v0 - vk, dc = p(h|v0) -
+                   p(h|vk)
 
 The parameters are updated by an SGD-with-momentum optimiser whose gradient is set to minus the CD
-statistic (plus weight decay on W: L2, and optionally L1, which zeroes the weights a hidden unit does not
-need and so localises its receptive field): Lightning's manual optimisation, no autograd.
+statistic (plus weight decay on W: L2, and optionally L1, which zeroes the weights a hidden unit
+does not need and so localises its receptive field): Lightning's manual optimisation, no autograd.
 
     rbm     Bernoulli visible units: binarised images
     rbm_cf  softmax visible units over K rating levels for the items a user rated (Salakhutdinov,
@@ -24,16 +25,17 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanSquaredError
 
 from nnlab import viz
-from nnlab.errors import ConfigError, DataError
+from nnlab.data.datamodule import float_images
+from nnlab.data.ratings import RatingsDataModule
+from nnlab.errors import ConfigError, DataError, check_choice
 from nnlab.models.base import NNLabModule
 
 
 class RBMBase(NNLabModule):
     """The shared machinery: parameters, Gibbs steps, free energy, the CD update."""
-
-    family = "rbm"
 
     def __init__(
         self,
@@ -48,7 +50,8 @@ class RBMBase(NNLabModule):
         super().__init__(name, **kwargs)
         if int(cd_k) < 1 or int(n_hidden) < 1:
             raise ConfigError(
-                f"model.cd_k={cd_k} and model.n_hidden={n_hidden} must be positive integers, e.g. cd_k=1."
+                f"model.cd_k={cd_k} and model.n_hidden={n_hidden} must be positive integers, e.g. "
+                "cd_k=1."
             )
         self.automatic_optimization = False  # the CD update is not the gradient of a loss
         self.n_hidden, self.cd_k = int(n_hidden), int(cd_k)
@@ -105,7 +108,8 @@ class RBMBase(NNLabModule):
         return self.visible_probs(self.hidden_probs(v), mask)
 
     def recon_error(self, v: torch.Tensor, mask=None) -> torch.Tensor:
-        """Squared error of the mean-field reconstruction, per visible unit (per rated item for rbm_cf)."""
+        """Squared error of the mean-field reconstruction, per visible unit (per rated item for
+        rbm_cf)."""
         err = (v - self.reconstruct(v, mask)).pow(2).sum()
         return err / (v.numel() if mask is None else mask.sum().clamp(min=1))
 
@@ -129,11 +133,13 @@ class RBMBase(NNLabModule):
         return self.cd_statistics(v0, self.hidden_probs(v0), vk, self.hidden_probs(vk)), vk
 
     def negative_start(self, v0: torch.Tensor) -> torch.Tensor:
-        """Where the negative-phase chains start: the data (CD); subclasses may keep chains (PCD)."""
+        """Where the negative-phase chains start: the data (CD); subclasses may keep chains
+        (PCD)."""
         return v0
 
     def set_gradients(self, stats: dict[str, torch.Tensor]) -> None:
-        """Ascend the log-likelihood: .grad = -(CD statistic), plus weight decay (L2 and L1) on W only."""
+        """Ascend the log-likelihood: .grad = -(CD statistic), plus weight decay (L2 and L1) on W
+        only."""
         W = self.W.detach()
         self.W.grad = -stats["W"] + self.weight_decay * W
         if self.l1_weight_decay:
@@ -141,7 +147,7 @@ class RBMBase(NNLabModule):
         self.b.grad = -stats["b"]
         self.c.grad = -stats["c"]
 
-    # -- the Lightning steps -------------------------------------------------------------------------
+    # -- the Lightning steps -----------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         with torch.no_grad():
             v0, mask = self.visible_data(batch)
@@ -151,17 +157,8 @@ class RBMBase(NNLabModule):
             opt.zero_grad()
             self.set_gradients(stats)
             opt.step()
-            if (
-                self.trainer._logger_connector.should_update_logs
-            ):  # costs a pass: only on the steps that are logged
-                self.log(
-                    "train/recon_error",
-                    self.recon_error(v0, mask),
-                    on_step=True,
-                    on_epoch=False,
-                    prog_bar=True,
-                    batch_size=len(v0),
-                )
+            if self.logging_step:  # costs a pass: only on the steps that are logged
+                self.log_terms("train", {"recon_error": self.recon_error(v0, mask)}, len(v0))
 
     def after_negative_phase(self, vk: torch.Tensor) -> None:
         pass
@@ -187,22 +184,14 @@ class RBM(RBMBase):
         **kwargs,
     ):
         super().__init__(name, **kwargs)
-        if binarize not in ("threshold", "stochastic"):
-            raise ConfigError(
-                f"model.binarize='{binarize}' is unknown; use threshold (x > threshold) or stochastic (v ~ Bernoulli(x))."
-            )
-        self.persistent, self.binarize, self.threshold = (
-            bool(persistent),
-            binarize,
-            float(threshold),
-        )
-        self.gibbs_steps, self.n_log_images, self.pll_seed = (
-            int(gibbs_steps),
-            int(n_log_images),
-            int(pll_seed),
-        )
+        check_choice("model.binarize", binarize, ("threshold", "stochastic"))
+        self.persistent, self.binarize = bool(persistent), binarize
+        self.threshold, self.gibbs_steps = float(threshold), int(gibbs_steps)
+        self.n_log_images, self.pll_seed = int(n_log_images), int(pll_seed)
         self.build(math.prod(self.input_shape))
         self.chains: torch.Tensor | None = None  # the persistent chains' state (PCD)
+        self.eval_generator: torch.Generator | None = None  # per val/test epoch, from pll_seed
+        self.eval_position = 0  # where the next val/test batch starts in the split
 
     def visible_probs(self, h, mask=None):
         return torch.sigmoid(h @ self.W.T + self.b)
@@ -213,11 +202,9 @@ class RBM(RBMBase):
     def binarized(self, x: torch.Tensor, generator=None) -> torch.Tensor:
         """Images in [0, 1] -> binary visible vectors (B, C*H*W)."""
         x = x.flatten(1)
-        return (
-            (x > self.threshold).to(x.dtype)
-            if self.binarize == "threshold"
-            else self.bernoulli(x, generator)
-        )
+        if self.binarize == "threshold":
+            return (x > self.threshold).to(x.dtype)
+        return self.bernoulli(x, generator)
 
     def visible_data(self, batch, generator=None):
         return self.binarized(batch[0], generator), None
@@ -234,74 +221,60 @@ class RBM(RBMBase):
             self.chains = vk
 
     def setup(self, stage: str) -> None:
-        """Hinton's practical guide: start the visible biases at log(p_i / (1 - p_i)) of the training data."""
+        """Hinton's practical guide: start the visible biases at log(p_i / (1 - p_i)) of the
+        training data (binarised as in training; stochastic: the mean intensity)."""
         if stage != "fit" or self.datamodule is None:
             return
-        images = self.datamodule.splits["train"][0].flatten(1)
-        on = (
-            (images > self.threshold * 255).sum(0)
-            if self.binarize == "threshold"
-            else images.sum(0, dtype=torch.float64) / 255
-        )
-        p = (on.double() / len(images)).clamp(1e-3, 1 - 1e-3)
+        images, _ = self.datamodule.raw("train")
+        on = torch.zeros(images[0].numel(), dtype=torch.float64, device=images.device)
+        for chunk in images.split(4096):
+            x = float_images(chunk).flatten(1)
+            on += (x > self.threshold if self.binarize == "threshold" else x).sum(0).double()
+        p = (on / len(images)).clamp(1e-3, 1 - 1e-3)
         self.b.data.copy_(torch.log(p / (1 - p)).float())
 
-    # -- evaluation: reconstruction, free-energy gap, pseudo-log-likelihood ---------------------------
+    # -- evaluation: reconstruction, free-energy gap, pseudo-log-likelihood ---------------------
     def pseudo_log_likelihood(self, v: torch.Tensor, generator=None) -> torch.Tensor:
-        """D * log sigmoid(F(v~) - F(v)), v~ = v with one random unit flipped: a stochastic estimate of
-        sum_i log p(v_i | v_-i) per image."""
+        """D * log sigmoid(F(v~) - F(v)), v~ = v with one random unit flipped: a stochastic
+        estimate of sum_i log p(v_i | v_-i) per image."""
         i = torch.randint(0, v.shape[1], (len(v),), device=v.device, generator=generator)
         flipped = v.clone()
         rows = torch.arange(len(v), device=v.device)
         flipped[rows, i] = 1 - flipped[rows, i]
         return v.shape[1] * F.logsigmoid(self.free_energy(flipped) - self.free_energy(v))
 
-    def _eval_step(self, batch, batch_idx, stage: str):
-        g = self.generator(self.pll_seed + batch_idx)
+    def on_validation_epoch_start(self):
+        self.eval_generator, self.eval_position = self.generator(self.pll_seed), 0
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    @torch.no_grad()
+    def step(self, batch, stage: str) -> dict[str, torch.Tensor]:
+        """Reconstruction error, free energy and its gap to the training images at the same
+        positions (binarised alike: overfitting shows as a growing gap), pseudo-log-likelihood."""
+        g = self.eval_generator
         v, _ = self.visible_data(batch, g)
-        # the training images at the same positions, binarised alike: the free-energy gap's reference
-        train = self.datamodule.splits["train"][0]
-        start = batch_idx * self.datamodule.eval_batch_size
-        idx = torch.arange(start, start + len(v), device=train.device) % len(train)
-        v_train = self.binarized(train[idx].to(v.device).float() / 255.0, g)
-        f_data, f_train = self.free_energy(v).mean(), self.free_energy(v_train).mean()
-        n = len(v)
-        self.log(
-            f"{stage}/recon_error",
-            self.recon_error(v),
-            on_epoch=True,
-            prog_bar=stage == "val",
-            batch_size=n,
-        )
-        self.log(f"{stage}/free_energy", f_data, on_epoch=True, batch_size=n)
-        self.log(f"{stage}/free_energy_gap", f_data - f_train, on_epoch=True, batch_size=n)
-        self.log(
-            f"{stage}/pseudo_ll",
-            self.pseudo_log_likelihood(v, g).mean(),
-            on_epoch=True,
-            batch_size=n,
-        )
+        train, _ = self.datamodule.raw("train")
+        idx = torch.arange(self.eval_position, self.eval_position + len(v)) % len(train)
+        self.eval_position += len(v)
+        v_train = self.binarized(float_images(train[idx.to(train.device)]).to(v.device), g)
+        free_energy = self.free_energy(v).mean()
+        return {
+            "recon_error": self.recon_error(v),
+            "free_energy": free_energy,
+            "free_energy_gap": free_energy - self.free_energy(v_train).mean(),
+            "pseudo_ll": self.pseudo_log_likelihood(v, g).mean(),
+        }
 
+    # -- images ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, "val")
-
-    @torch.no_grad()
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, batch_idx, "test")
-
-    # -- images ------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def gibbs_samples(self, n: int, steps: int, seed: int = 0, snapshots: int = 0) -> torch.Tensor:
-        """p(v|h) after `steps` Gibbs steps from Bernoulli(0.5) noise, as images (n, C, H, W); with
-        snapshots > 0, (n, snapshots, C, H, W): each chain at log-spaced steps from 1 to `steps`."""
+    def gibbs_chain(self, n: int, steps: int, seed: int = 0, snapshots: int = 0) -> torch.Tensor:
+        """p(v|h) after `steps` Gibbs steps from Bernoulli(0.5) noise, as images (n, C, H, W);
+        with snapshots > 0, (n, snapshots, C, H, W): each chain at log-spaced steps 1..steps."""
         g = self.generator(seed)
         v = self.bernoulli(torch.full((n, self.W.shape[0]), 0.5, device=self.W.device), g)
-        keep = (
-            sorted({max(1, round(steps ** (i / max(1, snapshots - 1)))) for i in range(snapshots)})
-            if snapshots
-            else []
-        )
+        last = max(1, snapshots - 1)
+        keep = {max(1, round(steps ** (i / last))) for i in range(snapshots)}
         shots = []
         for t in range(1, steps + 1):
             v, p = self.gibbs_step(v, None, g)
@@ -318,45 +291,46 @@ class RBM(RBMBase):
         return ((w - lo) / (hi - lo).clamp(min=1e-8)).view(len(w), *self.input_shape)
 
     def sample_grid(self, n: int = 64, label=None, interpolate: bool = False) -> torch.Tensor:
-        """A (3, H, W) image in [0, 1] of Gibbs samples (interpolate=True: each row one chain, from noise
-        to its sample). The RBM is unconditional: label must be None."""
+        """A (3, H, W) image in [0, 1] of Gibbs samples. interpolate=True shows Gibbs chains
+        instead (no interpolation: each row is one chain, from noise to its sample). The RBM is
+        unconditional: label must be None."""
         if label is not None:
             raise ConfigError(
                 "model=rbm is unconditional: it cannot sample a given label. Leave the label out."
             )
         if interpolate:
-            rows = max(1, int(math.sqrt(n)))
-            shots = self.gibbs_samples(rows, self.gibbs_steps, snapshots=max(2, n // rows))
-            return viz.grid(shots.flatten(0, 1), nrow=shots.shape[1])
-        return viz.grid(self.gibbs_samples(n, self.gibbs_steps), nrow=max(1, int(math.sqrt(n))))
+            rows = max(1, math.isqrt(n))
+            chains = self.gibbs_chain(rows, self.gibbs_steps, snapshots=max(2, n // rows))
+            return viz.grid(chains.flatten(0, 1), nrow=chains.shape[1])
+        return viz.grid(self.gibbs_chain(n, self.gibbs_steps))
 
-    @torch.no_grad()
-    def on_validation_epoch_end(self):
-        if self.datamodule is None or self.trainer.sanity_checking:
-            return
-        n = self.n_log_images
-        nrow = max(1, int(math.sqrt(n)))
-        viz.log_image(self, "samples", self.sample_grid(n))
-        viz.log_image(self, "filters", viz.grid(self.filters(n), nrow=nrow))
-        x, _ = self.datamodule.fixed_batch("val", min(n, 16))
-        v, _ = self.visible_data((x.to(self.device), None), self.generator(self.pll_seed))
+    def sample_images(self) -> torch.Tensor:
+        return self.gibbs_chain(self.n_log_images, self.gibbs_steps)
+
+    def reconstruction_rows(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(up to 16) images | binarised | mean-field reconstructions."""
+        x = x[:16]
+        v, _ = self.visible_data((x, None), self.generator(self.pll_seed))
         shape = (len(v), *self.input_shape)
-        viz.log_image(
-            self,
-            "reconstructions",
-            viz.rows(x.to(self.device), v.view(shape), self.reconstruct(v).view(shape)),
-        )
+        return [x, v.view(shape), self.reconstruct(v).view(shape)]
 
 
 class RBMCF(RBMBase):
-    """RBM for collaborative filtering: K-way softmax visible units for the items a user rated."""
+    """RBM for collaborative filtering: K-way softmax visible units for the items a user rated.
+    Measured by the RMSE over all held-out ratings of a split (pooled over batches and DDP ranks:
+    the squared errors and counts are summed, then the root taken), next to the item-mean
+    baseline."""
 
     def __init__(self, name, levels=(1, 2, 3, 4, 5), n_items=None, **kwargs):
         kwargs["input_shape"] = None  # the input is a user's ratings, not an image
         super().__init__(name, **kwargs)
         self.register_buffer("levels", torch.tensor([float(x) for x in levels]))
         self.n_levels = len(self.levels)
-        self._sums: dict[str, torch.Tensor] = {}
+        # RMSE = sqrt(sum of squared errors / count), both summed over batches and ranks
+        self.rmse = nn.ModuleDict(
+            {f"{stage}_{kind}": MeanSquaredError(squared=False)
+             for stage in ("val", "test") for kind in ("rbm", "item_mean")}
+        )  # fmt: skip
         if n_items:
             self.build(int(n_items) * self.n_levels)
 
@@ -368,10 +342,11 @@ class RBMCF(RBMBase):
         dm = self.datamodule
         if dm is None:
             return
-        if not hasattr(dm, "n_items"):
+        if not isinstance(dm, RatingsDataModule):
             raise ConfigError(
-                f"model=rbm_cf learns from user x item ratings, but dataset={dm.name} holds images. "
-                "Use dataset=movielens (with dataset.data_dir) or dataset=synthetic_ratings."
+                f"model=rbm_cf learns from user x item ratings, but dataset={dm.name} holds "
+                "images. Use dataset=movielens (with dataset.data_dir) or "
+                "dataset=synthetic_ratings."
             )
         if [float(x) for x in dm.levels] != self.levels.tolist():
             raise ConfigError(
@@ -386,13 +361,14 @@ class RBMCF(RBMBase):
                 f"This model has weights for {self.n_items} items, the dataset has {dm.n_items}."
             )
         if stage == "fit" and self.global_step == 0:
-            # start the softmax biases at the log of each item's (smoothed) level frequencies
-            train = dm.splits["train"]
-            flat = train.items.long().cpu() * self.n_levels + train.levels.long().cpu() - 1
-            counts = (
-                torch.bincount(flat, minlength=self.W.shape[0]).float().view(-1, self.n_levels) + 1
-            )
-            self.b.data.copy_((counts / counts.sum(1, keepdim=True)).log().flatten())
+            self.init_biases(dm.ratings("train"))
+
+    def init_biases(self, train) -> None:
+        """The softmax biases at the log of each item's (smoothed) level frequencies."""
+        flat = train.items.long().cpu() * self.n_levels + train.levels.long().cpu() - 1
+        counts = torch.bincount(flat, minlength=self.W.shape[0]).float() + 1
+        counts = counts.view(-1, self.n_levels)
+        self.b.data.copy_((counts / counts.sum(1, keepdim=True)).log().flatten())
 
     # -- softmax visible units ---------------------------------------------------------------------
     def visible_data(self, batch, generator=None):
@@ -417,44 +393,14 @@ class RBMCF(RBMBase):
         logits = (self.hidden_probs(v) @ self.W.T + self.b).view(len(v), -1, self.n_levels)
         return logits.softmax(-1) @ self.levels
 
-    # -- RMSE on held-out ratings, next to the item-mean baseline --------------------------------
-    def _start(self):
-        self._sums = {
-            "rbm": torch.zeros((), device=self.device),
-            "item_mean": torch.zeros((), device=self.device),
-            "n": torch.zeros((), device=self.device),
-        }
-
-    def _eval_step(self, batch):
+    # -- RMSE on held-out ratings, next to the item-mean baseline ----------------------------------
+    @torch.no_grad()
+    def step(self, batch, stage: str) -> dict:
         inputs, targets = batch
         held_out = targets > 0
-        truth = self.levels[(targets.long() - 1).clamp(min=0)]
-        baseline = self.datamodule.item_means.to(truth.device).expand_as(truth)
-        self._sums["rbm"] += (self.predict(inputs) - truth).pow(2)[held_out].sum()
-        self._sums["item_mean"] += (baseline - truth).pow(2)[held_out].sum()
-        self._sums["n"] += held_out.sum()
-
-    def _finish(self, stage: str):
-        n = self._sums["n"].clamp(min=1)
-        self.log(
-            f"{stage}/rmse", (self._sums["rbm"] / n).sqrt(), prog_bar=stage == "val", sync_dist=True
-        )
-        self.log(f"{stage}/rmse_item_mean", (self._sums["item_mean"] / n).sqrt(), sync_dist=True)
-
-    def on_validation_epoch_start(self):
-        self._start()
-
-    def on_test_epoch_start(self):
-        self._start()
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch)
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch)
-
-    def on_validation_epoch_end(self):
-        self._finish("val")
-
-    def on_test_epoch_end(self):
-        self._finish("test")
+        truth = self.levels[(targets.long() - 1).clamp(min=0)][held_out]
+        baseline = self.datamodule.item_means.to(truth.device).expand_as(targets)[held_out]
+        rbm, item_mean = self.rmse[f"{stage}_rbm"], self.rmse[f"{stage}_item_mean"]
+        rbm.update(self.predict(inputs)[held_out], truth)
+        item_mean.update(baseline, truth)
+        return {"rmse": rbm, "rmse_item_mean": item_mean}

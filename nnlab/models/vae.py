@@ -8,8 +8,8 @@
     loss    = -ELBO = recon + kl   (nats per image: summed over pixels, averaged over the batch)
 
 Training minimises recon + w * kl with w = beta * min(1, epochs_done / kl_warmup_epochs): beta-VAE
-(Higgins et al. 2017) and the KL warm-up of Sonderby et al. (2016). The logged train/loss, val/loss and
-test/loss are always the true -ELBO (w = 1), so runs and checkpoints compare honestly.
+(Higgins et al. 2017) and the KL warm-up of Sonderby et al. (2016). The logged train/loss, val/loss
+and test/loss are always the true -ELBO (w = 1), so runs and checkpoints compare honestly.
 
 test/nll_iw is the importance-weighted estimate of -log p(x) (Burda et al. 2015, IWAE bound):
     log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k,  z_k ~ q(z|x)
@@ -23,9 +23,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 
+from nnlab import lightning_compat as compat
 from nnlab import viz
-from nnlab.errors import ConfigError
+from nnlab.errors import ConfigError, check_choice
 from nnlab.models.autoencoders import AutoencoderBase
 from nnlab.nets import build_decoder, build_encoder
 
@@ -44,7 +46,96 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
-class VAE(AutoencoderBase):
+def check_options(hp) -> None:
+    """One paragraph for the first bad VAE option (ConfigError)."""
+    check_choice("model.likelihood", hp["likelihood"], LIKELIHOODS)
+    check_choice("model.gaussian_variance", hp["gaussian_variance"], VARIANCES)
+    std, beta, warmup = hp["gaussian_std"], hp["beta"], hp["kl_warmup_epochs"]
+    iw_k, iw_images = hp["iw_k"], hp["iw_images"]
+    if not std > 0:
+        raise ConfigError(
+            f"model.gaussian_std={std} must be positive, e.g. model.gaussian_std=0.1."
+        )
+    if beta < 0 or warmup < 0:
+        raise ConfigError(
+            f"model.beta={beta} and model.kl_warmup_epochs={warmup} must be >= 0 (beta=1, "
+            "kl_warmup_epochs=0 is the plain VAE)."
+        )
+    if int(iw_k) < 1 or (iw_images is not None and int(iw_images) < 0):
+        raise ConfigError(
+            f"model.iw_k={iw_k} must be >= 1 and model.iw_images={iw_images} >= 0 (0 skips "
+            "test/nll_iw, null uses the whole test set)."
+        )
+
+
+class LatentSampling:
+    """Sampling from a trained VAE (a mixin of VAE): prior samples, latent walks, the 2-D manifold,
+    and the `nnlab sample` grid."""
+
+    @torch.no_grad()
+    def decode_images(self, z: torch.Tensor) -> torch.Tensor:
+        with viz.eval_mode(self):
+            return self.mean_image(self.decode_logits(z.to(self.device)))
+
+    def sample(self, n: int = 64, z: torch.Tensor | None = None) -> torch.Tensor:
+        """n images in [0, 1] (decoder means) for prior draws z ~ N(0, I)."""
+        z = torch.randn(n, self.latent_dim, device=self.device) if z is None else z
+        return self.decode_images(z)
+
+    def sample_images(self) -> torch.Tensor:
+        """Figure hook: the `samples` grid, from the same prior draws every epoch."""
+        return self.sample(z=self.prior_z)
+
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
+        """Walk linearly from mu(x1) to mu(x2) in `steps` points (ends included) and decode.
+
+        x1, x2: (C, H, W) -> (steps, C, H, W); or batches (B, C, H, W) -> (B, steps, C, H, W)."""
+        single = x1.dim() == 3
+        x1, x2 = (x.unsqueeze(0) if single else x for x in (x1, x2))
+        with viz.eval_mode(self):
+            z1, z2 = self.encode(x1.to(self.device)), self.encode(x2.to(self.device))
+        t = torch.linspace(0, 1, steps, device=self.device).view(1, steps, 1)
+        z = (1 - t) * z1.unsqueeze(1) + t * z2.unsqueeze(1)  # (B, steps, D)
+        images = self.decode_images(z.flatten(0, 1)).unflatten(0, (len(x1), steps))
+        return images[0] if single else images
+
+    def manifold(self, n: int | None = None) -> torch.Tensor:
+        """For latent_dim == 2: decode an n x n grid over the latent plane, at the N(0,1) quantiles
+        0.05..0.95 (Kingma & Welling's figure 4). Returns (n*n, C, H, W), row-major, z2
+        decreasing."""
+        if self.latent_dim != 2:
+            raise ConfigError(
+                f"The manifold needs model.latent_dim=2 (this model has {self.latent_dim})."
+            )
+        n = self.manifold_size if n is None else int(n)
+        q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
+        z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
+        return self.decode_images(torch.stack([z1, z2], dim=-1).view(-1, 2))
+
+    def sample_grid(self, n: int = 64, label=None, interpolate: bool = False) -> torch.Tensor:
+        """One (3, H, W) image in [0, 1]: n prior samples, or (interpolate=True) rows of
+        test image | interpolation | test image, interp_steps points per row."""
+        if label is not None:
+            raise ConfigError(
+                "The VAE is unconditional: it cannot sample a given label. Leave the label out."
+            )
+        if not interpolate:
+            return viz.grid(self.sample(n))
+        n_rows, steps = max(1, n // self.interp_steps), self.interp_steps
+        if self.datamodule is None:  # no data attached: walk between pairs of prior draws
+            z1, z2 = torch.randn(2, n_rows, 1, self.latent_dim, device=self.device)
+            t = torch.linspace(0, 1, steps, device=self.device).view(1, -1, 1)
+            return viz.grid(self.sample(z=((1 - t) * z1 + t * z2).flatten(0, 1)), nrow=steps)
+        x, _ = self.datamodule.images("test", 2 * n_rows)
+        n_rows = len(x) // 2
+        x = x[: 2 * n_rows]
+        path = self.interpolate(x[:n_rows], x[n_rows:], steps)
+        ends = torch.cat([x[:n_rows, None], path, x[n_rows:, None]], 1)
+        return viz.grid(ends.flatten(0, 1), nrow=steps + 2)
+
+
+class VAE(LatentSampling, AutoencoderBase):
     """Gaussian encoder, Bernoulli or Gaussian decoder; -ELBO, samples, interpolations, IWAE NLL."""
 
     def __init__(
@@ -80,52 +171,27 @@ class VAE(AutoencoderBase):
             n_log_images=n_log_images,
             **kwargs,
         )
-        if likelihood not in LIKELIHOODS:
-            raise ConfigError(
-                f"model.likelihood='{likelihood}' is unknown; use one of {', '.join(LIKELIHOODS)}."
-            )
-        if gaussian_variance not in VARIANCES:
-            raise ConfigError(
-                f"model.gaussian_variance='{gaussian_variance}' is unknown; use fixed or learned."
-            )
-        if not gaussian_std > 0:
-            raise ConfigError(
-                f"model.gaussian_std={gaussian_std} must be positive, e.g. model.gaussian_std=0.1."
-            )
-        if beta < 0 or kl_warmup_epochs < 0:
-            raise ConfigError(
-                f"model.beta={beta} and model.kl_warmup_epochs={kl_warmup_epochs} must be >= 0 "
-                "(beta=1, kl_warmup_epochs=0 is the plain VAE)."
-            )
-        if int(iw_k) < 1 or (iw_images is not None and int(iw_images) < 0):
-            raise ConfigError(
-                f"model.iw_k={iw_k} must be >= 1 and model.iw_images={iw_images} >= 0 "
-                "(0 skips test/nll_iw, null uses the whole test set)."
-            )
-        self.latent_dim, self.likelihood = int(latent_dim), likelihood
+        check_options(self.hparams)
+        self.likelihood = likelihood
         self.beta, self.kl_warmup_epochs = float(beta), float(kl_warmup_epochs)
         self.iw_k, self.iw_images, self.iw_chunk = int(iw_k), iw_images, int(iw_chunk)
-        self.attribute = (
-            int(attribute_source),
-            int(attribute_target),
-            [float(a) for a in attribute_alphas],
-        )
-        self.n_samples, self.interp_steps, self.manifold_size = (
-            int(n_samples),
-            int(interp_steps),
-            int(manifold_size),
-        )
-        # the Gaussian decoder's sigma_x: one scalar for all pixels (fixed, or learned as in sigma-VAE)
+        self.attribute = (int(attribute_source), int(attribute_target))
+        self.attribute_alphas = [float(a) for a in attribute_alphas]
+        self.n_samples, self.interp_steps = int(n_samples), int(interp_steps)
+        self.manifold_size = int(manifold_size)
+        # the Gaussian decoder's sigma_x: one scalar for all pixels (fixed, or learned as in
+        # sigma-VAE)
         log_std = torch.tensor(math.log(gaussian_std))
         if likelihood == "gaussian" and gaussian_variance == "learned":
             self.log_std = nn.Parameter(log_std)
         else:
             self.register_buffer("log_std", log_std, persistent=False)
         # fixed prior draws for the `samples` image, so epochs compare
-        self._prior_z = torch.randn(
+        self.prior_z = torch.randn(
             self.n_samples, self.latent_dim, generator=torch.Generator().manual_seed(0)
         )
-        self._iw_seen = 0
+        self.nll_iw = MeanMetric()  # test/nll_iw: the mean over the first iw_images test images
+        self.iw_seen = 0
 
     # -- the model ---------------------------------------------------------------------------
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +200,8 @@ class VAE(AutoencoderBase):
         return mu, logvar.clamp(-30.0, 20.0)
 
     def build_nets(self, net, widths, latent_dim):
-        """q(z|x) outputs 2 * latent_dim numbers, [mu, log sigma^2]; p(x|z) is the base's decoder."""
+        """q(z|x) outputs 2 * latent_dim numbers, [mu, log sigma^2]; p(x|z) is the base's
+        decoder."""
         return (
             build_encoder(net, self.input_shape, widths, 2 * latent_dim),
             build_decoder(net, latent_dim, widths, self.input_shape),
@@ -197,174 +264,36 @@ class VAE(AutoencoderBase):
             out.append(torch.logsumexp(log_w, dim=0) - math.log(k))
         return torch.cat(out)
 
-    # -- public helpers for sampling from a trained model -------------------------------------
-    def _eval_mode(self):
-        was_training = self.training
-        self.eval()
-        return was_training
-
-    @torch.no_grad()
-    def decode_images(self, z: torch.Tensor) -> torch.Tensor:
-        was_training = self._eval_mode()
-        images = self.mean_image(self.decode_logits(z.to(self.device)))
-        self.train(was_training)
-        return images
-
-    def sample(self, n: int = 64, z: torch.Tensor | None = None) -> torch.Tensor:
-        """n images in [0, 1] (decoder means) for prior draws z ~ N(0, I)."""
-        z = torch.randn(n, self.latent_dim, device=self.device) if z is None else z
-        return self.decode_images(z)
-
-    @torch.no_grad()
-    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 8) -> torch.Tensor:
-        """Walk linearly from mu(x1) to mu(x2) in `steps` points (ends included) and decode.
-
-        x1, x2: (C, H, W) -> (steps, C, H, W); or batches (B, C, H, W) -> (B, steps, C, H, W)."""
-        single = x1.dim() == 3
-        x1, x2 = (x.unsqueeze(0) if single else x for x in (x1, x2))
-        was_training = self._eval_mode()
-        z1, z2 = self.encode(x1.to(self.device)), self.encode(x2.to(self.device))
-        self.train(was_training)
-        t = torch.linspace(0, 1, steps, device=self.device).view(1, steps, 1)
-        z = (1 - t) * z1.unsqueeze(1) + t * z2.unsqueeze(1)  # (B, steps, D)
-        images = self.decode_images(z.flatten(0, 1)).unflatten(0, (len(x1), steps))
-        return images[0] if single else images
-
-    def manifold(self, n: int | None = None) -> torch.Tensor:
-        """For latent_dim == 2: decode an n x n grid over the latent plane, at the N(0,1) quantiles
-        0.05..0.95 (Kingma & Welling's figure 4). Returns (n*n, C, H, W), row-major, z2 decreasing."""
-        if self.latent_dim != 2:
-            raise ConfigError(
-                f"The manifold needs model.latent_dim=2 (this model has {self.latent_dim})."
-            )
-        n = self.manifold_size if n is None else int(n)
-        q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
-        z2, z1 = torch.meshgrid(q.flip(0), q, indexing="ij")
-        return self.decode_images(torch.stack([z1, z2], dim=-1).view(-1, 2))
-
-    def sample_grid(self, n: int = 64, label=None, interpolate: bool = False) -> torch.Tensor:
-        """One (3, H, W) image in [0, 1]: n prior samples, or (interpolate=True) rows of
-        test image | interpolation | test image, interp_steps points per row."""
-        if label is not None:
-            raise ConfigError(
-                "The VAE is unconditional: it cannot sample a given label. Leave the label out."
-            )
-        if not interpolate:
-            return viz.grid(self.sample(n), nrow=math.isqrt(max(n, 1) - 1) + 1)
-        n_rows = max(1, n // self.interp_steps)
-        if self.datamodule is not None:
-            x, _ = self.datamodule.fixed_batch("test", 2 * n_rows)
-            n_rows = len(x) // 2
-            x = x[: 2 * n_rows].to(self.device)
-            path = self.interpolate(x[:n_rows], x[n_rows:], self.interp_steps)
-            return viz.grid(
-                torch.cat([x[:n_rows, None], path, x[n_rows:, None]], 1).flatten(0, 1),
-                nrow=self.interp_steps + 2,
-            )
-        # no data attached: walk between pairs of prior draws
-        z1, z2 = torch.randn(2, n_rows, 1, self.latent_dim, device=self.device)
-        t = torch.linspace(0, 1, self.interp_steps, device=self.device).view(1, -1, 1)
-        return viz.grid(
-            self.sample(z=((1 - t) * z1 + t * z2).flatten(0, 1)), nrow=self.interp_steps
-        )
-
-    # -- the Lightning steps ---------------------------------------------------------------------
-    def kl_weight(self, batch_idx: int = 0) -> float:
+    # -- the step ---------------------------------------------------------------------------------
+    def kl_weight(self) -> float:
         """beta, linearly warmed up from 0 over the first kl_warmup_epochs epochs (per step)."""
-        if self.kl_warmup_epochs <= 0 or self._trainer is None:
+        trainer = compat.trainer_of(self)
+        if self.kl_warmup_epochs <= 0 or trainer is None:
             return self.beta
-        n = self.trainer.num_training_batches
-        epochs = self.current_epoch + (batch_idx / n if math.isfinite(n) and n > 0 else 0.0)
+        n = trainer.num_training_batches
+        epochs = self.batch_index / n if math.isfinite(n) and n > 0 else self.current_epoch
         return self.beta * min(1.0, epochs / self.kl_warmup_epochs)
 
-    def training_step(self, batch, batch_idx):
-        x, _ = batch
-        terms = self.loss_terms(x)
-        weight = self.kl_weight(batch_idx)
-        for key, value in terms.items():
-            self.log(
-                f"train/{key}",
-                value,
-                on_step=True,
-                on_epoch=False,
-                prog_bar=key == "loss",
-                batch_size=len(x),
-            )
-        if weight == 1.0:
-            return terms["loss"]
-        objective = terms["recon"] + weight * terms["kl"]
-        self.log("train/objective", objective, on_step=True, on_epoch=False, batch_size=len(x))
-        self.log("train/kl_weight", weight, on_step=True, on_epoch=False, batch_size=len(x))
-        return objective
-
-    def _eval_step(self, batch, stage: str):
-        terms = super()._eval_step(batch, stage)
-        self.log(f"{stage}/elbo", -terms["loss"], on_epoch=True, batch_size=len(batch[0]))
+    def step(self, batch, stage: str) -> dict:
+        """-ELBO and its terms (train/loss is always the true -ELBO); training minimises
+        `objective` = recon + w * kl while the KL weight w is not 1; val/test add the ELBO, and
+        test the IWAE estimate of -log p(x) on the first iw_images test images."""
+        x = batch[0]
+        terms = super().step(batch, stage)  # loss, recon, kl (+ mse, pca_mse on val/test)
+        if stage == "train":
+            weight = self.kl_weight()
+            if weight != 1.0:
+                terms["objective"] = terms["recon"] + weight * terms["kl"]
+                terms["kl_weight"] = weight
+            return terms
+        terms["elbo"] = -terms["loss"]
+        limit = len(x) if self.iw_images is None else int(self.iw_images) - self.iw_seen
+        limit = max(0, min(len(x), limit))
+        if stage == "test" and limit:
+            self.iw_seen += limit
+            self.nll_iw.update(-self.log_likelihood_iw(x[:limit]))
+            terms["nll_iw"] = self.nll_iw
         return terms
 
     def on_test_epoch_start(self):
-        self._iw_seen = 0
-        super().on_test_epoch_start()
-
-    def test_step(self, batch, batch_idx):
-        super().test_step(batch, batch_idx)
-        x, _ = batch
-        limit = (
-            len(x)
-            if self.iw_images is None
-            else max(0, min(len(x), int(self.iw_images) - self._iw_seen))
-        )
-        if limit:
-            self._iw_seen += limit
-            nll = -self.log_likelihood_iw(x[:limit])
-            self.log("test/nll_iw", nll.mean(), on_epoch=True, batch_size=limit)
-
-    @torch.no_grad()
-    def class_mean_codes(
-        self, split: str = "val", max_images: int = 10000
-    ) -> dict[int, torch.Tensor]:
-        """Mean mu-code of each class present in (the first max_images of) a split."""
-        images, labels = self.datamodule.splits[split]
-        images, labels = images[:max_images], labels[:max_images]
-        codes = torch.cat(
-            [self.encode(xb.to(self.device).float() / 255.0) for xb in images.split(1000)]
-        )
-        labels = labels.to(codes.device)
-        return {int(c): codes[labels == c].mean(0) for c in labels.unique()}
-
-    @torch.no_grad()
-    def attribute_edit(self, n: int | None = None) -> torch.Tensor | None:
-        """Test images of the source class, each row: image | decode(mu + alpha * (mean_target - mean_source))
-        for every alpha. None when either class is absent from the data."""
-        src, tgt, alphas = self.attribute
-        means = self.class_mean_codes("val")
-        if src not in means or tgt not in means:
-            return None
-        images, labels = self.datamodule.splits["test"]
-        x = images[labels == src][: n or self.n_log_images // 2].to(self.device).float() / 255.0
-        if len(x) == 0:
-            return None
-        direction = (means[tgt] - means[src]).to(self.device)
-        a = torch.tensor(alphas, device=self.device).view(1, -1, 1)
-        z = self.encode(x).unsqueeze(1) + a * direction  # (B, alphas, D)
-        edited = self.decode_images(z.flatten(0, 1)).unflatten(0, (len(x), len(alphas)))
-        return viz.grid(torch.cat([x.unsqueeze(1), edited], 1).flatten(0, 1), nrow=len(alphas) + 1)
-
-    @torch.no_grad()
-    def on_validation_epoch_end(self):
-        super().on_validation_epoch_end()  # reconstructions (and whatever the family base logs)
-        if self.datamodule is None or self.trainer.sanity_checking:
-            return
-        viz.log_image(
-            self,
-            "samples",
-            viz.grid(self.sample(z=self._prior_z), nrow=math.isqrt(max(self.n_samples, 1) - 1) + 1),
-        )
-        viz.log_image(
-            self, "interpolation", self.sample_grid(self.interp_steps * 4, interpolate=True)
-        )
-        if self.latent_dim == 2:
-            viz.log_image(self, "manifold", viz.grid(self.manifold(), nrow=self.manifold_size))
-        edit = self.attribute_edit()
-        if edit is not None:
-            viz.log_image(self, "attribute", edit)
+        self.iw_seen = 0

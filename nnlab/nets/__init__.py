@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from nnlab.errors import check_choice
 from nnlab.nets.conv import ConvDecoder, ConvEncoder
 from nnlab.nets.mlp import MLP, MLPDecoder, MLPEncoder
 
@@ -17,21 +18,17 @@ def build_encoder(
     net: str, input_shape: Sequence[int], hidden: Sequence[int], out_dim: int, act: str = "relu"
 ) -> nn.Module:
     """`hidden` is the MLP widths for net=mlp and the conv channel widths for net=conv."""
-    if net == "mlp":
-        return MLPEncoder(input_shape, hidden, out_dim, act)
-    if net == "conv":
-        return ConvEncoder(input_shape, hidden, out_dim, act)
-    raise ValueError(f"unknown net '{net}'; use one of {NETS}")
+    check_choice("net", net, NETS, error=ValueError)
+    encoder = MLPEncoder if net == "mlp" else ConvEncoder
+    return encoder(input_shape, hidden, out_dim, act)
 
 
 def build_decoder(
     net: str, in_dim: int, hidden: Sequence[int], output_shape: Sequence[int], act: str = "relu"
 ) -> nn.Module:
-    if net == "mlp":
-        return MLPDecoder(in_dim, hidden, output_shape, act)
-    if net == "conv":
-        return ConvDecoder(in_dim, hidden, output_shape, act)
-    raise ValueError(f"unknown net '{net}'; use one of {NETS}")
+    check_choice("net", net, NETS, error=ValueError)
+    decoder = MLPDecoder if net == "mlp" else ConvDecoder
+    return decoder(in_dim, hidden, output_shape, act)
 
 
 __all__ = [

@@ -13,7 +13,7 @@ from torch import nn
 from nnlab.nets.mlp import activation
 
 
-def _downsampled(size: int, stages: int) -> int:
+def downsampled(size: int, stages: int) -> int:
     for _ in range(stages):
         if size % 2:
             raise ValueError(
@@ -24,7 +24,8 @@ def _downsampled(size: int, stages: int) -> int:
 
 
 class ConvEncoder(nn.Module):
-    """(C, H, W) -> [Conv 4x4 stride 2 -> BN -> act] per channel width -> flatten -> Linear -> out_dim."""
+    """(C, H, W) -> [Conv 4x4 stride 2 -> BN -> act] per channel width -> flatten -> Linear ->
+    out_dim."""
 
     def __init__(
         self, input_shape: Sequence[int], channels: Sequence[int], out_dim: int, act: str = "relu"
@@ -41,7 +42,7 @@ class ConvEncoder(nn.Module):
             c = width
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(
-            c * _downsampled(h, len(channels)) * _downsampled(w, len(channels)), out_dim
+            c * downsampled(h, len(channels)) * downsampled(w, len(channels)), out_dim
         )
 
     def forward(self, x):
@@ -49,7 +50,8 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """in_dim -> Linear -> (C_last, h, w) -> [ConvTranspose 4x4 stride 2 -> BN -> act] -> image logits."""
+    """in_dim -> Linear -> (C_last, h, w) -> [ConvTranspose 4x4 stride 2 -> BN -> act] -> image
+    logits."""
 
     def __init__(
         self, in_dim: int, channels: Sequence[int], output_shape: Sequence[int], act: str = "relu"
@@ -57,7 +59,7 @@ class ConvDecoder(nn.Module):
         super().__init__()
         c_out, h, w = output_shape
         widths = list(reversed(list(channels)))
-        self.start = (widths[0], _downsampled(h, len(widths)), _downsampled(w, len(widths)))
+        self.start = (widths[0], downsampled(h, len(widths)), downsampled(w, len(widths)))
         self.fc = nn.Sequential(
             nn.Linear(in_dim, widths[0] * self.start[1] * self.start[2]), activation(act)
         )

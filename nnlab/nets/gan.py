@@ -1,10 +1,11 @@
 """Generators and discriminators for the GAN family (plain nn.Modules, no Lightning).
 
-    MLPGenerator / MLPDiscriminator       the fully connected nets of Goodfellow et al. (2014); G with batch norm
+    MLPGenerator / MLPDiscriminator       the fully connected nets of Goodfellow et al. (2014); G
+    with batch norm
     DCGANGenerator / DCGANDiscriminator   Radford et al. (2015): a projected noise vector grown by
-                                          transposed convolutions (BN + ReLU, tanh out); a discriminator
-                                          of strided convolutions (LeakyReLU 0.2, BN except on the
-                                          first layer, no pooling) ending in one logit
+                                          transposed convolutions (BN + ReLU, tanh out); a
+                                          discriminator of strided convolutions (LeakyReLU 0.2, BN
+                                          except on the first layer, no pooling) ending in one logit
 
 Generators map noise z (B, latent_dim) to images in [-1, 1] (tanh); discriminators map images in
 [-1, 1] to one logit per image (B,). With n_classes > 0 every net is conditional (Mirza & Osindero
@@ -25,13 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnlab.nets.conv import _downsampled
+from nnlab.errors import check_choice
+from nnlab.nets.conv import downsampled
 
 GAN_NETS = ("mlp", "dcgan")
 
 
 def _with_label(h: torch.Tensor, y: torch.Tensor | None, n_classes: int) -> torch.Tensor:
-    """Concatenate the one-hot label to a (B, D) vector, or as n_classes constant maps to a (B, C, H, W) image."""
+    """Concatenate the one-hot label to a (B, D) vector, or as n_classes constant maps to a (B, C,
+    H, W) image."""
     if not n_classes:
         return h
     if y is None:
@@ -43,11 +46,11 @@ def _with_label(h: torch.Tensor, y: torch.Tensor | None, n_classes: int) -> torc
 
 
 class MLPGenerator(nn.Module):
-    """z (+ one-hot y) -> [Linear -> BatchNorm -> LeakyReLU(0.2)] per hidden width -> Linear -> tanh -> image (C, H, W).
+    """z (+ one-hot y) -> [Linear -> BatchNorm -> LeakyReLU(0.2)] per hidden width -> Linear ->
+    tanh -> image (C, H, W).
 
-    Batch norm in G is Radford et al.'s lesson applied to the MLP: on Fashion-MNIST it reached a LeNet-FID
-    of ~100 after 450 steps where plain ReLU layers were still at ~310 (noise).
-    """
+    Batch norm in G is Radford et al.'s lesson applied to the MLP: on Fashion-MNIST it reached a
+    LeNet-FID of ~100 after 450 steps where plain ReLU layers were still at ~310 (noise)."""
 
     def __init__(
         self, latent_dim: int, hidden: Sequence[int], image_shape: Sequence[int], n_classes: int = 0
@@ -66,8 +69,10 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """image (+ one-hot y) -> flatten -> [Linear -> LeakyReLU(0.2) -> Dropout] per width -> head -> logit
-    (the head: Linear, plus the projection <embed(y), h> with projection=True instead of the one-hot input)."""
+    """image (+ one-hot y) -> flatten -> [Linear -> LeakyReLU(0.2) -> Dropout] per width -> head ->
+    logit
+    (the head: Linear, plus the projection <embed(y), h> with projection=True instead of the
+    one-hot input)."""
 
     def __init__(
         self,
@@ -92,9 +97,11 @@ class MLPDiscriminator(nn.Module):
 
 
 class DCGANGenerator(nn.Module):
-    """z (+ one-hot y) -> project to (c0, H/2^k, W/2^k) -> BN -> ReLU -> [ConvT 4x4/2 -> BN -> ReLU] ... -> ConvT -> tanh.
+    """z (+ one-hot y) -> project to (c0, H/2^k, W/2^k) -> BN -> ReLU -> [ConvT 4x4/2 -> BN ->
+    ReLU] ... -> ConvT -> tanh.
 
-    `channels` are the widths from the smallest feature map up, e.g. [128, 64]: k = len(channels) upsamplings.
+    `channels` are the widths from the smallest feature map up, e.g. [128, 64]: k = len(channels)
+    upsamplings.
     """
 
     def __init__(
@@ -108,7 +115,7 @@ class DCGANGenerator(nn.Module):
         c_out, h, w = image_shape
         self.n_classes = int(n_classes)
         widths = list(channels)
-        self.start = (widths[0], _downsampled(h, len(widths)), _downsampled(w, len(widths)))
+        self.start = (widths[0], downsampled(h, len(widths)), downsampled(w, len(widths)))
         self.project = nn.Linear(latent_dim + self.n_classes, math.prod(self.start), bias=False)
         layers = [nn.BatchNorm2d(widths[0]), nn.ReLU()]
         for i, width in enumerate(widths):
@@ -124,8 +131,10 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """image (+ label maps) -> [Conv 4x4/2 -> (BN) -> LeakyReLU(0.2)] per width -> flatten -> head -> logit
-    (the head: Linear, plus the projection <embed(y), h> with projection=True instead of the label maps)."""
+    """image (+ label maps) -> [Conv 4x4/2 -> (BN) -> LeakyReLU(0.2)] per width -> flatten -> head
+    -> logit
+    (the head: Linear, plus the projection <embed(y), h> with projection=True instead of the label
+    maps)."""
 
     def __init__(
         self,
@@ -143,7 +152,7 @@ class DCGANDiscriminator(nn.Module):
             layers += ([] if i == 0 else [nn.BatchNorm2d(width)]) + [nn.LeakyReLU(0.2)]
             width_in = width
         self.net = nn.Sequential(*layers)
-        features = width_in * _downsampled(h, len(channels)) * _downsampled(w, len(channels))
+        features = width_in * downsampled(h, len(channels)) * downsampled(w, len(channels))
         self.head = ProjectionHead(features, self.n_classes if self.projection else 0)
         dcgan_init(self)
 
@@ -153,7 +162,8 @@ class DCGANDiscriminator(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """features h (B, F) -> one logit: fc(h), plus <embed(y), h> when n_classes > 0 (the projection discriminator)."""
+    """features h (B, F) -> one logit: fc(h), plus <embed(y), h> when n_classes > 0 (the projection
+    discriminator)."""
 
     def __init__(self, features: int, n_classes: int = 0):
         super().__init__()
@@ -194,15 +204,14 @@ def build_gan_nets(
     n_classes: int = 0,
     projection: bool = False,
 ) -> tuple[nn.Module, nn.Module]:
-    """(generator, discriminator) by name: `mlp` (widths of the hidden layers) or `dcgan` (conv channel widths)."""
-    if net == "mlp":
-        return (
-            MLPGenerator(latent_dim, g_dims, image_shape, n_classes),
-            MLPDiscriminator(image_shape, d_dims, n_classes, projection=projection),
-        )
-    if net == "dcgan":
-        return (
-            DCGANGenerator(latent_dim, g_dims, image_shape, n_classes),
-            DCGANDiscriminator(image_shape, d_dims, n_classes, projection=projection),
-        )
-    raise ValueError(f"unknown GAN net '{net}'; use one of {GAN_NETS}")
+    """(generator, discriminator) by name: `mlp` (widths of the hidden layers) or `dcgan` (conv
+    channel widths)."""
+    check_choice("GAN net", net, GAN_NETS, error=ValueError)
+    generator, discriminator = {
+        "mlp": (MLPGenerator, MLPDiscriminator),
+        "dcgan": (DCGANGenerator, DCGANDiscriminator),
+    }[net]
+    return (
+        generator(latent_dim, g_dims, image_shape, n_classes),
+        discriminator(image_shape, d_dims, n_classes, projection=projection),
+    )

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnlab.errors import check_choice
+
 VARIANTS = ("modern", "classic")
 LENET_SIDE = 32  # the paper's input side; smaller images are zero-padded to it
 
@@ -29,8 +31,7 @@ LENET_SIDE = 32  # the paper's input side; smaller images are zero-padded to it
 class LeNet5(nn.Module):
     def __init__(self, input_shape: Sequence[int], num_classes: int = 10, variant: str = "modern"):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown LeNet-5 variant '{variant}'; use one of {VARIANTS}")
+        check_choice("LeNet-5 variant", variant, VARIANTS, error=ValueError)
         c, h, w = (int(s) for s in input_shape)
         # zero padding up to 32x32 (2 pixels a side for 28x28); larger images are used as they are
         ph, pw = max(0, LENET_SIDE - h), max(0, LENET_SIDE - w)

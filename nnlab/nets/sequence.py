@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from nnlab.errors import check_choice
+
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
@@ -28,11 +30,11 @@ class SequenceNet(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"unknown cell '{cell}'; use one of {tuple(CELLS)}")
+        check_choice("cell", cell, CELLS, error=ValueError)
         c, _, w = (int(s) for s in input_shape)
         self.directions = 2 if bidirectional else 1
-        # dropout between stacked layers (PyTorch applies it to all but the last) and before the head
+        # dropout between stacked layers (PyTorch applies it to all but the last) and before the
+        # head
         self.rnn = CELLS[cell](
             c * w,
             hidden_size,
