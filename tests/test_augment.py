@@ -1,12 +1,17 @@
 """On-device batch augmentation (nnlab/data/augment.py): shapes, dtypes, what a shift and a flip do
-to known pixels, and determinism under a seed."""
+to known pixels, determinism under a seed, and the datamodule's `dataset.augment` (training
+batches only, the same batches in a rerun, a config mistake caught before the run)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from conftest import FAST, read_metrics, run_fails, run_train
 
 from nnlab.data.augment import augment, batch_generator, check_spec
+from nnlab.data.datamodule import ImageDataModule
 from nnlab.errors import ConfigError
 
 
@@ -84,3 +89,64 @@ def _shifted(img: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     src = img[:, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
     out[:, max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)] = src
     return out
+
+
+def _datamodule(**augment_spec) -> ImageDataModule:
+    dm = ImageDataModule(
+        "synthetic", format="synthetic", n_train=64, n_test=16, seed=3, augment=augment_spec or None
+    )
+    dm.setup()
+    return dm
+
+
+def _fake_trainer(training: bool, epoch: int = 0, batch: int = 0):
+    """What on_after_batch_transfer reads of a Trainer: the stage, the epoch and the batch count."""
+    loop = SimpleNamespace(total_batch_idx=batch)
+    return SimpleNamespace(training=training, current_epoch=epoch, global_rank=0, fit_loop=loop)
+
+
+def test_the_datamodule_augments_training_batches_only():
+    dm = _datamodule(pad=2, hflip=True)
+    images, labels = dm.raw("train")
+    batch = (images[:32], labels[:32])
+    plain = images[:32].float() / 255
+    dm.trainer = _fake_trainer(training=False)
+    x, y = dm.on_after_batch_transfer(batch)
+    assert torch.equal(x, plain) and torch.equal(y, labels[:32])  # validation, test: untouched
+    dm.trainer = _fake_trainer(training=True, epoch=1, batch=5)
+    x, y = dm.on_after_batch_transfer(batch)
+    assert x.shape == plain.shape and x.dtype == torch.float32 and torch.equal(y, labels[:32])
+    assert not torch.equal(x, plain)
+    again, _ = dm.on_after_batch_transfer(batch)  # the same place in the run: the same batch
+    assert torch.equal(x, again)
+    dm.trainer = _fake_trainer(training=True, epoch=1, batch=6)
+    assert not torch.equal(x, dm.on_after_batch_transfer(batch)[0])
+
+
+def test_augmentation_is_off_by_default():
+    dm = _datamodule()
+    images, labels = dm.raw("train")
+    dm.trainer = _fake_trainer(training=True)
+    x, _ = dm.on_after_batch_transfer((images[:8], labels[:8]))
+    assert torch.equal(x, images[:8].float() / 255)
+
+
+def test_a_run_with_augmentation_is_repeatable(tmp_path):
+    aug = (
+        "model=lenet",
+        *FAST,
+        "logger=none",
+        "dataset.augment.pad=2",
+        "dataset.augment.hflip=true",
+    )
+    losses = [
+        read_metrics(run_train(tmp_path, *aug, name=name))["metrics"]["train/loss"]
+        for name in ("a", "b")
+    ]
+    assert losses[0] == losses[1]
+
+
+def test_a_bad_augment_value_stops_before_training(tmp_path, capsys):
+    err, record = run_fails(tmp_path, capsys, "model=lenet", *FAST, "dataset.augment.pad=-2")
+    assert "dataset.augment.pad=-2 is not valid" in err
+    assert record["status"] == "failed" and not record["metrics"]
