@@ -242,6 +242,31 @@ def test_generator_moving_average():
         DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28), ema=1.0)
 
 
+def test_a_learning_rate_schedule_steps_both_players_per_batch(tmp_path):
+    """model.scheduler: the same schedule for G's and D's learning rates, stepped every batch
+    (manual optimisation); here LinearLR down to 0 over the fit's batches (total_iters: auto)."""
+    linear = "{_target_: torch.optim.lr_scheduler.LinearLR, start_factor: 1.0, end_factor: 0.0,"
+    run = run_train(
+        tmp_path,
+        *FAST,
+        "model=dcgan",
+        "model.g_dims=[16,8]",
+        "model.d_dims=[8,16]",
+        *QUIET,
+        f"model.scheduler={linear} total_iters: auto}}",
+        "trainer.limit_train_batches=4",
+    )
+    assert read_metrics(run)["status"] == "finished"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    states = ckpt["lr_schedulers"]
+    assert len(states) == 2 and [s["total_iters"] for s in states] == [4, 4]
+    assert [s["last_epoch"] for s in states] == [4, 4]  # stepped once per batch
+    assert [group["lr"] for opt in ckpt["optimizer_states"] for group in opt["param_groups"]] == [
+        0.0,
+        0.0,
+    ]
+
+
 def test_unconditional_sampling_and_label_error():
     model = DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28))
     grid = model.sample_grid(16)

@@ -167,17 +167,21 @@ class NNLabModule(compat.QuickHookName, pl.LightningModule):
         sched = self.hparams.get("scheduler")
         if not sched:
             return optimizer
-        sched = dict(sched)
-        interval = sched.pop("interval", "epoch")
-        if sched.get("total_steps") == "auto":  # OneCycleLR & co.: the optimizer steps of the fit
-            sched["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler, interval = self.build_scheduler(sched, optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": instantiate(sched, optimizer=optimizer),
-                "interval": interval,
-            },
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
+
+    def build_scheduler(self, spec: dict, optimizer, interval: str = "epoch") -> tuple[Any, str]:
+        """(the scheduler of a plain spec for this optimiser, its interval: "epoch" or "step").
+        total_steps / total_iters: auto (OneCycleLR, LinearLR & co.) become the fit's batches."""
+        spec = dict(spec)
+        interval = spec.pop("interval", interval)
+        for key in ("total_steps", "total_iters"):
+            if spec.get(key) == "auto":
+                spec[key] = int(self.trainer.estimated_stepping_batches)
+        return instantiate(spec, optimizer=optimizer), interval
 
     @property
     def datamodule(self):

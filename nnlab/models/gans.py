@@ -74,7 +74,6 @@ def check_options(hp) -> None:
         "d_steps": not (isinstance(d_steps, int) and d_steps >= 1),
         "label_smoothing": not 0.0 <= float(label_smoothing) < 0.5,
         "ema": not 0.0 <= float(ema) < 1.0,
-        "scheduler": bool(hp.get("scheduler")),
         "monitor": monitor in QUALITY_KEYS and not (metrics or {}).get("classifier_ckpt"),
     }
     texts = {
@@ -84,8 +83,6 @@ def check_options(hp) -> None:
         "real target is 1 - label_smoothing.",
         "ema": f"model.ema={ema} must be in [0, 1): the decay of the generator's moving average "
         "(0 = off; 0.999 is usual).",
-        "scheduler": "model.scheduler is not supported by the GAN models (two optimisers, manual "
-        "optimisation); set it to null.",
         "monitor": f"model.monitor={monitor} is measured only with a classifier: pass "
         "model.metrics.classifier_ckpt=<a lenet run folder>, or model.monitor=null to keep the "
         "last epoch.",
@@ -264,10 +261,22 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
         default = {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.5, 0.999]}
         spec = dict(self.hparams.get("optimizer") or default)
         d_spec = dict(self.hparams.get("d_optimizer") or spec)
-        return [
+        optimizers = [
             build_optimizer(spec, self.generator.parameters()),
             build_optimizer(d_spec, self.discriminator.parameters()),
         ]
+        if not self.hparams.get("scheduler"):
+            return optimizers
+        # the same schedule for G's and D's learning rates, stepped by training_step (per batch)
+        # or on_train_epoch_end: manual optimisation steps its schedulers itself
+        built = [self.build_scheduler(self.hparams.scheduler, opt, "step") for opt in optimizers]
+        self.scheduler_interval = built[0][1]
+        return optimizers, [scheduler for scheduler, _ in built]
+
+    def step_schedulers(self, interval: str) -> None:
+        if self.hparams.get("scheduler") and self.scheduler_interval == interval:
+            for scheduler in self.lr_schedulers():
+                scheduler.step()
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -295,6 +304,7 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
             self.discriminator.requires_grad_(True)
             losses["g_loss"] = g_loss.detach()
 
+        self.step_schedulers("step")
         check_finite(self, losses, iteration)
         if self.logging_step:
             d_real, d_fake = (
@@ -316,6 +326,9 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
 
         values = self.quality(generate, self.datamodule, stage, n, floor, self.conditional)
         self.log_terms(stage, values)
+
+    def on_train_epoch_end(self):
+        self.step_schedulers("epoch")
 
     def on_validation_epoch_end(self):
         if not self.trainer.sanity_checking:
