@@ -32,7 +32,7 @@ from nnlab import viz
 from nnlab.errors import ConfigError, NNLabError, check_choice
 from nnlab.metrics.fid import GeneratorQuality
 from nnlab.models.base import NNLabModule, build_optimizer
-from nnlab.nets.gan import GAN_NETS, build_gan_nets
+from nnlab.nets.gan import D_NORMS, GAN_NETS, build_gan_nets
 
 GENERATOR_LOSSES = ("minimax", "non_saturating")
 QUALITY_KEYS = ("val/fid", "val/label_acc")  # the monitors that need model.metrics.classifier_ckpt
@@ -68,6 +68,12 @@ def check_options(hp) -> None:
     """One paragraph for the first bad GAN option (ConfigError), before anything is built."""
     check_choice("model.net", hp["net"], GAN_NETS)
     check_choice("model.generator_loss", hp["generator_loss"], GENERATOR_LOSSES)
+    check_choice("model.d_norm", hp["d_norm"], D_NORMS)
+    if hp["net"] == "mlp" and hp["d_norm"] != "batch":
+        raise ConfigError(
+            f"model.d_norm={hp['d_norm']} is the dcgan discriminator's normalisation; with "
+            "model.net=mlp leave it at batch, or use model.net=dcgan."
+        )
     d_steps, label_smoothing, ema = hp["d_steps"], hp["label_smoothing"], hp["ema"]
     monitor, metrics = hp["monitor"], hp["metrics"]
     problems = {
@@ -219,6 +225,7 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
         d_optimizer=None,
         num_classes=10,
         projection=False,
+        d_norm="batch",
         ema=0.0,
         metrics=None,
         n_log_images=64,
@@ -235,7 +242,14 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
         self.metrics_cfg.update(metrics or {})
         self.quality = GeneratorQuality(self.metrics_cfg["classifier_ckpt"], self.skipped_note())
         self.generator, self.discriminator = build_gan_nets(
-            net, self.latent_dim, g_dims, d_dims, self.input_shape, self.n_classes, bool(projection)
+            net,
+            self.latent_dim,
+            g_dims,
+            d_dims,
+            self.input_shape,
+            self.n_classes,
+            bool(projection),
+            d_norm,
         )
         # ema > 0: a moving average of G's weights generates every image (Yazici et al. 2019)
         self.ema_decay = float(ema)
