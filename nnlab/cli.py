@@ -4,6 +4,7 @@ nnlab train [overrides]      train (or sweep with -m); Hydra's --help, --cfg job
 nnlab runs [DIR ...]         a table of the runs under DIR (default outputs/) to compare them
 nnlab eval RUN_OR_CKPT       test a trained model again
 nnlab sample RUN_OR_CKPT     write a PNG grid of samples
+nnlab robustness RUN_OR_CKPT attacks, out-of-distribution data, calibration
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ commands:
                         the metrics (dataset=NAME to test on another dataset)
   sample RUN_OR_CKPT    write a PNG grid from a trained model (n=64
                         out=samples.png label=3 interpolate=true)
+  robustness RUN_OR_CKPT  FGSM/PGD accuracy against eps, OOD detection (ood=digits),
+                        calibration (ECE, temperature scaling); the vae's OOD likelihood
 
 examples:
   nnlab train                                   # ae on Fashion-MNIST
@@ -46,6 +49,7 @@ COMMANDS = {
     "runs": "nnlab.runs:main",
     "eval": "nnlab.evaluate:main",
     "sample": "nnlab.sample:main",
+    "robustness": "nnlab.robustness:main",
 }
 
 

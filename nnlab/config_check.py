@@ -58,9 +58,26 @@ RULES = {
         "dataset.val_fraction=0.1",
     ),
     "dataset.shape": (
-        lambda v: _int_list(v) and len(v) == 3,
-        "[channels, height, width]",
-        "dataset.shape=[1,28,28]",
+        lambda v: _int_list(v) and len(v) in (1, 3),
+        "[channels, height, width] for images or [features] for sequences",
+        "dataset.shape=[1,28,28] or dataset.shape=[12]",
+    ),
+    # the sequence family (issue 17): forecasting spans and truncated BPTT
+    "dataset.horizon": (_positive_int, "a positive integer (steps ahead)", "dataset.horizon=1"),
+    "dataset.window": (_positive_int, "a positive integer (steps of history)", "dataset.window=24"),
+    "dataset.test_size": (_positive_int, "a positive integer (steps)", "dataset.test_size=36"),
+    "dataset.val_size": (_positive_int, "a positive integer (steps)", "dataset.val_size=12"),
+    "dataset.period": (_positive_int, "a positive integer (steps)", "dataset.period=12"),
+    "dataset.ar_order": (_positive_int, "a positive integer", "dataset.ar_order=9"),
+    "dataset.transform": (
+        lambda v: v in ("none", "log", "sqrt"),
+        "one of none, log, sqrt",
+        "dataset.transform=log",
+    ),
+    "model.tbptt_steps": (
+        lambda v: v is None or _positive_int(v),
+        "null (full BPTT) or a positive integer",
+        "model.tbptt_steps=100",
     ),
     "trainer.max_epochs": (
         _epochs,
@@ -123,8 +140,41 @@ def _select(cfg: DictConfig, key: str):
         raise ConfigError(f"{key} cannot be resolved: {err}") from err
 
 
+# what each kind of dataset holds, for the model/dataset check (no `inputs` key: images)
+INPUTS = {
+    "images": "images",
+    "sequences": "variable-length sequences of feature vectors (batches of x, lengths, y)",
+    "series": "windows of one time series to forecast",
+}
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """A model that cannot read the dataset's kind of input (an image model on sequences, the
+    forecaster on images...) is one ConfigError: models list the kinds they read in `inputs`
+    (absent: images), datasets say theirs in `inputs` (absent: images)."""
+    model, dataset = cfg.get("model"), cfg.get("dataset")
+    if model is None or dataset is None:
+        return
+    kind = dataset.get("inputs", "images")
+    reads = list(model.get("inputs", ["images"]))
+    if kind in reads:
+        return
+    raise ConfigError(
+        f"model={model.get('name')} reads {' or '.join(reads)}, but dataset={dataset.get('name')} "
+        f"holds {INPUTS.get(kind, kind)}. Pick a matching pair: model=lstm reads images and "
+        "sequences (e.g. dataset=japanese_vowels), model=forecaster reads series (dataset=airline, "
+        "sunspots, co2), the other models read images (dataset=fashion_mnist)."
+    )
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value."""
+    check_inputs(cfg)
+    cell = OmegaConf.select(cfg, "model.cell", default=None)
+    if cell is not None:  # the recurrent cells of nnlab/nets/sequence.py (CELLS)
+        from nnlab.errors import check_choice
+
+        check_choice("model.cell", cell, ("lstm", "gru", "rnn"))
     for key, (check, must, example) in RULES.items():
         value = _select(cfg, key)
         if value is None and OmegaConf.select(cfg, key, default="__absent__") == "__absent__":

@@ -80,6 +80,7 @@ def evaluate(argv: list[str]) -> dict[str, float]:
     import pytorch_lightning as pl
     import torch
 
+    from nnlab.analysis import callbacks_for
     from nnlab.device import check_device
     from nnlab.inference import load_for_inference
     from nnlab.run_folder import RunLock, is_run_dir, run_dir_of
@@ -107,6 +108,7 @@ def evaluate(argv: list[str]) -> dict[str, float]:
             enable_progress_bar=False,
             enable_model_summary=False,
             limit_test_batches=limit if limit is not None else 1.0,
+            callbacks=callbacks_for(cfg),  # the test-time analyses, as in the run's test stage
         )
         datamodule.prepare_data()
         trainer.test(model, datamodule=datamodule, verbose=False)

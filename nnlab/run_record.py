@@ -103,11 +103,14 @@ class RunRecord:
         self.update(status=status, **fields)
 
     @classmethod
-    def add_eval(cls, run_dir: str | Path, dataset: str, entry: dict[str, Any]) -> None:
-        """An `nnlab eval` result under eval.<dataset> (the caller holds the run's lock)."""
+    def add_eval(
+        cls, run_dir: str | Path, dataset: str, entry: dict[str, Any], section: str = "eval"
+    ) -> None:
+        """An `nnlab eval` (or `nnlab robustness`) result under <section>.<dataset> (the caller
+        holds the run's lock)."""
         data = cls.read(run_dir) or {}
-        evals = data.get("eval") if isinstance(data.get("eval"), dict) else {}
-        data["eval"] = {**evals, dataset: entry}
+        evals = data.get(section) if isinstance(data.get(section), dict) else {}
+        data[section] = {**evals, dataset: entry}
         write_json(Path(run_dir) / "metrics.json", data)
 
 

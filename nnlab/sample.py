@@ -26,6 +26,8 @@ Write a PNG grid from a trained model: RUN_OR_CKPT is a run folder or a .ckpt fi
   label=K            models with classes (cgan): samples of class K; default: one row per class
   interpolate=true   autoencoders, vae, gans: decoded straight lines between two codes (or noise
                      vectors); rbm: one Gibbs chain per row
+  saliency=true      classifiers: input-gradient and occlusion maps of the first n test images
+                     (of class K with label=K) instead of the errors grid; n=8 reads well
   seed=0             the random seed of the samples
   checkpoint=best    or last: which checkpoint of a run folder
   dataset=NAME       the dataset to draw test images from (same image shape)
@@ -36,6 +38,7 @@ OPTIONS = {
     "out": "samples.png",
     "label": "",
     "interpolate": "false",
+    "saliency": "false",
     "seed": "0",
     "checkpoint": "best",
 }
@@ -64,6 +67,8 @@ def sample(argv: list[str]) -> Path:
     seed = int_option(opts["seed"], "seed", minimum=0, maximum=2**32 - 1)
     check_choice("interpolate", opts["interpolate"].lower(), ("true", "false", "yes", "no"))
     interpolate = opts["interpolate"].lower() in ("true", "yes")
+    check_choice("saliency", opts["saliency"].lower(), ("true", "false", "yes", "no"))
+    saliency = opts["saliency"].lower() in ("true", "yes")
     out = _out_path(opts["out"])
 
     import pytorch_lightning as pl
@@ -85,8 +90,11 @@ def sample(argv: list[str]) -> Path:
     attach(model, datamodule)
     pl.seed_everything(seed, verbose=False)
     try:
-        with torch.no_grad():
-            image = model.sample_grid(n=n, label=label, interpolate=interpolate)
+        if saliency:
+            image = _saliency(model, datamodule, n, label, name)
+        else:
+            with torch.no_grad():
+                image = model.sample_grid(n=n, label=label, interpolate=interpolate)
     except NotImplementedError:  # the model's family draws no samples (NNLabModule's default)
         raise ConfigError(
             f"Model '{name}' ({type(model).__name__}) cannot draw samples: its family has no "
@@ -104,6 +112,22 @@ def sample(argv: list[str]) -> Path:
         raise StorageError(f"Cannot write {out}: {err.strerror or err}.") from None
     print(f"nnlab sample: {out} ({image.shape[2]}x{image.shape[1]} px) from {ckpt_path}")
     return out
+
+
+def _saliency(model, datamodule, n: int, label, name: str):
+    """What a classifier looks at: nnlab.saliency's figure of the first n test images."""
+    from nnlab import saliency
+    from nnlab.models.classifiers import ClassifierBase
+
+    if not isinstance(model, ClassifierBase):
+        raise ConfigError(
+            f"saliency=true: model '{name}' is not a classifier, so it has no class score to "
+            "explain. Drop saliency=true (or pass a lenet or lstm run)."
+        )
+    x, y = datamodule.images("test", n, label)
+    names = list(datamodule.classes or [])
+    names = names if len(names) == model.num_classes else [str(i) for i in range(model.num_classes)]
+    return saliency.figure(model, x.to(model.device), y.to(model.device), names)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 DataLoader pipeline.
 
 For each model (ae, lenet, lstm, dcgan) at its default batch size, three ways of training the same
-nn.Module with the same optimiser, batch size and loss on Fashion-MNIST, and the first two in turn:
+nn.Module with the same optimiser, batch size and loss on Fashion-MNIST, and the first two in turn
+(lstm_seq: the LSTM on JapaneseVowels' variable-length sequences, nnlab against the hand-written
+loop over the same packed, bucketed batches; its img/s are sequences/s):
 
   nnlab       the real `nnlab train` path, in this process: the entry point `nnlab.train.main`
               with the default callbacks (checkpoint, lr monitor, progress bar on), TensorBoard
@@ -97,6 +99,9 @@ class Entry:
     max_batches: int | None = (
         None  # training batches per epoch when --limit-batches is not given (slow models)
     )
+    # the paths that apply (None: all); variable-length sequences have no torchvision-style
+    # Dataset to compare with, so lstm_seq leaves `dataloader` out
+    paths: tuple[str, ...] | None = None
 
 
 def ae_loss(m, x, y):
@@ -114,6 +119,11 @@ def lenet_loss(m, x, y):
 def rnn_loss(m, x, y):
     """Row-by-row LSTM: cross-entropy of the net's logits."""
     return F.cross_entropy(m.net(x), y)
+
+
+def seq_loss(m, x, y):
+    """LSTM on variable-length sequences: x is (padded steps, lengths), packed by the net."""
+    return F.cross_entropy(m.net(*x), y)
 
 
 def clipped_step(entry_loss):
@@ -197,6 +207,16 @@ MODELS: dict[str, Entry] = {
         rnn_loss,
         clipped_step(rnn_loss),
         note="LSTM 128 over 28 rows, clip 1.0",
+    ),
+    # JapaneseVowels (make data): packed, bucketed batches of 16 sequences of 7-29 steps; the
+    # preset without its one-cycle schedule (a scheduler needs the trainer's step count)
+    "lstm_seq": Entry(
+        "lstm_seq",
+        ["experiment=japanese_vowels", "model.scheduler=null"],
+        seq_loss,
+        clipped_step(seq_loss),
+        note="LSTM 64, JapaneseVowels, packed, clip 1.0 (img/s = sequences/s)",
+        paths=("nnlab", "hand", "interleaved"),
     ),
     "dcgan": Entry(
         "dcgan",
@@ -289,23 +309,39 @@ class HandSide:
     bs: int
     step: Callable
     n_batches: int
+    lengths: torch.Tensor | None = None  # sequences: the lengths (CPU), and the bucket size
+    bucket: int = 1
 
     def order(self, seed: int) -> torch.Tensor:
-        return torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed)).to(
-            self.images.device
-        )
+        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))
+        order = order.to(self.images.device)
+        if self.lengths is not None and self.bucket > 1:  # as SequenceBatches buckets them
+            from nnlab.data.sequences import bucket_order
+
+            order = bucket_order(order, self.lengths.to(order.device), self.bucket * self.bs)
+        return order
 
     def train_step(self, order: torch.Tensor, i: int):
-        """One step on the i-th batch of `order`: x = images[idx].float() / 255."""
+        """One step on the i-th batch of `order`: x = images[idx].float() / 255; sequences:
+        x = (steps[idx] cropped to the batch's longest, lengths[idx])."""
         idx = order[i * self.bs : (i + 1) * self.bs]
-        return self.step(
-            self.model, self.opts, self.images[idx].float().div_(255.0), self.labels[idx]
-        )
+        if self.lengths is None:
+            x = self.images[idx].float().div_(255.0)
+        else:
+            lengths = self.lengths[idx.cpu()]
+            x = (self.images[idx, : int(lengths.max())], lengths)
+        return self.step(self.model, self.opts, x, self.labels[idx])
 
 
 def hand_side(entry: Entry, overrides: list[str], device, limit: int | None = None) -> HandSide:
     cfg, dm, model, opts = build(overrides)
-    images, labels = (t.to(device) for t in dm.raw("train"))
+    lengths, bucket = None, 1
+    if hasattr(dm, "sequences"):  # the datamodule's own standardised, padded training split
+        images, lengths, labels = dm.sequences("train")
+        bucket = dm.bucket
+    else:
+        images, labels = dm.raw("train")
+    images, labels = images.to(device), labels.to(device)
     bs = int(cfg.dataset.batch_size)
     n_batches = max(1, len(images) // bs)
     return HandSide(
@@ -316,6 +352,8 @@ def hand_side(entry: Entry, overrides: list[str], device, limit: int | None = No
         bs,
         entry_step(entry),
         min(n_batches, limit) if limit else n_batches,
+        lengths,
+        bucket,
     )
 
 
@@ -834,7 +872,7 @@ def main(argv=None) -> dict:
             "dataloader": partial(run_dataloader, *common, args.workers),
             "interleaved": partial(run_interleaved, *common),
         }
-        runs = {p: [] for p in paths}
+        runs = {p: [] for p in paths if entry.paths is None or p in entry.paths}
         if args.compile:
             jobs["nnlab+compile"] = partial(
                 run_nnlab, *common, ["model.compile=true"], warmup_epochs=1

@@ -148,3 +148,20 @@ def test_compile_pairs_time_a_compiled_copy_against_a_plain_one(bench):
         and result["pair"] == ("compiled", "plain")
     )
     assert result["ratio"] > 0 and all(ms > 0 for ms in result["ms_per_step"])
+
+
+def test_sequence_entry_trains_the_same_packed_batches(bench):
+    """lstm_seq: the hand-written loss is the model's on a packed batch, and the hand side draws
+    bucketed batches cropped to their longest sequence, as SequenceBatches does."""
+    entry = bench.MODELS["lstm_seq"]
+    overrides = [*entry.overrides, "dataset.format=synthetic", "dataset.shape=[3]"]
+    hand = bench.hand_side(entry, [*overrides, "accelerator=cpu"], torch.device("cpu"))
+    idx = hand.order(0)[: hand.bs]
+    lengths = hand.lengths[idx]
+    assert (lengths.diff() >= 0).all()  # sorted within the bucket
+    x, y = (hand.images[idx, : int(lengths.max())], lengths), hand.labels[idx]
+    torch.manual_seed(0)
+    model_loss = hand.model.step((*x, y), "train")["loss"]
+    torch.manual_seed(0)  # the same dropout mask
+    assert torch.allclose(entry.loss(hand.model, x, y), model_loss)
+    assert torch.isfinite(hand.train_step(hand.order(1), 0))

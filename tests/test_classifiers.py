@@ -11,11 +11,11 @@ from conftest import FAST, event_tags, read_metrics, run_train
 from nnlab.errors import CheckpointError, ConfigError
 from nnlab.models.classifiers import (
     LeNet,
-    SequenceClassifier,
     error_labels,
     load_classifier,
     pick_errors,
 )
+from nnlab.models.sequences import SequenceClassifier
 from nnlab.nets.lenet import LeNet5
 from nnlab.nets.sequence import SequenceNet
 from nnlab.viz import errors_grid

@@ -29,6 +29,10 @@ RESOLVABLE = ("model", "dataset", "trainer.max_epochs", "trainer.accelerator", "
 COMPANIONS = {
     ("dataset", "movielens"): ["model=rbm_cf"],
     ("dataset", "synthetic_ratings"): ["model=rbm_cf"],
+    # sequences are read by lstm, series by the forecaster (issue 17)
+    **{("dataset", d): ["model=lstm"] for d in ("uea", "japanese_vowels", "plaid")},
+    **{("dataset", d): ["model=forecaster"] for d in ("airline", "sunspots", "co2")},
+    ("model", "forecaster"): ["dataset=airline"],
 }
 
 
@@ -89,7 +93,8 @@ def test_configs_ship_inside_the_package():
 
 
 def test_wheel_ships_every_yaml(tmp_path):
-    """A non-editable install gets every YAML of configs/ inside the package (nnlab/configs/...)."""
+    """A non-editable install gets every YAML of configs/ inside the package (nnlab/configs/...)
+    and every module of every sub-package (pyproject.toml lists the packages by name)."""
     import subprocess
     import sys
     import zipfile
@@ -116,6 +121,9 @@ def test_wheel_ships_every_yaml(tmp_path):
     wanted = {
         "nnlab/configs/" + str(p.relative_to(root / "configs"))
         for p in (root / "configs").rglob("*.yaml")
+    }
+    wanted |= {
+        "nnlab/" + str(p.relative_to(root / "nnlab")) for p in (root / "nnlab").rglob("*.py")
     }
     assert wanted and wanted <= names, sorted(wanted - names)
 

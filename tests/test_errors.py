@@ -50,7 +50,7 @@ def _train_fails(capsys, *argv) -> str:
         ),
         (
             "dataset=nosuch",
-            "dataset='nosuch' is unknown; use one of cifar10,",
+            "dataset='nosuch' is unknown; use one of airline, cifar10,",
         ),
         ("accelerator=gpux", "Did you mean accelerator=gpu?"),
     ],

@@ -82,4 +82,8 @@ class TensorBatches:
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             self._position = i + 1
-            yield self.images[idx], self.labels[idx]
+            yield self.batch(idx)
+
+    def batch(self, idx: torch.Tensor):
+        """The batch of these indices (subclasses serve other batch shapes, e.g. sequences)."""
+        return self.images[idx], self.labels[idx]

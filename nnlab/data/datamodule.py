@@ -1,4 +1,4 @@
-"""ImageDataModule: one datamodule for every image dataset (Fashion-MNIST, MNIST, CIFAR-10,
+"""ImageDataModule: one datamodule for every image dataset (Fashion-MNIST, MNIST, CIFAR-10, digits,
 synthetic).
 
 Each split is loaded once as uint8, moved to the training device once, and served by
@@ -18,10 +18,11 @@ import torch
 from nnlab import lightning_compat as compat
 from nnlab.data import augment as aug
 from nnlab.data.batches import TensorBatches
+from nnlab.data.digits import load_digits_splits, locate_digits
 from nnlab.data.sources import load_splits, locate, synthetic_splits
 from nnlab.errors import DataError, check_choice
 
-FORMATS = ("idx", "cifar10", "synthetic")
+FORMATS = ("idx", "cifar10", "digits", "synthetic")
 SPLITS = ("train", "val", "test")
 
 
@@ -59,11 +60,12 @@ class ResidentDataModule(pl.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def resident_batches(
-        self, items: torch.Tensor, labels: torch.Tensor, shuffle: bool
+        self, items: torch.Tensor, labels: torch.Tensor, shuffle: bool, cls=TensorBatches, **extra
     ) -> TensorBatches:
+        """`cls` (a TensorBatches) over the resident split; `extra` goes to its constructor."""
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        return TensorBatches(
+        return cls(
             items,
             labels,
             self.batch_size if shuffle else self.eval_batch_size,
@@ -73,6 +75,7 @@ class ResidentDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world,
             epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+            **extra,
         )
 
     def train_dataloader(self):
@@ -128,7 +131,9 @@ class ImageDataModule(ResidentDataModule):
 
     # -- where the data comes from -------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.format != "synthetic" and self.folder is None:
+        if self.format == "digits" and self.folder is None:
+            self.folder = locate_digits(self.data_dir)  # the file itself
+        elif self.format != "synthetic" and self.folder is None:
             self.folder = locate(self.name, self.format, self.data_dir, self.download)
 
     def _load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -137,6 +142,8 @@ class ImageDataModule(ResidentDataModule):
                 self.shape, self.num_classes, self.n_train, self.n_test, self.split_seed
             )
         self.prepare_data()
+        if self.format == "digits":
+            return load_digits_splits(self.folder, self.shape)
         return load_splits(self.name, self.format, self.folder)
 
     def setup(self, stage: str | None = None) -> None:

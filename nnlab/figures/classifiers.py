@@ -33,8 +33,8 @@ class Errors(FigureCallback):
     def __init__(self):
         self.found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def applies(self, model) -> bool:
-        return isinstance(model, ClassifierBase)
+    def applies(self, model) -> bool:  # image classifiers (not the lstm on sequences)
+        return isinstance(model, ClassifierBase) and len(model.input_shape or ()) == 3
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.found = []

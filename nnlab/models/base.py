@@ -79,9 +79,10 @@ class NNLabModule(compat.QuickHookName, pl.LightningModule):
         self.save_hyperparameters()
         # None for models whose input is not an image (e.g. the ratings of rbm_cf)
         self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
-        if self.input_shape is not None and len(self.input_shape) != 3:
+        if self.input_shape is not None and len(self.input_shape) not in (1, 3):
             raise ConfigError(
-                f"input_shape must be [channels, height, width], got {list(input_shape)}."
+                "input_shape must be [channels, height, width] (images) or [features] "
+                f"(sequences), got {list(input_shape)}."
             )
         self.monitor = monitor
         self.compile_nets, self._nets_compiled = bool(compile), False

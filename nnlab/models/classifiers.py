@@ -4,9 +4,11 @@ and the misclassified test images (labelled true->pred, as in LeNet-5's figure).
 
     lenet   LeNet-5 (LeCun et al. 1998), classic (tanh, average pooling) or modern (ReLU, max
     pooling)
-    lstm    a many-to-one RNN / GRU / LSTM reading the image row by row (BPTT over the rows)
+    lstm    a many-to-one RNN / GRU / LSTM (nnlab/models/sequences.py: variable-length
+            sequences, and images read row by row)
 
-Both minimise the cross-entropy  L = -log softmax(f(x))_y.
+Both minimise the cross-entropy  L = -log softmax(f(x))_y;  with model.adversarial.kind=pgd (or
+fgsm) the loss at the worst point of the eps-ball instead (Madry et al. 2018), see nnlab/attacks.py.
 `load_classifier(path)` gives a trained LeNet back (eval mode) as a feature extractor (FID).
 Its figures (`confusion_matrix`, `errors`) are callbacks in nnlab/figures/classifiers.py.
 """
@@ -21,10 +23,10 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from nnlab import viz
+from nnlab.attacks import perturb, training_attack
 from nnlab.errors import ConfigError, NNLabError, check_choice
 from nnlab.models.base import NNLabModule
 from nnlab.nets.lenet import VARIANTS, LeNet5
-from nnlab.nets.sequence import CELLS, SequenceNet
 
 
 # -- the misclassified images (the `errors` figure and `nnlab sample`) ---------------------------
@@ -45,8 +47,11 @@ def _metric_key(name: str) -> str:
 
 # -- the family's base ----------------------------------------------------------------------------
 class ClassifierBase(NNLabModule):
-    def __init__(self, name, num_classes=10, n_errors=64, gradient_clip_val=None, **kwargs):
+    def __init__(
+        self, name, num_classes=10, n_errors=64, gradient_clip_val=None, adversarial=None, **kwargs
+    ):
         super().__init__(name, **kwargs)
+        self.adversarial = training_attack(adversarial)
         self.num_classes, self.n_errors = int(num_classes), int(n_errors)
         self.default_clip = gradient_clip_val
         self.net = self.build_net()
@@ -66,19 +71,47 @@ class ClassifierBase(NNLabModule):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self(x).argmax(1)
 
+    def attacked(self, inputs: list, y: torch.Tensor, stop_when_fooled=False) -> list:
+        """The inputs with the images (the first) under model.adversarial's attack, unchanged
+        for kind=none. Adversarial training (Madry et al. 2018) minimises the loss at this worst
+        point of the eps-ball around the images (pixels in [0, 1])."""
+        a = self.adversarial
+        if a["kind"] == "none":
+            return inputs
+        x, rest = inputs[0], inputs[1:]
+        adv = perturb(
+            lambda images: self(images, *rest),
+            x,
+            y,
+            a["kind"],
+            a["eps"],
+            a["steps"],
+            a["step_size"],
+            a["random_start"],
+            stop_when_fooled,
+        )
+        return [adv, *rest]
+
     def step(self, batch, stage: str) -> dict:
-        """The cross-entropy; on val/test also the accuracy (and on test the confusion matrix)."""
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        """The cross-entropy (in training of the attacked images under model.adversarial); on
+        val/test also the accuracy, the robust accuracy under the training attack when there is
+        one, and on test the confusion matrix. A batch is (inputs..., labels): (images, y), or
+        (x, lengths, y) for sequences."""
+        *inputs, y = batch
         if stage == "train":
-            return {"loss": loss}
+            return {"loss": F.cross_entropy(self(*self.attacked(inputs, y)), y)}
+        logits = self(*inputs)
+        loss = F.cross_entropy(logits, y)
         preds = logits.argmax(1)
         acc = self.val_acc if stage == "val" else self.test_acc
         acc.update(preds, y)
         if stage == "test":
             self.test_cm.update(preds, y)
-        return {"loss": loss, "acc": acc}
+        out = {"loss": loss, "acc": acc}
+        if self.adversarial["kind"] != "none":  # right both clean and under the training attack
+            right = (self(*self.attacked(inputs, y, True)).argmax(1) == y) & (preds == y)
+            out["adv_acc"] = right.float().mean()
+        return out
 
     def on_test_epoch_start(self):
         self.test_cm.reset()
@@ -180,40 +213,6 @@ class LeNet(ClassifierBase):
         return self.net.features(self._layout(x))
 
 
-class SequenceClassifier(ClassifierBase):
-    """Many-to-one RNN/GRU/LSTM over the image rows: H steps of C*W features."""
-
-    def __init__(
-        self,
-        name,
-        cell="lstm",
-        hidden_size=128,
-        num_layers=1,
-        bidirectional=False,
-        dropout=0.0,
-        **kwargs,
-    ):
-        check_choice("model.cell", cell, CELLS)
-        if int(hidden_size) < 1 or int(num_layers) < 1:
-            raise ConfigError(
-                "model.hidden_size and model.num_layers must be positive integers, e.g. "
-                "model.hidden_size=128."
-            )
-        if not 0 <= float(dropout) < 1:
-            raise ConfigError(f"model.dropout={dropout} must be in [0, 1), e.g. model.dropout=0.1.")
-        self.rnn_args = dict(
-            cell=cell,
-            hidden_size=int(hidden_size),
-            num_layers=int(num_layers),
-            bidirectional=bool(bidirectional),
-            dropout=float(dropout),
-        )
-        super().__init__(name, **kwargs)
-
-    def build_net(self) -> nn.Module:
-        return SequenceNet(self.input_shape, self.num_classes, **self.rnn_args)
-
-
 # -- a trained LeNet back from its run (the feature extractor for FID) -----------------------------
 def load_classifier(path) -> LeNet:
     """A trained LeNet in eval mode on the CPU, from a run folder (its best checkpoint, else last)
@@ -221,3 +220,13 @@ def load_classifier(path) -> LeNet:
     from nnlab.inference import load_weights
 
     return load_weights(path, LeNet, name="lenet", what="a LeNet-5")
+
+
+def __getattr__(name: str):
+    """Runs made before the recurrent family moved to nnlab/models/sequences.py name
+    nnlab.models.classifiers.SequenceClassifier in their config: the same class."""
+    if name == "SequenceClassifier":
+        from nnlab.models.sequences import SequenceClassifier
+
+        return SequenceClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
