@@ -21,13 +21,15 @@ commands:
                         trainer.max_epochs=5), -m for sweeps, --help for the
                         config groups, --cfg job to print the composed config;
                         resume=RUN_DIR continues a run from its last.ckpt
+                        (-v: Lightning's own console lines too)
   runs [DIR ...]        compare runs: a table of every run under DIR (default
                         outputs/) with its status, overrides and final metrics;
-                        --sort test/mse, --filter model=vae, --json, --csv
+                        --sort test/mse, --filter model=vae, --best test/mse,
+                        --top 5, --paths, --wide, --json, --csv, --prune-failed
   eval RUN_OR_CKPT      test a trained run (folder or .ckpt) again and print
                         the metrics (dataset=NAME to test on another dataset)
   sample RUN_OR_CKPT    write a PNG grid from a trained model (n=64
-                        out=samples.png label=3 interpolate=true)
+                        out=samples.png label=3 interpolate=true scale=2)
   robustness RUN_OR_CKPT  FGSM/PGD accuracy against eps, OOD detection (ood=digits),
                         calibration (ECE, temperature scaling); the vae's OOD likelihood
 
@@ -40,6 +42,9 @@ examples:
   nnlab sample outputs/ae/fashion_mnist/<time> n=64 out=samples.png
   tensorboard --logdir outputs                  # look at the runs
   nnlab runs --sort test/mse                    # compare them in a table
+  nnlab sample $(nnlab runs --best test/mse --paths) out=best.png
+
+From Python: import nnlab; run = nnlab.train("model=vae"); run.sample(16)
 
 Run `nnlab <command> --help` for a command's own help.
 """

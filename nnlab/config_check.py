@@ -219,3 +219,128 @@ def check_group_choices(overrides: list[str]) -> None:
                 options,
                 note=f"(the YAML files in configs/{key}/; `nnlab train --help` lists every group)",
             )
+
+
+# the parts of the command line that are not config keys: Hydra's own, and what nnlab turns into
+# Hydra arguments itself
+_NOT_KEYS = ("hydra.", "hydra/")
+
+
+def _composed_for(groups: list[list[str]]):
+    """The packaged config composed with each combination of the group choices (a sweep over
+    groups, model=ae,vae, composes each; at most 16 combinations)."""
+    import itertools
+
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    combos = list(itertools.islice(itertools.product(*groups), 16))
+    configs = []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="nnlab.configs", version_base="1.3"):
+            for combo in combos:
+                try:
+                    configs.append(compose(config_name="train", overrides=list(combo)))
+                except Exception:  # noqa: BLE001 - Hydra reports what it cannot compose itself
+                    continue
+    finally:
+        GlobalHydra.instance().clear()
+    return configs
+
+
+def config_keys(cfg, prefix: str = "") -> list[str]:
+    """Every dotted key of a composed config (sections and leaves), without _target_ & co."""
+    keys = []
+    for key in cfg.keys() if isinstance(cfg, DictConfig) else []:
+        if str(key).startswith("_"):
+            continue
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig):
+            keys += config_keys(value, dotted + ".")
+    return keys
+
+
+def check_override_keys(args: list[str]) -> None:
+    """`model.latnt_dim=3`, `epochs=1`, `model.lr=0.01`: a key the config does not have becomes
+    one ConfigError naming the closest keys, before Hydra composes (whose own message suggests
+    `+model.latnt_dim=3`, which the model's constructor then refuses). Keys added on purpose
+    (+key=value), deleted (~key) and Hydra's own (hydra.*) are left to Hydra."""
+    from nnlab.run_folder import config_groups
+
+    plain, groups = [], []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith(("-", "+", "~")) or key.startswith(_NOT_KEYS):
+            continue
+        if key in config_groups():
+            groups.append([f"{key}={choice}" for choice in value.split(",")])
+        elif "/" not in key and key.replace(".", "").replace("_", "").isalnum():
+            plain.append(key)
+    if not plain:
+        return
+    configs = _composed_for(groups)
+    if not configs:
+        return
+    for key in plain:
+        missing = [
+            c
+            for c in configs
+            if OmegaConf.select(c, key, default=_ABSENT, throw_on_resolution_failure=False)
+            is _ABSENT
+        ]
+        if missing:
+            value = next(a.partition("=")[2] for a in args if a.partition("=")[0] == key)
+            raise _unknown_key(key, value, config_keys(missing[0]), groups, len(missing), configs)
+
+
+def _unknown_key(key, value, known, groups, n_missing, configs) -> ConfigError:
+    from nnlab.errors import suggest
+    from nnlab.run_folder import group_options
+
+    section = key.split(".", 1)[0]
+    close = suggest(key, known)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    if n_missing < len(configs):  # a sweep over groups where only some options have the key
+        hint = (
+            f" It is a key of some of the options you sweep but not of all: sweep it with the "
+            f"options that have it (one sweep per {section})."
+        )
+    elif section in ("model", "dataset"):  # another option of the group has it
+        others = [
+            o for o in group_options(section) if key.split(".", 1)[1] in _yaml_keys(section, o)
+        ]
+        if others:
+            named = ", ".join(f"{section}={o}" for o in others[:4])
+            hint = (
+                f" It is a key of {named}: choose one, e.g. {section}={others[-1]} {key}={value}."
+            )
+    added = (
+        f" A Lightning Trainer argument that nnlab's config does not list is added with a plus: "
+        f"+{key}={value}."
+        if section == "trainer"
+        else ""
+    )
+    where = " (with the groups you chose)" if groups else ""
+    return ConfigError(
+        f"{key}={value}: the config has no key '{key}'{where}.{hint}{added} `nnlab train --cfg "
+        "job` prints every key (add your group choices, e.g. model=vae)."
+    )
+
+
+def _yaml_keys(group: str, option: str) -> list[str]:
+    """The dotted keys one packaged option file sets itself (its defaults list not followed)."""
+    from importlib.resources import files
+
+    import yaml
+
+    try:
+        data = yaml.safe_load(files("nnlab.configs").joinpath(group, f"{option}.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return config_keys(OmegaConf.create(data)) if isinstance(data, dict) else []
+
+
+_ABSENT = object()

@@ -19,16 +19,21 @@ class NNLabError(Exception):
     kind = "error"
 
     def render(self) -> str:
+        head = f"nnlab: {self.kind}: "
         paragraphs = str(self).strip().split("\n\n")
         body = "\n\n".join(
             textwrap.fill(
-                p, width=100, subsequent_indent="  ", break_on_hyphens=False, break_long_words=False
+                head + p if i == 0 else p,
+                width=100,
+                subsequent_indent="  ",
+                break_on_hyphens=False,
+                break_long_words=False,
             )
             if "\n" not in p
-            else p
-            for p in paragraphs
+            else (head + p if i == 0 else p)
+            for i, p in enumerate(paragraphs)
         )
-        return f"nnlab: {self.kind}: {body}"
+        return body
 
 
 class ConfigError(NNLabError):
@@ -90,6 +95,39 @@ def check_choice(key: str, value, options, error=ConfigError, note: str = "") ->
         f"{key}={value!r} is unknown; use one of {', '.join(options)}{' ' + note if note else ''}."
         f"{hint}"
     )
+
+
+def _last(key: str) -> str:
+    return key.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+
+
+def suggest(key: str, known, n: int = 3) -> list[str]:
+    """The known keys a mistyped `key` most likely meant: those with the same last part
+    (model.lr -> model.optimizer.lr; max_epochs -> trainer.max_epochs), else the closest whole
+    key (model.latnt_dim -> model.latent_dim), else the closest last parts (epochs ->
+    trainer.max_epochs). Keys in the same section (model., trainer.) come first."""
+    import difflib
+
+    known = [k for k in dict.fromkeys(known) if k != key]
+    section = key.split(".", 1)[0] if "." in key else None
+
+    def ranked(keys):
+        return sorted(keys, key=lambda k: section is not None and not k.startswith(section + "."))
+
+    same = ranked(k for k in known if _last(k) == _last(key))
+    if same:
+        return same[:n]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    if close:
+        return close
+    lasts: dict[str, list[str]] = {}
+    for k in known:
+        lasts.setdefault(_last(k), []).append(k)
+    scored = sorted(
+        (-difflib.SequenceMatcher(None, _last(key), last).ratio(), last) for last in lasts
+    )
+    best = [last for score, last in scored if -score >= 0.6][:2]
+    return ranked(k for last in best for k in lasts[last])[:n]
 
 
 def unwrap_instantiation(err: BaseException) -> BaseException:

@@ -4,43 +4,62 @@ Rebuilds the model from the packaged configs with the run's recorded overrides (
 .ckpt, the checkpoint's hyper-parameters) as plain data (nnlab.inference); runs the test stage;
 prints the metrics; writes them into the run's metrics.json under "eval" (keyed by dataset),
 holding the run folder's lock. Works from any working directory.
+
+`nnlab eval` and `nnlab sample` share their options (checkpoint, accelerator, threads, seed,
+dataset) and check them all before torch is imported: a mistake answers at once.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
-from nnlab.errors import ConfigError, StorageError, check_choice, run_command
+from nnlab.errors import (
+    CheckpointError,
+    ConfigError,
+    DeviceError,
+    StorageError,
+    check_choice,
+    run_command,
+)
 
-USAGE = """\
-usage: nnlab eval RUN_OR_CKPT [dataset=NAME] [checkpoint=best|last] [threads=N] [key=value ...]
+# the options both commands take, with their defaults
+COMMON = {"checkpoint": "best", "accelerator": "cpu", "threads": "", "seed": "0"}
+COMMON_HELP = """\
+  checkpoint=best|last  which checkpoint of a run folder (default: best)
+  accelerator=cpu|gpu   where to run (default: cpu)
+  threads=N             torch.set_num_threads (default: torch's)
+  seed=0                the random seed (samples, the VAE's importance sampling)
+  dataset=NAME          another dataset of the same image shape (e.g. mnist)
+  dataset.KEY=VALUE     any dataset key, e.g. dataset.eval_batch_size=256
+"""
+
+USAGE = f"""\
+usage: nnlab eval RUN_OR_CKPT [dataset=NAME] [checkpoint=best|last] [key=value ...]
 
 Test a trained model again: RUN_OR_CKPT is a run folder (outputs/ae/fashion_mnist/<time>) or a
 .ckpt file. The metrics are printed and written into the run's metrics.json under "eval".
 
-  dataset=NAME          evaluate on another dataset of the same image shape (e.g. mnist)
-  checkpoint=best|last  which checkpoint of a run folder (default: best)
-  accelerator=cpu|gpu   where to run (default: cpu)
-  threads=N             torch.set_num_threads
-  key=value             any dataset key, e.g. dataset.eval_batch_size=256
-"""
+{COMMON_HELP}"""
 
 
 def parse_args(
     argv: list[str], usage: str, options: dict[str, str]
 ) -> tuple[str, dict[str, str], dict[str, str]]:
-    """RUN_OR_CKPT, the command's own options (with defaults) and config overrides (key=value)."""
+    """RUN_OR_CKPT, the command's options (its own and COMMON, with defaults) and dataset
+    overrides (key=value)."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage, end="")
         raise SystemExit(0 if argv else 2)
+    options = {**options, **COMMON}
     target, own, overrides = argv[0], dict(options), {}
     for arg in argv[1:]:
         if "=" not in arg:
             raise ConfigError(
-                f"'{arg}' is not an option: options are key=value ({', '.join(options) or 'none'}"
-                ", dataset=NAME or dataset.KEY=VALUE). Run with --help for usage."
+                f"'{arg}' is not an option: options are key=value ({', '.join(options)}, "
+                "dataset=NAME or dataset.KEY=VALUE). Run with --help for usage."
             )
         key, value = arg.split("=", 1)
         if key in own:
@@ -48,12 +67,16 @@ def parse_args(
         elif key == "dataset" or key.startswith("dataset."):
             overrides[key] = value
         else:
+            import difflib
+
+            close = difflib.get_close_matches(key, [*options, "dataset"], n=1)
+            hint = f" Did you mean {close[0]}={value}?" if close else ""
             raise ConfigError(
-                f"Unknown option '{key}'. The options are: "
-                f"{', '.join(list(options) + ['dataset'])}, dataset.KEY=VALUE. Run with --help."
+                f"Unknown option '{key}'. The options are: {', '.join([*options, 'dataset'])}, "
+                f"dataset.KEY=VALUE.{hint} Run with --help."
             )
-    if "checkpoint" in own:
-        check_choice("checkpoint", own["checkpoint"], ("best", "last"))
+    check_choice("checkpoint", own["checkpoint"], ("best", "last"))
+    check_choice("accelerator", own["accelerator"], ("cpu", "gpu", "cuda", "auto"))
     return target, own, overrides
 
 
@@ -73,35 +96,82 @@ def int_option(value: str, key: str, minimum: int = 1, maximum: int | None = Non
     return number
 
 
+def gpu_absent() -> bool:
+    """True when this machine surely has no GPU torch could use: no NVIDIA (or ROCm, or WSL)
+    device files. Torch-free, so `accelerator=gpu` on a CPU machine answers at once."""
+    devices = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+    return not any(os.path.exists(d) for d in devices)
+
+
+class Request:
+    """A checked `nnlab eval`/`nnlab sample` command line, before torch: the options, the run
+    folder (or None for a bare .ckpt), the checkpoint file, and the run's model and dataset
+    config (plain data, composed from the packaged configs; None for a bare .ckpt)."""
+
+    def __init__(self, argv: list[str], usage: str, options: dict[str, str]):
+        from nnlab.run_folder import is_run_dir, pick_checkpoint, run_dir_of
+
+        self.target, self.opts, self.overrides = parse_args(argv, usage, options)
+        self.threads = int_option(self.opts["threads"], "threads") if self.opts["threads"] else 0
+        self.seed = int_option(self.opts["seed"], "seed", minimum=0, maximum=2**32 - 1)
+        accelerator = self.opts["accelerator"]
+        if accelerator in ("gpu", "cuda") and gpu_absent():
+            raise DeviceError(
+                f"accelerator={accelerator} asks for a GPU, but this machine has none (no "
+                "/dev/nvidia* device). Run on the CPU with accelerator=cpu (the default)."
+            )
+        path = Path(self.target).expanduser()
+        if not path.exists():
+            raise CheckpointError(
+                f"{self.target} does not exist. Pass a run folder (e.g. "
+                "outputs/ae/fashion_mnist/<time>) or a .ckpt file."
+            )
+        if path.is_dir() and not is_run_dir(path):
+            raise CheckpointError(
+                f"{path} is not an nnlab run folder (it has no .hydra/config.yaml). Pass the "
+                "folder of a run, or a .ckpt file."
+            )
+        self.run = path.resolve() if path.is_dir() else run_dir_of(path)
+        self.ckpt = (
+            pick_checkpoint(path.resolve(), self.opts["checkpoint"]) if path.is_dir() else path
+        )
+        self.model = self.dataset = None
+        if self.run is not None:  # the run's config, torch-free: its model and dataset
+            from nnlab.inference import run_config
+
+            self.model, self.dataset = run_config(self.run, self.overrides)
+
+
 def evaluate(argv: list[str]) -> dict[str, float]:
-    target, opts, overrides = parse_args(
-        argv, USAGE, {"checkpoint": "best", "accelerator": "cpu", "threads": ""}
-    )
+    request = Request(argv, USAGE, {})
     import pytorch_lightning as pl
     import torch
 
     from nnlab.analysis import callbacks_for
     from nnlab.device import check_device
     from nnlab.inference import load_for_inference
-    from nnlab.run_folder import RunLock, is_run_dir, run_dir_of
+    from nnlab.report import quiet_lightning
+    from nnlab.run_folder import RunLock
 
-    if opts["threads"]:
-        torch.set_num_threads(int_option(opts["threads"], "threads"))
-    check_device(opts["accelerator"])
-    lock, path = None, Path(target).expanduser()
-    run = path if is_run_dir(path) else run_dir_of(path) if path.is_file() else None
-    if run is not None:  # its metrics.json gets the result: one writer at a time
+    quiet_lightning()
+    if request.threads:
+        torch.set_num_threads(request.threads)
+    accelerator = request.opts["accelerator"]
+    check_device(accelerator)
+    lock = None
+    if request.run is not None:  # its metrics.json gets the result: one writer at a time
         try:
-            lock = RunLock(run, "nnlab eval").acquire()
+            lock = RunLock(request.run, "nnlab eval").acquire()
         except StorageError:
             lock = None  # a read-only run folder: evaluate, print, and say it was not written
     try:
         cfg, model, datamodule, ckpt_path, run_dir = load_for_inference(
-            target, overrides, which=opts["checkpoint"]
+            request.target, request.overrides, which=request.opts["checkpoint"]
         )
+        pl.seed_everything(request.seed, verbose=False)
         limit = cfg.get("limit_test_batches")  # as the run's own test stage
         trainer = pl.Trainer(
-            accelerator=opts["accelerator"],
+            accelerator=accelerator,
             devices=1,
             logger=False,
             enable_checkpointing=False,
@@ -149,7 +219,7 @@ def _record(run_dir, dataset: str, ckpt_path, metrics: dict, locked: bool) -> No
             file=sys.stderr,
         )
         return
-    print(f"written to {run_dir / 'metrics.json'} (eval.{dataset})")
+    print(f"written to {run_dir / 'metrics.json'} (eval.{dataset}; `nnlab runs` shows it)")
 
 
 def main(argv: list[str] | None = None) -> int:

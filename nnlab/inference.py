@@ -13,6 +13,7 @@ the classifier behind FID.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,14 @@ def check_fits(ckpt: dict[str, Any], model, path: str | Path) -> None:
 
 # -- configs: the packaged ones, with a run's values as data ---------------------------------------
 def compose(overrides: list[str]):
-    """The packaged `train` config composed with these (already checked) overrides."""
+    """The packaged `train` config composed with these (already checked) overrides (composed once
+    per process: `nnlab sample` checks its options against the run's config before torch, then
+    loads the model with it)."""
+    return _compose(tuple(overrides))
+
+
+@lru_cache(maxsize=8)
+def _compose(overrides: tuple[str, ...]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
@@ -139,7 +147,7 @@ def compose(overrides: list[str]):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="nnlab.configs", version_base="1.3"):
-            return hydra_compose(config_name="train", overrides=overrides)
+            return hydra_compose(config_name="train", overrides=list(overrides))
     except HydraException as err:
         raise ConfigError(
             f"The config of this run cannot be composed from nnlab's packaged configs: "
@@ -203,6 +211,33 @@ def _run_overrides(run: Path) -> list[str]:
     return [f"model={names['model']}", f"dataset={names['dataset']}"]
 
 
+def _run_configs(run: Path, overrides: dict[str, str]):
+    """(the model config the run trained, resolved; the composed config to evaluate with: the
+    run's dataset, or the one `overrides` ask for)."""
+    source = f"the run folder {run}"
+    asked = [f"{k}={v}" for k, v in overrides.items()]
+    recorded = _run_overrides(run)
+    trained = compose(recorded)
+    model = _resolved(trained, "model", source)
+    switch = "dataset" in overrides
+    kept = [
+        o
+        for o in recorded
+        if _key(o) not in overrides and not (switch and _key(o).startswith("dataset"))
+    ]
+    return model, (compose(kept + asked) if asked else trained)
+
+
+def run_config(run: Path, overrides: dict[str, str] | None = None) -> tuple[dict, dict]:
+    """A run folder's model and dataset configs as plain resolved data, torch-free (nnlab eval
+    and nnlab sample check their options against them before importing torch)."""
+    overrides = dict(overrides or {})
+    if "dataset" in overrides:
+        check_choice("dataset", overrides["dataset"], group_options("dataset"))
+    model, cfg = _run_configs(run, overrides)
+    return model, _resolved(cfg, "dataset", f"the run folder {run}")
+
+
 def inference_config(
     run: Path | None, ckpt: dict, ckpt_path: Path, overrides: dict[str, str]
 ) -> tuple[dict, dict, dict]:
@@ -216,16 +251,7 @@ def inference_config(
         check_choice("dataset", overrides["dataset"], group_options("dataset"))
     if run is not None:
         source = f"the run folder {run}"
-        recorded = _run_overrides(run)
-        trained = compose(recorded)
-        model = _resolved(trained, "model", source)
-        switch = "dataset" in overrides
-        kept = [
-            o
-            for o in recorded
-            if _key(o) not in overrides and not (switch and _key(o).startswith("dataset"))
-        ]
-        cfg = compose(kept + asked) if asked else trained
+        model, cfg = _run_configs(run, overrides)
         origin = _origin_cwd(run)
     else:
         source = f"the checkpoint {ckpt_path}"

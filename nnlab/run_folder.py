@@ -301,9 +301,10 @@ def prepare_argv(argv: list[str]) -> list[str]:
     resume=<run dir> (or ckpt_path=last inside a run folder) into a composition of the packaged
     config, the run's recorded overrides and the new ones, in the run's folder, from last.ckpt."""
     args = argv[1:]
-    if any(
-        a in ("--help", "-h", "--hydra-help") or a.startswith("--cfg") or a == "-c" for a in args
-    ):
+    if any(a in ("--help", "-h", "--hydra-help") for a in args):
+        return argv
+    shown = any(a.startswith("--cfg") or a == "-c" for a in args)  # resume=RUN --cfg job: the run's
+    if shown and not any(a.startswith("resume=") for a in args):
         return argv
     if any(a.startswith(DDP_CHILD) for a in args):
         return argv  # Lightning's extra DDP process: rank 0 prepared these arguments already
@@ -349,20 +350,44 @@ def prepare_argv(argv: list[str]) -> list[str]:
             "train with another learning rate or seed, start a new run (ckpt_path=<a .ckpt> starts "
             "from a checkpoint's weights)."
         )
-    check_writable(run, "run folder")
+    if not shown:
+        check_writable(run, "run folder")
+        _note_finished(run, rest)
     recorded = read_recorded_overrides(run)
     new_keys = {_key(a) for a in rest}
     recorded = [o for o in recorded if _key(o) not in new_keys]  # the new value wins
+    flags = [a for a in rest if a.startswith("-") or "=" not in a]  # --cfg job, -v: at the end
     return [
         argv[0],
         *recorded,
-        *rest,
+        *[a for a in rest if a not in flags],
         f"hydra.run.dir={_hydra_quote(str(run))}",
         "hydra.output_subdir=null",  # .hydra/ keeps the run's original config and overrides
         "hydra.mode=RUN",  # hparams_search=... switches to a sweep; a resume is one run
         f"ckpt_path={_hydra_quote(str(last))}",
         f"resume={_hydra_quote(str(run))}",
+        *flags,
     ]
+
+
+def _note_finished(run: Path, new: list[str]) -> None:
+    """Resuming a run that finished all its epochs only tests it again: say so at once, and how
+    to train longer."""
+    from nnlab.run_record import RunRecord
+
+    record = RunRecord.read(run) or {}
+    if record.get("status") != "finished" or any(
+        _key(a) in ("trainer.max_epochs", "trainer.max_steps") for a in new
+    ):
+        return
+    epochs = record.get("epochs") if isinstance(record.get("epochs"), int) else None
+    more = f"trainer.max_epochs={2 * epochs}" if epochs else "trainer.max_epochs=N"
+    done = f" all its {epochs} epochs" if epochs and epochs > 1 else " its epoch" if epochs else ""
+    print(
+        f"nnlab: note: this run finished{done}, so resuming it only tests it again. To train "
+        f"longer:\n  nnlab train resume={shlex.quote(str(run))} {more}",
+        file=sys.stderr,
+    )
 
 
 def _resume_folder(folder: str) -> Path:

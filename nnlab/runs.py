@@ -1,15 +1,19 @@
 """`nnlab runs [DIR ...]`: a table of every run under DIR (default outputs/) to compare them.
 
-    nnlab runs                                   # every run under outputs/
+    nnlab runs                                   # every run under outputs/, at most 100 columns
     nnlab runs outputs/multirun/2026-11-23_10-00-00-000000 --sort test/mse
+    nnlab runs --best test/mse --paths           # the best run's folder (nnlab sample $(...))
     nnlab runs --filter model=vae --filter status=finished --json
+    nnlab runs --prune-failed                    # delete the folders of failed runs
 
 A run is a folder with a metrics.json (written by nnlab train), a .hydra/ folder or TensorBoard
-events. Each row: the run's path relative to DIR, model, dataset, the overrides that differ
-between the listed runs, status, epochs, wall time and the final test metrics. It reads
-metrics.json and .hydra/*.yaml, and the event files (TFRecord framing read here, the records
-decoded with TensorBoard's protobuf) for runs that died without a metrics.json. It never
-imports torch, so it answers at once.
+events. The table shows a short name per run, the model, the overrides that differ between the
+listed runs (one column each), status, epochs, wall time and the metrics that say most about each
+family (its key metric next to its baseline: test/mse and test/pca_mse, test/fid and
+test/fid_floor...), and `nnlab eval` results; `--wide` shows everything. It reads metrics.json and
+.hydra/*.yaml, and the event files (TFRecord framing read here, the records decoded with
+TensorBoard's protobuf) for runs that died without a metrics.json. It never imports torch, so it
+answers at once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import csv
 import fnmatch
 import json
 import os
+import re
 import socket
 import stat
 import struct
@@ -28,10 +33,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# the final metrics that say most about each family, shown first when a run has them
-# (test/loss, the same number as one of these, is shown only for runs that have none of them)
-KEY_METRICS = ("test/mse", "test/bce", "test/elbo", "test/recon", "test/kl", "test/fid", "test/acc")
+from nnlab.errors import ConfigError
+
+# the final metric that says most about a run, the first of these it has (a family this list does
+# not know gets its first test/ metric); its baseline is the test/ metric named after it
+# (test/pca_mse, test/fid_floor, test/bpc_ngram, test/mae_seasonal_naive, test/rmse_item_mean)
+KEY_METRICS = (
+    "test/elbo", "test/fid", "test/acc", "test/psnr", "test/mse", "test/rmse", "test/bpc",
+    "test/perplexity", "test/bleu", "test/mae", "test/pseudo_ll", "test/bce", "test/recon",
+)  # fmt: skip
+# besides the key metric and its baseline, worth a column when a family has them
+SECOND_METRICS = ("test/nll_iw", "test/label_acc", "test/psnr", "test/mse", "test/kl")
+# metrics where more is better (the rest: less is better), by the last part of the name
+HIGHER_IS_BETTER = ("acc", "accuracy", "elbo", "psnr", "bleu", "auc", "f1", "r2", "precision",
+                    "recall", "pseudo_ll", "log_likelihood", "ll", "score")  # fmt: skip
 MAX_METRIC_COLUMNS = 6
+WIDTH = 100  # the default table fits this many columns when the terminal does not say
 STATUS_STYLE = {
     "finished": "green",
     "failed": "red",
@@ -96,7 +113,8 @@ def _yaml(path: Path) -> Any:
     from nnlab.trust import bounded_text
 
     try:
-        return yaml.safe_load(bounded_text(path))
+        # libyaml's safe loader where PyYAML has it: the same data, ten times faster
+        return yaml.load(bounded_text(path), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, ValueError, RecursionError, yaml.YAMLError):
         return None
 
@@ -119,6 +137,21 @@ def _metrics(value: Any) -> dict[str, float]:
         return {}
     numbers = {clean(k, 100): _number(v) for k, v in value.items() if isinstance(k, str)}
     return {k: v for k, v in numbers.items() if v is not None}
+
+
+def _evals(value: Any) -> dict[str, dict]:
+    """`nnlab eval` results (metrics.json's eval): {dataset: {metrics, checkpoint, time}}."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        clean(name, 100): {
+            "metrics": _metrics(entry.get("metrics")),
+            "checkpoint": _str(entry.get("checkpoint")),
+            "time": _str(entry.get("time")),
+        }
+        for name, entry in value.items()
+        if isinstance(name, str) and isinstance(entry, dict)
+    }
 
 
 def _texts(value: Any) -> list[str]:
@@ -229,10 +262,13 @@ def read_events(run_dir: Path) -> dict[str, Any]:
                     continue
                 if value.tag not in scalars or event.step >= scalars[value.tag][0]:
                     scalars[value.tag] = (event.step, float(number))
-    metrics = {tag: v for tag, (_, v) in scalars.items() if tag != "epoch"}
+    epoch = scalars.get(
+        "train/epoch", scalars.get("epoch")
+    )  # nnlab.viz.TensorBoardLogger: train/epoch
+    metrics = {t: v for t, (_, v) in scalars.items() if t not in ("epoch", "train/epoch")}
     return {
         "metrics": metrics,
-        "epochs": int(scalars["epoch"][1]) + 1 if "epoch" in scalars else None,
+        "epochs": int(epoch[1]) + 1 if epoch else None,
         "wall_time_s": round(max(times) - min(times), 3) if times else None,
         "status": "finished" if any(t.startswith("test/") for t in metrics) else "interrupted",
     }
@@ -258,6 +294,8 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "started": None,
         "host": None,
         "metrics": {},
+        "eval": {},
+        "job": None,
         "source": "metrics.json",
         "config": {},
     }
@@ -289,11 +327,14 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
                 started=_str(record.get("started")),
                 host=_str(record.get("host")),
                 metrics=_metrics(record.get("metrics")),
+                eval=_evals(record.get("eval")),
             )
         elif record is None:
             run["source"] = "events"
             events = read_events(run_dir)
             run.update({k: v for k, v in events.items() if v is not None})
+        if (run_dir.parent / "multirun.yaml").is_file():  # a job of a sweep: its number in it
+            run["job"] = _int(_lookup(_yaml(run_dir / ".hydra" / "hydra.yaml"), "hydra.job.num"))
         run["model"] = run["model"] or _str(_lookup(run["config"], "model.name"))
         run["dataset"] = run["dataset"] or _str(_lookup(run["config"], "dataset.name"))
     except Exception as err:  # noqa: BLE001 - one damaged folder must not hide the others
@@ -338,13 +379,92 @@ def differing_overrides(runs: list[dict]) -> None:
                     run["differs"][key] = value
 
 
+def higher_is_better(metric: str) -> bool:
+    """Whether more is better for this metric (accuracy, ELBO, PSNR...); less for losses, errors,
+    distances (mse, fid, bpc, nll...)."""
+    last = metric.rsplit("/", 1)[-1].lower()
+    return last in HIGHER_IS_BETTER or last.startswith("acc") or last.endswith(("_acc", "_ll"))
+
+
+def key_metric(metrics: dict[str, float]) -> str | None:
+    """The final metric that says most about a run (see KEY_METRICS), or None."""
+    known = next((m for m in KEY_METRICS if m in metrics), None)
+    if known:
+        return known
+    tests = sorted(k for k in metrics if k.startswith("test/") and k.count("/") == 1)
+    return next((k for k in tests if k != "test/loss"), "test/loss" if tests else None)
+
+
+def baseline_of(metric: str, metrics: dict[str, float]) -> str | None:
+    """The baseline reported beside a metric: test/pca_mse beside test/mse, test/fid_floor beside
+    test/fid, test/bpc_ngram beside test/bpc (a test/ metric named <metric>_* or *_<metric>)."""
+    stage, _, name = metric.partition("/")
+    for key in sorted(metrics):
+        other_stage, _, other = key.partition("/")
+        if other_stage == stage and "/" not in other and other != name:
+            if other.startswith(name + "_") or other.endswith("_" + name):
+                return key
+    return None
+
+
 def _field(run: dict, key: str) -> Any:
-    if key in run and key not in ("metrics", "config"):
+    if key in run and key not in ("metrics", "config", "eval"):
         return run[key]
     if key in run["metrics"]:
         return run["metrics"][key]
+    if key.startswith("eval/"):  # eval/<dataset>/<metric>: an `nnlab eval` result
+        _, dataset, metric = (key.split("/", 2) + ["", ""])[:3]
+        return run["eval"].get(dataset, {}).get("metrics", {}).get(metric)
     own = dict(_split(o) for o in run["overrides"])
     return own[key] if key in own else _lookup(run["config"], key)
+
+
+def _config_keys(config: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(config, dict):
+        for k, v in config.items():
+            yield from _config_keys(v, f"{prefix}{k}.")
+    if prefix:
+        yield prefix[:-1]
+
+
+def known_keys(runs: list[dict]) -> list[str]:
+    """Every key --sort, --filter, --metrics and --best can name for these runs: the columns,
+    their metrics, `eval/<dataset>/<metric>`, their overrides and config keys."""
+    columns = ["name", "path", "model", "dataset", "status", "error", "epochs", "global_step"]
+    columns += ["wall_time_s", "started", "host", "source", "job"]
+    metrics = {m for run in runs for m in run["metrics"]}
+    evals = {f"eval/{d}/{m}" for run in runs for d, e in run["eval"].items() for m in e["metrics"]}
+    config = {k for run in runs for k in _config_keys(run["config"])}
+    overrides = {_split(o)[0] for run in runs for o in run["overrides"]}
+    return [*columns, *sorted(metrics), *sorted(evals), *sorted(overrides | config)]
+
+
+class UsageError(ConfigError):
+    """A mistake on `nnlab runs`' command line (or nnlab.runs()): one paragraph, exit code 2."""
+
+
+def check_key(key: str, runs: list[dict], option: str) -> None:
+    """A UsageError, with the closest keys, when no listed run knows `key` (a typo would otherwise
+    sort, filter or show nothing, silently)."""
+    import difflib
+
+    known = known_keys(runs)
+    if not runs or key in known or any(k.startswith(key + ".") for k in known):
+        return
+    last = key.rsplit("/", 1)[-1].rsplit(".", 1)[-1]
+    close = [k for k in known if k != key and k.rsplit("/", 1)[-1].rsplit(".", 1)[-1] == last][:3]
+    close = close or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:  # test/acuracy -> test/acc: compare the last parts
+        ends = {k.rsplit("/", 1)[-1].rsplit(".", 1)[-1]: k for k in reversed(known)}
+        close = [ends[e] for e in difflib.get_close_matches(last, list(ends), n=1, cutoff=0.6)]
+    metrics = sorted({m for run in runs for m in run["metrics"]})
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise UsageError(
+        f"{option} {key}: no listed run has a metric, column or config key '{key}'.{hint} "
+        f"The runs' metrics are: {', '.join(metrics[:12]) or 'none'}"
+        f"{', ...' if len(metrics) > 12 else ''}; config keys are written as in overrides "
+        "(model.latent_dim), `nnlab eval` results as eval/<dataset>/<metric>."
+    )
 
 
 def matches(run: dict, filters: list[str]) -> bool:
@@ -357,17 +477,29 @@ def matches(run: dict, filters: list[str]) -> bool:
     return True
 
 
-def metric_columns(runs: list[dict], wanted: str | None) -> list[str]:
+def metric_columns(runs: list[dict], wanted: str | None, wide: bool = False) -> list[str]:
+    """The metric columns: those asked for; else each listed family's key metric next to its
+    baseline, then the second metrics its runs have (and in --wide every test/ metric)."""
     if wanted:
         return [m.strip() for m in wanted.split(",") if m.strip()]
+    columns: list[str] = []
+    for run in runs:
+        key = key_metric(run["metrics"])
+        if key is None:
+            continue
+        base = baseline_of(key, run["metrics"])
+        for m in (key, base):
+            if m and m not in columns:
+                columns.append(m)
     present = {k for run in runs for k in run["metrics"]}
-    known = [m for m in KEY_METRICS if m in present]
-    others = sorted(
-        k
-        for k in present
-        if k.startswith("test/") and k.count("/") == 1 and k not in known and k != "test/loss"
-    )
-    return (known + others or ["test/loss"])[:MAX_METRIC_COLUMNS]
+    columns += [m for m in SECOND_METRICS if m in present and m not in columns]
+    if wide:
+        columns += sorted(
+            k
+            for k in present
+            if k.startswith("test/") and k.count("/") == 1 and k not in columns and k != "test/loss"
+        )
+    return (columns or (["test/loss"] if "test/loss" in present else []))[:MAX_METRIC_COLUMNS]
 
 
 def _sort_key(key: str):
@@ -383,6 +515,15 @@ def _sort_key(key: str):
             return (1, 0.0, str(value))
 
     return sort_key
+
+
+def best_runs(runs: list[dict], spec: str) -> list[dict]:
+    """--best METRIC: the runs that have it, best first (max:/min: force the direction)."""
+    direction, _, metric = spec.rpartition(":")
+    high = direction == "max" if direction in ("max", "min") else higher_is_better(metric)
+    ranked = [run for run in runs if isinstance(_field(run, metric), (int, float))]
+    ranked = [run for run in ranked if run["status"] in ("finished", None)] or ranked
+    return sorted(ranked, key=lambda run: _field(run, metric), reverse=high)
 
 
 # ---------------------------------------------------------------- output
@@ -401,47 +542,175 @@ def _shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else "" if value is None else clean(value)
 
 
-def _overrides_text(run: dict) -> str:
-    return clean(" ".join(f"{k}={v}" for k, v in run["differs"].items()), 1000)
+def _overrides_text(run: dict, short: bool = False) -> str:
+    items = run["differs"].items()
+    return clean(
+        " ".join(f"{_short_keys(run['differs'])[k] if short else k}={v}" for k, v in items)
+    )
 
 
-def print_table(runs: list[dict], metrics: list[str], title: str) -> None:
+def _short_keys(keys) -> dict[str, str]:
+    """model.latent_dim -> latent_dim, unless two keys would read the same."""
+    lasts = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: last if lasts.count(last) == 1 else k for k, last in zip(keys, lasts)}
+
+
+STAMP = re.compile(r"(\d{4})-(\d\d)-(\d\d)_(\d\d)-(\d\d)-(\d\d)(?:-(\d+))?$")
+
+
+def _stamp(part: str) -> str | None:
+    """2026-11-30_02-00-01-112375 (nnlab's run folder names) -> 11-30 02:00:01."""
+    found = STAMP.match(part)
+    return f"{found[2]}-{found[3]} {found[4]}:{found[5]}:{found[6]}" if found else None
+
+
+def short_names(runs: list[dict]) -> list[str]:
+    """Names for the default table: the time a run started (its folder's name), a sweep's job as
+    its sweep's time and #job; other folders by their relative path, shortened in the middle."""
+    names = []
+    for run in runs:
+        parts = run["name"].split("/")
+        stamp = _stamp(parts[-1])
+        if stamp:
+            name = stamp
+        elif len(parts) > 1 and _stamp(parts[-2]):  # a sweep's job
+            job = f"#{run['job']}" if run["job"] is not None else parts[-1]
+            name = f"{_stamp(parts[-2])} {job}"
+        else:
+            name = (
+                run["name"] if len(run["name"]) <= 28 else f"{run['name'][:12]}…{run['name'][-15:]}"
+            )
+        names.append(name)
+    repeated = {n for n in names if names.count(n) > 1}
+    return [run["name"] if n in repeated else n for run, n in zip(runs, names)]
+
+
+def _metric_text(metric: str | None, metrics: dict) -> str:
+    if not metric or metric not in metrics:
+        return ""
+    return f"{metric.split('/', 1)[-1]} {_shown(metrics[metric])}"
+
+
+def _eval_text(run: dict) -> str:
+    """`nnlab eval` results in a cell: each dataset with its key metric."""
+    parts = []
+    for dataset, entry in run["eval"].items():
+        metric = key_metric(entry["metrics"])
+        parts.append(f"{dataset} {_metric_text(metric, entry['metrics'])}".strip())
+    return clean("; ".join(parts), 60)
+
+
+def _columns(
+    runs: list[dict], metrics: list[str], wide: bool, per_family: bool
+) -> list[tuple[str, str, list]]:
+    """(header, justify, cells) of each column of the table. per_family: a `metric` and a
+    `baseline` column that name each run's own key metric, instead of a column per metric."""
+    cols = []
+    if wide:
+        cols.append(("name", "left", [run["name"] for run in runs]))
+    else:
+        cols.append(("run", "left", short_names(runs)))
+    cols.append(("model", "left", [run["model"] or "?" for run in runs]))
+    datasets = {run["dataset"] for run in runs}
+    if wide or len(datasets) > 1:
+        cols.append(("dataset", "left", [run["dataset"] or "?" for run in runs]))
+    keys = list(dict.fromkeys(k for run in runs for k in run["differs"]))
+    if wide or len(keys) > 3:
+        cells = [_overrides_text(run, short=not wide) for run in runs]
+        if any(cells):
+            cols.append(("overrides", "left", cells))
+    else:
+        for key, short in _short_keys(keys).items():
+            cols.append((short, "left", [clean(run["differs"].get(key, ""), 24) for run in runs]))
+    cols.append(("status", "left", [run["status"] or "?" for run in runs]))
+    cols.append(("epochs" if wide else "ep", "right", [_shown(run["epochs"]) for run in runs]))
+    cols.append(("wall", "right", [_wall(run["wall_time_s"]) for run in runs]))
+    if per_family:  # several families: each run's key metric and its baseline, named in the cell
+        keys_ = [key_metric(run["metrics"]) for run in runs]
+        bases = [baseline_of(k, r["metrics"]) if k else None for k, r in zip(keys_, runs)]
+        cols.append(
+            ("metric", "left", [_metric_text(k, r["metrics"]) for k, r in zip(keys_, runs)])
+        )
+        if any(bases):
+            cols.append(
+                ("baseline", "left", [_metric_text(b, r["metrics"]) for b, r in zip(bases, runs)])
+            )
+    for metric in metrics:
+        cols.append((metric, "right", [_shown(run["metrics"].get(metric)) for run in runs]))
+    if any(run["eval"] for run in runs):
+        cols.append(("eval", "left", [_eval_text(run) for run in runs]))
+    return cols
+
+
+def _width(cols) -> int:
+    """Characters of a table line: the widest cell of each column, 3 between columns."""
+    return sum(max(len(h), *(len(str(c)) for c in cells)) + 3 for h, _, cells in cols) - 3
+
+
+def fit(cols, width: int):
+    """Leave out columns until the table fits `width` characters: the metric columns beyond the
+    first two (from the right), then epochs, wall time, eval, dataset and the baseline; the
+    names are cut last (by the table)."""
+    droppable = ["ep", "wall", "eval", "dataset", "baseline"]
+    while _width(cols) > width:
+        metrics = [i for i, (h, j, _) in enumerate(cols) if j == "right" and "/" in h]
+        if len(metrics) > 2:
+            del cols[metrics[-1]]
+            continue
+        headers = [c[0] for c in cols]
+        drop = next((d for d in droppable if d in headers), None)
+        if drop is None:
+            break
+        droppable.remove(drop)
+        del cols[headers.index(drop)]
+    return cols
+
+
+def _terminal_width() -> int | None:
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    if sys.stdout.isatty():
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    return None
+
+
+def print_table(
+    runs: list[dict], metrics: list[str], title: str, wide: bool = False, chosen: bool = False
+) -> None:
+    """The table; `chosen`: the metric columns were asked for (--metrics, --best)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for column, justify in (
-        ("name", "left"),
-        ("model", "left"),
-        ("dataset", "left"),
-        ("overrides", "left"),
-        ("status", "left"),
-        ("epochs", "right"),
-        ("wall", "right"),
-    ):
-        table.add_column(column, justify=justify, overflow="fold")
-    for metric in metrics:
-        table.add_column(metric, justify="right")
-    for run in runs:  # Text: run data is never read as Rich markup
-        status = run["status"] or "?"
-        table.add_row(
-            Text(run["name"]),
-            Text(run["model"] or "?"),
-            Text(run["dataset"] or "?"),
-            Text(_overrides_text(run)),
-            Text(status, style=STATUS_STYLE.get(status, "white")),
-            _shown(run["epochs"]),
-            _wall(run["wall_time_s"]),
-            *(_shown(run["metrics"].get(m)) for m in metrics),
-        )
-    # piped into a file or a pager: wide enough for the sweep folders' names
-    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
-    Console(width=width).print(table)
+    terminal = _terminal_width()
+    # --wide: every column, as long as the lines get; else the terminal's width (100 in a pipe)
+    width = max(terminal or 0, 1000) if wide else (terminal or WIDTH)
+    families = {key_metric(run["metrics"]) for run in runs} - {None}
+    per_family = not wide and len(families) > 1
+    if per_family and not chosen:
+        metrics = []
+    cols = _columns(runs, metrics, wide, per_family)
+    if not wide:
+        cols = fit(cols, width)
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False
+    )
+    for header, justify, _ in cols:
+        table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis")
+    status_col = [h for h, _, _ in cols].index("status")
+    for i in range(len(runs)):  # Text: run data is never read as Rich markup
+        cells = [Text(str(cells[i])) for _, _, cells in cols]
+        cells[status_col].stylize(STATUS_STYLE.get(str(cells[status_col]), "white"))
+        table.add_row(*cells)
+    console = Console(width=width if wide else min(width, max(_width(cols) + 2, 40)))
+    console.print(table)
     failed = [r for r in runs if r["status"] in ("failed", "unreadable") and r.get("error")]
     for run in failed:
         line = Text.assemble((run["status"], "red"), f" {run['name']}: {run['error']}")
-        Console(stderr=True, width=width).print(line, highlight=False)
+        Console(stderr=True, width=terminal or (1000 if wide else WIDTH)).print(
+            line, highlight=False
+        )
 
 
 def print_csv(runs: list[dict], metrics: list[str]) -> None:
@@ -459,18 +728,79 @@ def print_csv(runs: list[dict], metrics: list[str]) -> None:
                 run["status"],
                 run["epochs"],
                 run["wall_time_s"],
-                *(run["metrics"].get(m, "") for m in metrics),
+                *(_field(run, m) if _field(run, m) is not None else "" for m in metrics),
             ]
         )
+
+
+# ---------------------------------------------------------------- pruning failed runs
+
+
+def prune(runs: list[dict], roots: list[Path], yes: bool) -> int:
+    """Delete the folders of the listed failed runs (each under its lock, its status read again
+    under it), and the folders that this leaves empty up to DIR."""
+    import shutil
+
+    from nnlab.run_folder import RunLock
+
+    failed = [run for run in runs if run["status"] == "failed"]
+    if not failed:
+        print("nnlab runs: no failed runs to delete.")
+        return 0
+    print(f"Failed runs ({len(failed)}):")
+    for run in failed:
+        print(f"  {run['name']}: {clean(run['error'] or 'no reason recorded', 80)}")
+    if not yes:
+        if not sys.stdin.isatty():
+            print("Add --yes to delete these run folders.", file=sys.stderr)
+            return 1
+        answer = input(f"Delete these {len(failed)} run folders? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Nothing deleted.")
+            return 0
+    deleted = 0
+    for run in failed:
+        folder = Path(run["path"])
+        try:
+            with RunLock(folder, "nnlab runs --prune-failed"):
+                root = next((r for r in roots if _inside(folder, r)), None)
+                if root is None or read_run(folder, root)["status"] != "failed":
+                    continue  # resumed meanwhile, or not under a listed folder
+                shutil.rmtree(folder)
+        except Exception as err:  # noqa: BLE001 - in use, or the disk said no: keep going
+            print(f"nnlab runs: kept {run['name']}: {clean(err, 200)}", file=sys.stderr)
+            continue
+        deleted += 1
+        parent = folder.parent
+        while parent != root.resolve() and _inside(parent, root) and not any(parent.iterdir()):
+            parent.rmdir()  # an empty sweep or <model>/<dataset> folder
+            parent = parent.parent
+    print(f"Deleted {deleted} run folder{'s' if deleted != 1 else ''}.")
+    return 0
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the command
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="nnlab runs",
         description="Compare runs: one row per run folder under DIR (metrics.json, .hydra/, "
-        "TensorBoard events).",
+        "TensorBoard events). The table fits the terminal (100 columns in a pipe): a short name, "
+        "the overrides that differ, each family's key metric next to its baseline.",
         epilog="examples:\n  nnlab runs\n  nnlab runs outputs/multirun --sort test/mse\n"
-        "  nnlab runs --filter model=vae --filter status=finished --json",
+        "  nnlab runs --best test/mse --top 3\n"
+        "  nnlab sample $(nnlab runs outputs --best test/mse --paths) out=best.png\n"
+        "  nnlab runs --filter model=vae --filter status=finished --json\n"
+        "  nnlab runs --prune-failed",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -484,6 +814,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("-r", "--reverse", action="store_true", help="sort in descending order")
     parser.add_argument(
+        "--best",
+        metavar="METRIC",
+        help="the runs with the best METRIC first (less is better for losses, errors and "
+        "distances, more for accuracy, ELBO, PSNR...; max:METRIC or min:METRIC to say which); "
+        "shows the best one unless --top says how many",
+    )
+    parser.add_argument("--top", metavar="N", type=int, help="only the first N runs")
+    parser.add_argument(
         "--filter",
         metavar="KEY=PATTERN",
         action="append",
@@ -492,56 +830,104 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "repeat to combine",
     )
     parser.add_argument(
-        "--metrics", metavar="A,B", help="the metric columns (default: the key test metrics)"
+        "--metrics",
+        metavar="A,B",
+        help="the metric columns (default: each family's key metric and its baseline); "
+        "eval/<dataset>/<metric> for `nnlab eval` results",
+    )
+    parser.add_argument(
+        "--wide", action="store_true", help="every column: paths, all differing overrides"
     )
     out = parser.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the runs as JSON (every metric)")
     out.add_argument("--csv", action="store_true", help="print the table as CSV")
+    out.add_argument(
+        "--paths", action="store_true", help="print only the run folders, one per line"
+    )
+    out.add_argument(
+        "--prune-failed",
+        action="store_true",
+        help="delete the folders of the (listed) failed runs, after asking",
+    )
+    parser.add_argument("--yes", action="store_true", help="--prune-failed without asking")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(sys.argv[1:] if argv is None else argv)
+    except UsageError as err:
+        import textwrap
+
+        text = textwrap.fill(f"nnlab: error: {err}", width=WIDTH, subsequent_indent="  ")
+        print(text, file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `nnlab runs --json | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
-def _main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def _check_args(args: argparse.Namespace) -> list[Path]:
     roots = [Path(d) for d in (args.dirs or ["outputs"])]
     for root in roots:
-        if not root.is_dir():
-            print(
-                f"nnlab: error: {root} is not a folder. Give the folder your runs are in "
-                "(nnlab train writes them under outputs/), e.g. `nnlab runs outputs`.",
-                file=sys.stderr,
+        if root.is_dir():
+            continue
+        if not args.dirs:
+            raise UsageError(
+                f"there is no outputs/ folder in {Path.cwd()}: nnlab train writes its runs there. "
+                "Train one with `nnlab train` (e.g. `nnlab train trainer.max_epochs=1`), or give "
+                "the folder your runs are in: `nnlab runs PATH`."
             )
-            return 2
+        raise UsageError(
+            f"{root} is not a folder. Give the folder your runs are in (nnlab train writes them "
+            "under outputs/)."
+        )
     for item in args.filter:
         if "=" not in item:
-            print(
-                f"nnlab: error: --filter {item} must be KEY=PATTERN, e.g. --filter model=vae.",
-                file=sys.stderr,
-            )
-            return 2
+            raise UsageError(f"--filter {item} must be KEY=PATTERN, e.g. --filter model=vae.")
+    if args.top is not None and args.top < 1:
+        raise UsageError(f"--top {args.top}: give a number of runs >= 1, e.g. --top 5.")
+    return roots
+
+
+def _main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    roots = _check_args(args)
     runs = []
     for root in roots:
         for run_dir in find_runs(root):
             run = read_run(run_dir, root)
-            if len(roots) > 1:
+            if len(roots) > 1 and run_dir != root:
                 run["name"] = str(Path(root.name) / run["name"])
             runs.append(run)
+    asked = [(f"--filter {f}", f.partition("=")[0]) for f in args.filter]
+    asked += [("--sort", args.sort), ("--best", (args.best or "").rpartition(":")[2])]
+    asked += [("--metrics", m.strip()) for m in (args.metrics or "").split(",") if m.strip()]
+    for option, key in asked:
+        if key:
+            check_key(key, runs, option.split(" ")[0])
     runs = [run for run in runs if matches(run, args.filter)]
-    runs.sort(
-        key=_sort_key(args.sort) if args.sort else (lambda run: run["name"]), reverse=args.reverse
+    runs.sort(  # by default in the order they started (a sweep's jobs together)
+        key=_sort_key(args.sort)
+        if args.sort
+        else (lambda run: (run["started"] or "", run["name"])),
+        reverse=args.reverse,
     )
     if args.sort and args.reverse:  # runs without the key stay last
         runs.sort(key=lambda run: _field(run, args.sort) is None)
+    if args.best:
+        runs = best_runs(runs, args.best)[: args.top or 1]
+    elif args.top:
+        runs = runs[: args.top]
     differing_overrides(runs)
-    metrics = metric_columns(runs, args.metrics)
-    if args.json:
+    wanted = args.metrics or (args.best.rpartition(":")[2] if args.best else None)
+    metrics = metric_columns(runs, wanted, wide=args.wide or args.csv)
+    if args.prune_failed:
+        return prune(runs, roots, args.yes)
+    if args.paths:
+        for run in runs:
+            print(run["path"])
+    elif args.json:
         print(
             json.dumps(
                 [{k: v for k, v in run.items() if k != "config"} for run in runs],
@@ -560,11 +946,18 @@ def _main(argv: list[str]) -> int:
         )
     else:
         runs_word = "run" if len(runs) == 1 else "runs"
-        print_table(
-            runs, metrics, f"{len(runs)} {runs_word} under {' '.join(str(r) for r in roots)}"
-        )
+        title = f"{len(runs)} {runs_word} under {' '.join(str(r) for r in roots)}"
+        datasets = {run["dataset"] for run in runs}
+        if len(datasets) == 1 and None not in datasets and not args.wide:
+            title += f" (dataset {next(iter(datasets))})"
+        print_table(runs, metrics, title, wide=args.wide, chosen=bool(args.metrics or args.best))
     return 0
 
+
+# nnlab.runs(...) from Python: this module is also the API function nnlab.api.runs
+from nnlab.api import callable_module  # noqa: E402
+
+callable_module(__name__)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -36,9 +36,12 @@ from nnlab.errors import (
     report_and_exit,
     unwrap_instantiation,
 )
+from nnlab.report import summary_lines, write_hparams
 from nnlab.run_record import RunRecord
+from nnlab.sweeps import job_argv, register_resolver
 
 log = logging.getLogger("nnlab")
+register_resolver()  # names a sweep's job folders (configs/hydra/default.yaml)
 
 # the config keys shown in TensorBoard's HParams tab (besides everything under model.)
 HPARAM_KEYS = (
@@ -75,13 +78,6 @@ def hparams_of(cfg: DictConfig) -> dict[str, Any]:
         value = OmegaConf.select(cfg, key)
         params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return params
-
-
-class _NoAdverts(logging.Filter):
-    """Drops Lightning's "💡 Tip: ... try installing litlogger" line: an advert, not news."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
 
 
 def check_ddp_sweep(cfg: DictConfig) -> None:
@@ -147,18 +143,23 @@ class RunGuard:
     reason, as one paragraph for nnlab's own errors), or interrupted (Ctrl-C, SIGTERM, including
     the SystemExit Lightning turns Ctrl-C into) with the resume command.
 
-    A new run's record is written at once, so a config mistake is recorded as failed. A resume
-    touches the record only in `started()`, after the config, the data and the checkpoint passed:
-    a resume that cannot start leaves the run as it was."""
+    A new run's record is written at once; when the run then fails on one of nnlab's errors (a
+    config, data, device or checkpoint mistake) before its first training step, the run folder is
+    removed again (nothing ran; the paragraph says why), except for the jobs of a sweep, whose
+    records the sweep's summary lists. A resume touches the record only in `started()`, after the
+    config, the data and the checkpoint passed: a resume that cannot start leaves the run as it
+    was."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig):
+    def __init__(self, run_dir: Path, cfg: DictConfig, sweeping: bool = False):
         self.run_dir = run_dir
         self.cfg = cfg
         self.resuming = bool(cfg.get("resume"))
+        self.sweeping = sweeping
         self.rank_zero = _rank_zero()
         self.record: RunRecord | None = None
         self.trainer = None
         self.lock = None
+        self.remove = False  # a new run that failed before its first step: nothing to keep
 
     def __enter__(self) -> RunGuard:
         from nnlab.run_folder import RunLock, remove_stale_temporaries
@@ -201,7 +202,6 @@ class RunGuard:
 
     def finished(self, **fields: Any) -> None:
         self.record.finish("finished", **fields)
-        log.info("Run folder: %s  (tensorboard --logdir %s)", self.run_dir, self.run_dir.parent)
 
     def _end(self, status: str, **fields: Any) -> None:
         if self.record is None:
@@ -217,6 +217,8 @@ class RunGuard:
         finally:
             if self.lock is not None:
                 self.lock.release()
+            if self.remove:
+                remove_unused_run_folder(self.run_dir)
 
     def _exit(self, err: BaseException | None) -> None:
         from nnlab.run_folder import interrupted
@@ -246,11 +248,50 @@ class RunGuard:
                 )
             )
         if isinstance(mine, NNLabError):
-            self._end("failed", error=str(mine).splitlines()[0])
+            # a config, data or device mistake of a new run, before it trained: the run folder
+            # would only say "failed" (the paragraph says why); a sweep's job keeps its record
+            self.remove = (
+                self.rank_zero
+                and not self.resuming
+                and not self.sweeping
+                and (self.trainer is None or self.trainer.global_step == 0)
+            )
+            if not self.remove:
+                self._end("failed", error=str(mine).splitlines()[0])
             if mine is not err:
                 raise mine from None
             return
         self._end("failed", error=_last_line(err.__cause__ or err))
+
+
+# what a run folder holds before its first training step (Hydra's, nnlab's, the loggers')
+BEFORE_TRAINING = {".hydra", "train.log", "metrics.json", ".nnlab.lock", "checkpoints", "csv"}
+BEFORE_TRAINING |= {"hparams.yaml"}  # and TensorBoard's events.out.tfevents.* files
+
+
+def remove_unused_run_folder(run_dir: Path) -> None:
+    """Remove a new run's folder that holds nothing but what was written before training (a run
+    that failed on a config, data or device mistake), and the empty <model>/<dataset> folders
+    above it under ./outputs. A folder with anything else in it stays."""
+    import shutil
+
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+        idle = all(not any(run_dir.joinpath(d).iterdir()) for d in {"checkpoints", "csv"} & names)
+    except OSError:
+        return
+    names = {n for n in names if not n.startswith("events.out.tfevents.")}
+    if not names <= BEFORE_TRAINING or not idle:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    outputs = (Path.cwd() / "outputs").resolve()
+    parent = run_dir.resolve().parent
+    while parent != outputs and outputs in parent.parents:
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+        parent = parent.parent
 
 
 def threading_main() -> bool:
@@ -313,12 +354,13 @@ def build(cfg: DictConfig, config: dict[str, Any], run_dir: Path, extra_callback
     import torch
 
     from nnlab.device import check_device, prefer_cached_cuda_check
+    from nnlab.figures import LearningRates
     from nnlab.lean import QuietProfiler, skip_idle_hooks
+    from nnlab.report import epoch_log, model_line, quiet_lightning
     from nnlab.trust import check_optimizer_classes
 
-    lightning_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    if not any(isinstance(f, _NoAdverts) for f in lightning_log.filters):
-        lightning_log.addFilter(_NoAdverts())
+    verbose = bool(cfg.get("verbose"))
+    quiet_lightning(verbose)
     check_optimizer_classes(config["model"])
     trainer_cfg = config["trainer"]
     check_device(trainer_cfg.get("accelerator", "auto"), trainer_cfg.get("precision"))
@@ -337,34 +379,30 @@ def build(cfg: DictConfig, config: dict[str, Any], run_dir: Path, extra_callback
     loggers = [_instantiate(s) for s in _specs(config.get("logger"))]
     callbacks = [_instantiate(s) for s in _specs(config.get("callbacks"))]
     if not loggers:  # the learning-rate monitor needs a logger; logger=none drops it
-        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+        callbacks = [
+            c
+            for c in callbacks
+            if not isinstance(c, (pl.callbacks.LearningRateMonitor, LearningRates))
+        ]
+    quiet = {} if verbose else {"enable_model_summary": False}  # nnlab's one line instead
+    console = sys.stderr.isatty() or verbose
+    if not console:  # a log file, a pipe: the epochs' lines instead of a progress bar's redraws
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
+        quiet["enable_progress_bar"] = False
     check_data = pl.callbacks.LambdaCallback(on_train_start=lambda t, m: _check_validation_split(t))
-    callbacks += [*extra_callbacks, check_data]
+    callbacks += [*extra_callbacks, check_data, epoch_log(console=not console)]
     trainer = _instantiate(
         trainer_cfg,
         logger=loggers or False,
         callbacks=callbacks,
         enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
         profiler=trainer_cfg.get("profiler") or QuietProfiler(),
+        **quiet,
     )
+    if not verbose and trainer.is_global_zero:
+        log.info("%s", model_line(model))
     skip_idle_hooks(trainer.callbacks)
     return datamodule, model, trainer
-
-
-def _write_hparams(trainer, params: dict, metrics: dict) -> None:
-    """The HParams tab: the run's hyper-parameters with its final metrics."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-    from torch.utils.tensorboard.summary import hparams
-
-    from nnlab.lightning_compat import tensorboard_file_writer
-
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
-            writer = tensorboard_file_writer(logger)
-            scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
-            for summary in hparams(params, scalars):
-                writer.add_summary(summary)
-            logger.experiment.flush()
 
 
 def _scalars(trainer) -> dict[str, float]:
@@ -387,17 +425,23 @@ def fit_and_test(cfg: DictConfig, datamodule, model, trainer) -> tuple[dict, flo
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test_after_fit", True):
         trainer.test(
-            model, datamodule=datamodule, ckpt_path=best or None, verbose=True, weights_only=True
+            model,
+            datamodule=datamodule,
+            ckpt_path=best or None,
+            verbose=bool(cfg.get("verbose")),  # quiet: the summary shows the key metrics
+            weights_only=True,
         )
         metrics.update(_scalars(trainer))
     metrics.update(getattr(model, "extra_metrics", {}) or {})
     return dict(sorted(metrics.items())), monitored, best
 
 
-def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence = ()) -> float | None:
+def train(
+    cfg: DictConfig, run_dir: Path, callbacks: Sequence = (), sweeping: bool = False
+) -> float | None:
     """Train and test one configuration in run_dir; return the monitored validation metric.
     `callbacks`: extra Lightning callbacks (objects), e.g. scripts/bench.py's timers."""
-    with RunGuard(run_dir, cfg) as guard:
+    with RunGuard(run_dir, cfg, sweeping) as guard:
         config = check(cfg)
         datamodule, model, trainer = build(cfg, config, run_dir, callbacks)
         from_step = 0
@@ -409,13 +453,26 @@ def train(cfg: DictConfig, run_dir: Path, callbacks: Sequence = ()) -> float | N
             from_step = int(ckpt.get("global_step", 0) or 0)
         guard.started(trainer, from_step)
         metrics, monitored, best = fit_and_test(cfg, datamodule, model, trainer)
-        _write_hparams(trainer, hparams_of(cfg), metrics)
+        write_hparams(trainer, hparams_of(cfg), metrics)
         guard.finished(
             metrics=metrics,
             epochs=trainer.current_epoch,
             global_step=trainer.global_step,
             best_checkpoint=best or None,
         )
+        if trainer.is_global_zero:
+            checkpoint = trainer.checkpoint_callback
+            score = getattr(checkpoint, "best_model_score", None) if checkpoint else None
+            lines = summary_lines(
+                guard.record.data,
+                run_dir,
+                cfg.model.get("monitor"),
+                float(score) if score is not None else None,
+                best,
+                [type(lg).__name__.lower().replace("logger", "") for lg in trainer.loggers],
+                retested=guard.resuming and trainer.global_step == from_step,
+            )
+            log.info("%s", "\n".join(lines))
         return monitored
 
 
@@ -426,7 +483,7 @@ def _job(cfg: DictConfig, callbacks: Sequence) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        result = train(cfg, run_dir, callbacks)
+        result = train(cfg, run_dir, callbacks, sweeping)
     except NNLabError as err:
         # missing data or an absent GPU fail every job of a sweep alike: stop the sweep at once
         if not sweeping or isinstance(err, (DataError, DeviceError, StorageError)):
@@ -447,12 +504,21 @@ def main(callbacks: Sequence = ()) -> None:
     """`nnlab train`: resume=<run dir> becomes Hydra arguments first (nnlab/run_folder.py); an
     explicit run folder is locked before Hydra writes into it. `callbacks`: extra Lightning
     callbacks for every run (objects; the configs' callbacks are built from the allowlist)."""
-    from nnlab.config_check import check_group_choices
+    from nnlab.config_check import check_group_choices, check_override_keys
     from nnlab.run_folder import claim_run_folder, prepare_argv
+    from nnlab.runs import noise_keys
+
+    if not sys.stderr.isatty():  # Optuna's coloured log lines, in a log file: plain text
+        os.environ.setdefault("NO_COLOR", "1")
 
     try:
+        sys.argv = [a for a in sys.argv if a not in ("-v", "--verbose")] + (
+            ["verbose=true"] if any(a in ("-v", "--verbose") for a in sys.argv[1:]) else []
+        )
         sys.argv = prepare_argv(sys.argv)
         check_group_choices(sys.argv[1:])
+        check_override_keys(sys.argv[1:])
+        sys.argv = job_argv(sys.argv, [k for k in noise_keys() if k != "hydra."])
         lock = claim_run_folder(sys.argv)
     except NNLabError as err:
         report_and_exit(err)
@@ -468,6 +534,11 @@ def main(callbacks: Sequence = ()) -> None:
         if lock is not None:
             lock.release()
 
+
+# nnlab.train(...) from Python: this module is also the API function nnlab.api.train
+from nnlab.api import callable_module  # noqa: E402
+
+callable_module(__name__)
 
 if __name__ == "__main__":
     main()

@@ -42,8 +42,9 @@ img/s of all measured epochs of a repetition) and the ratios nnlab/hand and nnla
 JSON also has each run's img/s of this process's CPU time (cpu_img_s; not for the dataloader,
 whose workers are other processes): on a loaded machine it shows the overhead without the waits
 for a core. It also times `nnlab --help`, `nnlab train --cfg job`, and (--full-train) the whole
-default `nnlab train`, and the peak memory of a one-epoch `nnlab train` subprocess (ru_maxrss;
-torch.cuda.max_memory_allocated of the in-process nnlab runs on a GPU).
+default `nnlab train`, the peak memory of a one-epoch `nnlab train` subprocess (ru_maxrss;
+torch.cuda.max_memory_allocated of the in-process nnlab runs on a GPU), and the time and peak
+memory of `nnlab sample` on that finished run.
 
     python scripts/bench.py --threads 1           # everything: ~20 min on a loaded 2-core CPU
     python scripts/bench.py --quick --models ae   # seconds: 1 rep, 1 epoch, 50 batches
@@ -936,6 +937,11 @@ def main(argv=None) -> dict:
                     "trainer.limit_val_batches=2",
                 ]
             cli["peak memory: nnlab train, 1 epoch"] = peak_memory(mem_cmd, env)
+            # the finished one-epoch run above: what a student waits for to see its samples
+            sample_cmd = [nnlab, "sample", f"{tmp}/mem", f"out={tmp}/samples.png"]
+            sample_cmd += [f"threads={threads}"]
+            cli["nnlab sample (the 1-epoch run)"] = wall(sample_cmd, cli_reps, env)
+            cli["peak memory: nnlab sample"] = peak_memory(sample_cmd, env)
             if args.full_train:
                 cli["nnlab train (default, whole run)"] = wall(
                     [nnlab, "train", f"threads={threads}", f"hydra.run.dir={tmp}/full"], 1, env

@@ -28,7 +28,7 @@ def test_classifier_run_logs_calibration_saliency_and_adversarial_accuracy(robus
     assert 0 <= m["test/ece"] <= 1 and 0 <= m["test/ece_scaled"] <= 1 and m["test/temperature"] > 0
     assert m["val/adv_acc"] <= m["val/acc"] and m["test/adv_acc"] <= m["test/acc"]
     images = event_tags(robust_lenet).Tags()["images"]
-    assert "reliability" in images and "saliency" in images
+    assert "vis/reliability" in images and "vis/saliency" in images
 
 
 def test_autoencoder_run_logs_clustering_next_to_pca(tmp_path):
@@ -52,7 +52,7 @@ def test_gan_run_logs_mode_coverage(tmp_path, robust_lenet):
     )
     m = read_metrics(run)["metrics"]
     assert 0 <= m["test/mode_entropy"] <= math.log(10) + 1e-6
-    assert "mode_coverage" in event_tags(run).Tags()["images"]
+    assert "vis/mode_coverage" in event_tags(run).Tags()["images"]
 
 
 def test_training_attack_is_checked():

@@ -74,17 +74,17 @@ def test_event_file_has_the_analyses(tmp_path):
     run = run_train(tmp_path, *FAST, "model=ae", "model.latent_dim=2", "model.n_embed=40")
     acc = event_tags(run)
     tags = acc.Tags()
-    assert {"reconstructions", "latent"} <= set(tags["images"])
+    assert {"vis/reconstructions", "vis/latent"} <= set(tags["images"])
     assert {"test/mse", "test/pca_mse"} <= set(tags["scalars"])
     # the embedding projector: codes, labels and thumbnails of the test images
     projector = (run / "projector_config.pbtxt").read_text()
     assert 'tensor_name: "test_codes' in projector and "sprite" in projector
     tsv = next(run.rglob("tensors.tsv")).read_text().strip().splitlines()
     assert len(tsv) == 40 and len(tsv[0].split("\t")) == 2
-    # the reconstructions grid: a row of inputs above a row of reconstructions (16 images of 28 +
-    # padding)
-    image = acc.Images("reconstructions")[-1]
-    assert (image.height, image.width) == (2 * 30 + 2, 16 * 30 + 2)
+    # the reconstructions grid: blocks of 8 inputs above their 8 reconstructions (16 images of 28
+    # + padding: 4 rows), enlarged twice, a label left of each row
+    image = acc.Images("vis/reconstructions")[-1]
+    assert image.height == 2 * (4 * 30 + 2) and image.width > 2 * (8 * 30 + 2)
 
 
 # -- the penalties against hand computations -------------------------------------------------------
@@ -267,7 +267,7 @@ def test_stacked_ae_pretrain_flag(tmp_path):
     )
     tags = event_tags(on).Tags()
     assert {"pretrain/layer1_loss", "pretrain/layer2_loss"} <= set(tags["scalars"])
-    assert "pretrain_reconstructions" in tags["images"]
+    assert "vis/pretrain_reconstructions" in tags["images"]
     ckpt = torch.load(next((on / "checkpoints").glob("best*.ckpt")), weights_only=True)
     assert bool(ckpt["state_dict"]["pretrained"])  # a resumed run does not pre-train again
 
@@ -286,24 +286,20 @@ def test_dae_run_and_sample_grid_from_checkpoint(tmp_path):
     )
     m = read_metrics(run)["metrics"]
     assert m["test/psnr"] > 0 and m["test/psnr_noisy"] > 0 and math.isfinite(m["test/pca_mse"])
-    assert (
-        event_tags(run).Images("reconstructions")[-1].height
-    ) == 3 * 34 + 2  # clean | corrupted | output
+    # clean | corrupted | output, in two blocks of 8, enlarged twice
+    assert event_tags(run).Images("vis/reconstructions")[-1].height == 2 * (6 * 34 + 2)
     model = DAE.load_from_checkpoint(
         next((run / "checkpoints").glob("best*.ckpt")), weights_only=True
     )
     img = model.sample_grid(n=16)  # from the test images kept in the checkpoint
-    assert img.shape == (
-        3,
-        2 * 3 * 34 + 2,
-        8 * 34 + 2,
-    )  # 2 blocks x (clean | corrupted | recon) rows of 8
+    # 2 blocks x (clean | corrupted | recon) rows of 8, enlarged twice, the rows labelled
+    assert img.shape[:2] == (3, 2 * (2 * 3 * 34 + 2)) and img.shape[2] > 2 * (8 * 34 + 2)
     assert 0 <= img.min() and img.max() <= 1
-    walk = model.sample_grid(n=16, interpolate=True)
-    assert walk.shape == (3, 2 * 34 + 2, 8 * 34 + 2)
+    walk = model.sample_grid(n=16, interpolate=True)  # two rows of 8, under a title line
+    assert walk.shape == (3, 2 * (2 * 34 + 2) + 14, 2 * (8 * 34 + 2))
     labels = model.stored_images[1]
     one = model.sample_grid(n=4, label=int(labels[0]))
-    assert one.shape[2] == 4 * 34 + 2
+    assert 2 * (4 * 34 + 2) < one.shape[2] < 2 * (8 * 34 + 2)
 
 
 def test_bad_options_are_config_errors():

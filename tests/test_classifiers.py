@@ -96,7 +96,7 @@ def test_lenet_run_metrics_images_and_scalars(lenet_run):
     per_class = {k: v for k, v in metrics.items() if k.startswith("test/acc_class/")}
     assert len(per_class) == 10 and all(0 <= v <= 1 for v in per_class.values())
     tags = event_tags(lenet_run).Tags()
-    assert {"errors", "confusion_matrix"} <= set(tags["images"])
+    assert {"vis/errors", "vis/confusion_matrix"} <= set(tags["images"])
     assert {"train/loss", "train/grad_norm", "val/acc", "test/acc"} <= set(tags["scalars"])
 
 

@@ -85,7 +85,7 @@ def test_cgan_dcgan_net_with_classifier_metrics(tmp_path):
     assert 0 <= m["test/label_acc"] <= 1
     assert "best-epoch" in read_metrics(run)["best_checkpoint"]  # monitored val/fid
     images = event_tags(run).Tags()["images"]
-    assert "samples" in images and "class_grid" in images
+    assert "vis/samples" in images and "vis/class_grid" in images
 
 
 # -- the losses ----------------------------------------------------------------------------------
@@ -295,7 +295,8 @@ def test_unconditional_sampling_and_label_error():
     model = DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28))
     grid = model.sample_grid(16)
     assert grid.shape == (3, 4 * 30 + 2, 4 * 30 + 2) and 0 <= grid.min() and grid.max() <= 1
-    assert model.sample_grid(16, interpolate=True).shape == grid.shape
+    walk = model.sample_grid(16, interpolate=True)  # the same grid, enlarged, under a title line
+    assert walk.shape == (3, 2 * grid.shape[1] + 14, 2 * grid.shape[2])
     with pytest.raises(gans.ConfigError, match="unconditional"):
         model.sample(4, labels=1)
 

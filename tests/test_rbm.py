@@ -242,7 +242,7 @@ def test_rbm_fast_run(tmp_path):
     assert 0 < m["val/recon_error"] < 1 and m["val/pseudo_ll"] < 0
     assert metrics["best_checkpoint"]
     images = event_tags(run).Tags()["images"]
-    assert {"samples", "filters", "reconstructions"} <= set(images)
+    assert {"vis/samples", "vis/filters", "vis/reconstructions"} <= set(images)
 
 
 def test_rbm_cf_fast_run(tmp_path):

@@ -250,7 +250,7 @@ def test_lstm_classifies_ts_sequences_and_shows_bptt(seq_run):
     record = read_metrics(seq_run)
     assert record["status"] == "finished" and 0 <= record["metrics"]["test/acc"] <= 1
     tags = event_tags(seq_run).Tags()
-    assert {"bptt/grad_flow", "bptt/gates", "confusion_matrix"} <= set(tags["images"])
+    assert {"vis/bptt/grad_flow", "vis/bptt/gates", "vis/confusion_matrix"} <= set(tags["images"])
     assert {"train/clipped", "val/grad_decay", "train/grad_norm"} <= set(tags["scalars"])
 
 
@@ -324,7 +324,8 @@ def test_forecaster_reports_itself_beside_the_baselines(forecast_run):
         for m in ("mae", "rmse", "mape"):
             assert np.isfinite(metrics[f"test/{m}{name}"])
     assert metrics["test/mae_seasonal_naive"] < metrics["test/mae_persistence"]  # a clean season
-    assert {"forecast/test", "forecast/val"} <= set(event_tags(forecast_run).Tags()["images"])
+    images = set(event_tags(forecast_run).Tags()["images"])
+    assert {"vis/forecast/test", "vis/forecast/val"} <= images
 
 
 @pytest.mark.parametrize(

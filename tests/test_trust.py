@@ -160,7 +160,7 @@ def test_train_refuses_a_foreign_target_before_the_run_starts(tmp_path, capsys):
 
     marker = tmp_path / "MARKER"
     err, record = run_fails(tmp_path, capsys, *FAST, f"+callbacks.evil={_override(marker)}")
-    assert "is not allowed there" in err and record["status"] == "failed"
+    assert "is not allowed there" in " ".join(err.split()) and record is None
     assert not marker.exists()
 
 

@@ -212,8 +212,8 @@ def test_debug_fast_runs_log_elbo_nll_iw_and_images(tmp_path, name):
     acc = event_tags(run)
     tags = acc.Tags()
     for image in ("samples", "reconstructions", "interpolation", "attribute"):
-        assert image in tags["images"], (image, tags["images"])
-    assert ("manifold" in tags["images"]) == ("model.latent_dim=2" in RUNS[name])
+        assert f"vis/{image}" in tags["images"], (image, tags["images"])
+    assert ("vis/manifold" in tags["images"]) == ("model.latent_dim=2" in RUNS[name])
     for scalar in ("test/elbo", "test/nll_iw", "val/elbo", "train/loss"):
         assert scalar in tags["scalars"], scalar
     if "model.kl_warmup_epochs=2" in RUNS[name]:  # warm-up: the KL weight ramps up from 0

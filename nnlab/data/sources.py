@@ -7,6 +7,7 @@ sources and how to fix each. `load_splits()` reads the official train and test s
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def _download(name: str, root: Path) -> str | None:
     """torchvision's download into root; returns an error message, or None on success."""
     if name not in TORCHVISION:
         return f"torchvision has no download for '{name}'"
+    raw = root / TORCHVISION[name][1]  # the folders a download makes, deepest first
+    made = [p for p in (raw, *raw.parents) if not p.exists()]
     try:
         import torchvision.datasets as tvd
 
@@ -77,6 +80,9 @@ def _download(name: str, root: Path) -> str | None:
             cls(root=str(root), train=train, download=True)
         return None
     except Exception as err:  # noqa: BLE001 - any failure (offline, checksum, disk) is reported
+        for folder in made:  # a failed download leaves no empty ./data/MNIST/raw behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
 
 

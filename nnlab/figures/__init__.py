@@ -5,11 +5,12 @@ A figure is one small FigureCallback subclass: `tag` (the TensorBoard image tag)
 `applies(model)` (is it this model's figure?) and `draw(model, data) -> (3, H, W) image in [0, 1]`
 (or None: nothing to draw this time). The base runs `draw` on rank 0 only, only when the run has a
 TensorBoard logger, under torch.no_grad with the model in eval mode, and logs the image at the step
-of the scalars. The model only says *what* to draw (its hooks: reconstruction_rows, sample_images,
-encode, ...); the drawing itself is in nnlab/viz.py.
+of the scalars, as `vis/<tag>` (after the loss groups in TensorBoard). The model only says *what*
+to draw (its hooks: reconstruction_rows, sample_images, encode, ...); the drawing itself is in
+nnlab/viz.py.
 
-The figures shared by several families are here; a family's own figures live in
-nnlab/figures/<family>.py.
+The figures shared by several families are here, and the learning rates (`lr/<optimiser>`); a
+family's own figures live in nnlab/figures/<family>.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 from pytorch_lightning import Callback
 
+from nnlab import lightning_compat as compat
 from nnlab import viz
 from nnlab.models.base import NNLabModule
 
@@ -26,11 +28,18 @@ def overrides(model, hook: str) -> bool:
     return getattr(type(model), hook) is not getattr(NNLabModule, hook)
 
 
+GROUP = viz.GROUP  # every figure's tag starts with vis/ (see viz.log_image)
+
+
 class FigureCallback(Callback):
-    """One figure, drawn by rank 0 and logged under `tag` (see the module docstring)."""
+    """One figure, drawn by rank 0 and logged under `vis/<tag>` (see the module docstring)."""
 
     tag = ""
     stages: tuple[str, ...] = ("val",)
+
+    @property
+    def full_tag(self) -> str:
+        return f"{GROUP}/{self.tag}"
 
     def applies(self, model) -> bool:
         return True
@@ -41,7 +50,7 @@ class FigureCallback(Callback):
     def write(self, trainer, model, figure) -> None:
         """Log what `draw` returned; a figure that is not an image overrides this (not `log`:
         Lightning lends callbacks the model.log)."""
-        viz.log_image(trainer, self.tag, figure)
+        viz.log_image(trainer, self.full_tag, figure)
 
     def run(self, trainer, model) -> None:
         data = trainer.datamodule
@@ -77,7 +86,11 @@ class Reconstructions(FigureCallback):
     def draw(self, model, data):
         x, _ = data.images("val", model.n_log_images)
         figure_rows = model.reconstruction_rows(x)
-        return None if figure_rows is None else viz.rows(*figure_rows)
+        if figure_rows is None:
+            return None
+        labels = getattr(model, "reconstruction_labels", None)
+        labels = labels or ("input", *(["output"] * (len(figure_rows) - 1)))
+        return viz.paired_grid(figure_rows, per_row=8, labels=labels)
 
 
 class Samples(FigureCallback):
@@ -92,3 +105,47 @@ class Samples(FigureCallback):
     def draw(self, model, data):
         images = model.sample_images()
         return None if images is None else viz.grid(images)
+
+
+class LearningRates(Callback):
+    """`lr/<optimiser>`: each optimiser's learning rate, at the start of every epoch (or step with
+    logging_interval: step), named by the model's `optimizer_names` (the GANs: generator,
+    discriminator), else by the optimiser's class (lr/Adam); `/<group>` for parameter groups.
+    Also in trainer.callback_metrics, so metrics.json keeps the last value."""
+
+    def __init__(self, logging_interval: str = "epoch"):
+        if logging_interval not in ("epoch", "step"):
+            raise ValueError(f"logging_interval={logging_interval!r}: use epoch or step")
+        self.logging_interval = logging_interval
+
+    def names(self, trainer, model) -> list[str]:
+        given = list(getattr(model, "optimizer_names", None) or [])
+        names = []
+        for i, optimizer in enumerate(trainer.optimizers):
+            names.append(given[i] if i < len(given) else type(optimizer).__name__)
+        return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+
+    def log_rates(self, trainer, model) -> None:
+        if not trainer.loggers:
+            return
+        rates = {}
+        for name, optimizer in zip(self.names(trainer, model), trainer.optimizers):
+            groups = optimizer.param_groups
+            for i, group in enumerate(groups):
+                part = f"/{group.get('name', f'pg{i + 1}')}" if len(groups) > 1 else ""
+                rates[f"lr/{name}{part}"] = float(group["lr"])
+        step = compat.logged_step(trainer)
+        for logger in trainer.loggers:
+            logger.log_metrics(rates, step=step)
+        device = trainer.strategy.root_device
+        trainer.callback_metrics.update(
+            {k: torch.tensor(v, device=device) for k, v in rates.items()}
+        )
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.logging_interval == "epoch":
+            self.log_rates(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.logging_interval == "step" and compat.should_update_logs(trainer):
+            self.log_rates(trainer, pl_module)

@@ -3,6 +3,8 @@ sparse code's activation histogram and the stacked autoencoder's pre-trained rec
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from nnlab import viz
@@ -53,6 +55,8 @@ class Projector(FigureCallback):
         points, names, thumbs = figure
         step = trainer.global_step
         for writer in viz.tensorboards(trainer):
+            if (Path(writer.get_logdir()) / f"{step:05d}" / self.tag).exists():
+                continue  # a finished run resumed and tested again: written at this step already
             writer.add_embedding(
                 points, metadata=names, label_img=thumbs, global_step=step, tag=self.tag
             )
@@ -72,7 +76,7 @@ class HiddenActivations(FigureCallback):
 
     def write(self, trainer, model, figure) -> None:
         for writer in viz.tensorboards(trainer):
-            writer.add_histogram(self.tag, figure, trainer.global_step)
+            writer.add_histogram(self.full_tag, figure, trainer.global_step)
 
 
 class PretrainReconstructions(FigureCallback):
@@ -86,4 +90,4 @@ class PretrainReconstructions(FigureCallback):
 
     def draw(self, model, data):
         x, _ = data.images("val", model.n_log_images)
-        return viz.rows(x, model(x))
+        return viz.paired_grid([x, model(x)], labels=("input", "pre-trained stack"))

@@ -54,7 +54,12 @@ class AttributeEdit(FigureCallback):
         alphas = torch.tensor(model.attribute_alphas, device=x.device).view(1, -1, 1)
         z = model.encode(x).unsqueeze(1) + alphas * (means[tgt] - means[src])  # (B, alphas, D)
         edited = model.decode_images(z.flatten(0, 1)).unflatten(0, (len(x), alphas.shape[1]))
-        return viz.grid(torch.cat([x.unsqueeze(1), edited], 1).flatten(0, 1), nrow=1 + len(z[0]))
+        image = viz.grid(torch.cat([x.unsqueeze(1), edited], 1).flatten(0, 1), nrow=1 + len(z[0]))
+        names = [str(c) for c in (data.classes or range(max(src, tgt) + 1))]
+        cols = ["input", *(f"a={a:g}" for a in model.attribute_alphas)]
+        source, target = names[src], names[tgt]
+        title = f"{source} -> {target}: z + a * (mean z of {target} - mean z of {source})"
+        return viz.labelled(image, x.shape[-2:], cols=cols, title=title)
 
 
 def class_mean_codes(model: VAE, data, split: str, max_images: int = 10000) -> dict:

@@ -194,6 +194,8 @@ class AutoencoderBase(NNLabModule):
         self.pca = PCA(min(self.latent_dim, train_images[0].numel())).fit(train_images)
 
     # -- what the figures draw, and `nnlab sample` -----------------------------------------------
+    reconstruction_labels = ("input", "reconstruction")  # the rows' captions, in that order
+
     def reconstruction_rows(self, x: torch.Tensor) -> list[torch.Tensor] | None:
         """The rows of the `reconstructions` grid: inputs above their reconstructions."""
         return [x, self(x)] if self.reconstructs else None
@@ -205,14 +207,17 @@ class AutoencoderBase(NNLabModule):
         two test images. `label` picks the test images of one class."""
         with viz.eval_mode(self):
             if not interpolate:
-                return viz.paired_grid(self.reconstruction_rows(self.test_images(n, label)))
+                rows = self.reconstruction_rows(self.test_images(n, label))
+                return viz.paired_grid(rows, labels=self.reconstruction_labels)
             steps = 8
             x = self.test_images(2 * max(1, n // steps), label)
             pairs = len(x) // 2
             z1, z2 = self.encode(x[:pairs]), self.encode(x[pairs : 2 * pairs])
             t = torch.linspace(0, 1, steps, device=self.device).view(1, steps, 1)
             z = (1 - t) * z1[:, None] + t * z2[:, None]  # (pairs, steps, latent)
-            return viz.grid(torch.sigmoid(self.decode_logits(z.flatten(0, 1))), nrow=steps)
+            path = viz.grid(torch.sigmoid(self.decode_logits(z.flatten(0, 1))), nrow=steps)
+            title = "each row: decoded points on the line between two test images' codes"
+            return viz.labelled(path, x.shape[-2:], title=title)
 
     def test_images(self, n: int, label=None) -> torch.Tensor:
         """The first n test images (of class `label`) in [0, 1], from the datamodule or from the
@@ -320,6 +325,8 @@ class DAE(AutoencoderBase):
         terms["psnr"] = psnr(self(x_noisy), x)
         terms["psnr_noisy"] = psnr(x_noisy, x)
         return terms
+
+    reconstruction_labels = ("clean", "corrupted", "reconstructed")
 
     def reconstruction_rows(self, x):
         """clean | corrupted | reconstructed, with a fixed corruption so epochs compare."""

@@ -197,13 +197,18 @@ class GeneratorSampling:
         labels = None
         if self.conditional:
             labels = self.labels_for(nrow, label).repeat_interleave(ncol)
-        return viz.grid(self.generate(z, labels), nrow=ncol)
+        image = viz.grid(self.generate(z, labels), nrow=ncol)
+        title = "each row: G(z) along the line from one noise vector to another"
+        return viz.labelled(image, self.input_shape[-2:], title=title)
 
     def class_grid(self, n_per_class: int = 8, z: torch.Tensor | None = None) -> torch.Tensor:
         """One row per class, the same noise vectors in every row."""
         z = self.noise(n_per_class) if z is None else z[:n_per_class]
         labels = torch.arange(self.n_classes, device=self.device).repeat_interleave(len(z))
-        return viz.grid(self.generate(z.repeat(self.n_classes, 1), labels), nrow=len(z))
+        images = self.generate(z.repeat(self.n_classes, 1), labels)
+        names = list(getattr(self.datamodule, "classes", None) or [])  # the rows' captions
+        names = names if len(names) == self.n_classes else range(self.n_classes)
+        return viz.labelled(viz.grid(images, nrow=len(z)), images.shape[-2:], rows=names)
 
     def sample_images(self) -> torch.Tensor:
         return self.generate(self.fixed_z, self.labels_for(len(self.fixed_z)))
@@ -271,6 +276,8 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
         )
 
     # -- the game (manual optimisation: D then, every d_steps batches, G) ------------------------
+    optimizer_names = ("generator", "discriminator")  # the learning rates' tags: lr/generator
+
     def configure_optimizers(self):
         default = {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.5, 0.999]}
         spec = dict(self.hparams.get("optimizer") or default)

@@ -301,11 +301,15 @@ class RBM(RBMBase):
         if interpolate:
             rows = max(1, math.isqrt(n))
             chains = self.gibbs_chain(rows, self.gibbs_steps, snapshots=max(2, n // rows))
-            return viz.grid(chains.flatten(0, 1), nrow=chains.shape[1])
+            image = viz.grid(chains.flatten(0, 1), nrow=chains.shape[1])
+            title = "each row: one Gibbs chain, from noise (left) to its sample (right)"
+            return viz.labelled(image, self.input_shape[-2:], title=title)
         return viz.grid(self.gibbs_chain(n, self.gibbs_steps))
 
     def sample_images(self) -> torch.Tensor:
         return self.gibbs_chain(self.n_log_images, self.gibbs_steps)
+
+    reconstruction_labels = ("input", "binarised", "reconstruction")
 
     def reconstruction_rows(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(up to 16) images | binarised | mean-field reconstructions."""

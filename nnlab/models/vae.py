@@ -175,7 +175,8 @@ class LatentSampling:
         x = x[: 2 * n_rows]
         path = self.interpolate(x[:n_rows], x[n_rows:], steps)
         ends = torch.cat([x[:n_rows, None], path, x[n_rows:, None]], 1)
-        return viz.grid(ends.flatten(0, 1), nrow=steps + 2)
+        cols = ["image A", *(f"t={t:.2f}" for t in torch.linspace(0, 1, steps).tolist()), "image B"]
+        return viz.labelled(viz.grid(ends.flatten(0, 1), nrow=steps + 2), x.shape[-2:], cols=cols)
 
 
 class VAE(LatentSampling, AutoencoderBase):

@@ -3,11 +3,13 @@ to reach TensorBoard. Models say what to draw (nnlab/figures calls their hooks);
 draws it, and logs it on rank 0 only.
 
     grid / rows / paired_grid   images in [0, 1] -> one (3, H, W) grid (make_grid's padding of 2)
+    labelled                    a grid enlarged, with row and column labels and a title
     scatter_image               2-D codes coloured by class, with a legend
     errors_grid                 misclassified images captioned true->pred
     confusion_image             a confusion matrix as a heat map with counts
     eval_mode                   a module in eval mode for a block, its mode restored even on error
     tensorboards / log_image    the run's TensorBoard writers (rank 0), an image to each of them
+    TensorBoardLogger           Lightning's, with its `epoch` scalar as train/epoch
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import math
 
 import torch
+from pytorch_lightning.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from torchvision.utils import make_grid
 
 from nnlab import lightning_compat as compat
@@ -42,11 +45,25 @@ def side(n: int) -> int:
     return max(1, math.isqrt(max(n, 1) - 1) + 1)
 
 
+_COLUMNS: list[int | None] = [None]  # `columns`: images per row of the plain grids
+
+
+@contextlib.contextmanager
+def columns(nrow: int | None):
+    """Inside the block, plain grids (those drawn without an explicit nrow) have nrow images per
+    row (`nnlab sample nrow=16`); None keeps the defaults."""
+    _COLUMNS.append(nrow)
+    try:
+        yield
+    finally:
+        _COLUMNS.pop()
+
+
 def grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> torch.Tensor:
     """(N, C, H, W) floats in [0, 1] -> one (3, H', W') grid image on the CPU; nrow images per row
-    (default: side(N))."""
+    (default: `columns`, else side(N))."""
     images = images.detach().float().clamp(0, 1)
-    nrow = side(len(images)) if nrow is None else nrow
+    nrow = nrow or _COLUMNS[-1] or side(len(images))
     return make_grid(images, nrow=nrow, padding=pad, pad_value=1.0).cpu()
 
 
@@ -56,17 +73,58 @@ def rows(*batches: torch.Tensor, pad: int = 2) -> torch.Tensor:
     return grid(torch.cat([b[:n] for b in batches]), nrow=n, pad=pad)
 
 
-def paired_grid(batches: list[torch.Tensor], per_row: int = 8) -> torch.Tensor:
+def paired_grid(
+    batches: list[torch.Tensor], per_row: int = 8, labels=None, title: str = ""
+) -> torch.Tensor:
     """Equally long batches (e.g. inputs and reconstructions) as blocks of rows of `per_row`:
-    images 0-7 of each batch, then images 8-15 of each batch, ..."""
+    images 0-7 of each batch, then images 8-15 of each batch, ...; `labels` (one per batch, e.g.
+    input, reconstruction) name the rows (see `labelled`)."""
     n = len(batches[0])
-    per_row = max(1, min(per_row, n))
+    per_row = max(1, min(_COLUMNS[-1] or per_row, n))
     chunks = []
     for i in range(0, n, per_row):
         for b in batches:
             c = b[i : i + per_row]
             chunks.append(torch.cat([c, c.new_ones(per_row - len(c), *c.shape[1:])]))
-    return grid(torch.cat(chunks), nrow=per_row)
+    image = grid(torch.cat(chunks), nrow=per_row)
+    if not labels:
+        return image
+    blocks = math.ceil(n / per_row)
+    return labelled(image, batches[0].shape[-2:], rows=list(labels) * blocks, title=title)
+
+
+def labelled(
+    image: torch.Tensor, tile, rows=(), cols=(), title: str = "", scale: int = 2, pad: int = 2
+) -> torch.Tensor:
+    """A grid image (make_grid's layout: `tile` = (H, W) images, `pad` px apart) enlarged `scale`
+    times, with a label left of each row, one above each column and a title: (3, H', W')."""
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    pixels = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    body = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    body = body.resize((body.width * scale, body.height * scale), Image.NEAREST)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    h, w = (int(t) * scale for t in tile)
+    step_y, step_x = h + pad * scale, w + pad * scale
+    rows, cols = [str(r) for r in rows], [str(c) for c in cols]
+    left = int(max([probe.textlength(r, font=font) for r in rows] + [0])) + (8 if rows else 0)
+    top = (14 if title else 0) + (14 if cols else 0)
+    canvas = Image.new("RGB", (left + body.width, top + body.height), "white")
+    canvas.paste(body, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text(
+            (left + 2, 1), _fit(draw, title, canvas.width - left, font), fill="black", font=font
+        )
+    for i, text in enumerate(rows):
+        y = top + pad * scale + i * step_y + h // 2 - 6
+        draw.text((left - 4 - draw.textlength(text, font=font), y), text, fill="black", font=font)
+    for j, text in enumerate(cols):
+        text = _fit(draw, text, step_x, font)
+        x = left + pad * scale + j * step_x + (w - draw.textlength(text, font=font)) / 2
+        draw.text((x, top - 13), text, fill="black", font=font)
+    return to_tensor(canvas)
 
 
 # -- captioned figures (PIL) ----------------------------------------------------------------------
@@ -140,7 +198,7 @@ def errors_grid(images: torch.Tensor, labels: list[str], nrow: int | None = None
     _, c, h, w = images.shape
     scale = max(1, math.ceil(84 / w))  # tiles ~84+ px wide, room for a caption
     tw, th, cap, pad = w * scale, h * scale, 26, 4
-    nrow = nrow or side(n)
+    nrow = nrow or _COLUMNS[-1] or side(n)
     lines = math.ceil(n / nrow)
     canvas = Image.new("RGB", (nrow * (tw + pad) + pad, lines * (th + cap + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
@@ -203,16 +261,32 @@ def eval_mode(module: torch.nn.Module):
 def tensorboards(trainer) -> list:
     """The TensorBoard SummaryWriters of a run: on rank 0 only (elsewhere, and without a
     TensorBoard logger, none)."""
-    from pytorch_lightning.loggers import TensorBoardLogger
-
     if trainer is None or not trainer.is_global_zero:
         return []
-    return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    return [lg.experiment for lg in trainer.loggers if isinstance(lg, LightningTensorBoardLogger)]
+
+
+# every image's TensorBoard tag starts with this group: TensorBoard sorts its groups by name, so
+# lr/, test/, train/ and val/ (the losses) come first and the figures after them
+GROUP = "vis"
 
 
 def log_image(trainer, tag: str, image: torch.Tensor, step: int | None = None) -> None:
-    """Send a (3, H, W) image to the run's TensorBoard (rank 0), at the step of its scalars."""
+    """Send a (3, H, W) image to the run's TensorBoard (rank 0) as `vis/<tag>`, at the step of its
+    scalars."""
+    tag = tag if tag.startswith(f"{GROUP}/") else f"{GROUP}/{tag}"
     writers = tensorboards(trainer)
     step = compat.logged_step(trainer) if step is None and writers else step
     for writer in writers:
         writer.add_image(tag, image, step)
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger; the `epoch` scalar Lightning adds to every write becomes
+    train/epoch, so that TensorBoard's first groups are the learning rates and the losses (it
+    sorts its groups by name), not a lone `epoch` chart."""
+
+    def log_metrics(self, metrics, step=None) -> None:
+        if "epoch" in metrics:
+            metrics = {("train/epoch" if k == "epoch" else k): v for k, v in metrics.items()}
+        super().log_metrics(metrics, step)
