@@ -36,25 +36,13 @@ def train(*overrides: str, callbacks=()) -> Run:
     overrides: Hydra overrides as on the command line ("model=vae", "trainer.max_epochs=1",
     "resume=outputs/vae/fashion_mnist/<time>"). callbacks: extra Lightning callbacks (objects).
     A sweep (-m, hparams_search) is a loop of nnlab.train calls here."""
-    from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
     from nnlab import train as recipe
-    from nnlab.config_check import check_group_choices, check_override_keys
-    from nnlab.run_folder import claim_run_folder, prepare_argv
+    from nnlab.run_folder import claim_run_folder
 
-    args = [str(o) for o in overrides]
-    if any(a in ("-m", "--multirun") or a.startswith(("hparams_search=", "--")) for a in args):
-        raise ConfigError(
-            "nnlab.train runs one configuration; a sweep from Python is a loop, e.g. "
-            "[nnlab.train('model.latent_dim=%d' % d) for d in (8, 16, 32)], and `nnlab train -m` "
-            "or hparams_search=... are for the command line. Command-line flags (--cfg, -m) do "
-            "not apply."
-        )
-    argv = prepare_argv(["nnlab train", *args])
-    check_group_choices(argv[1:])
-    check_override_keys(argv[1:])
+    argv = _train_argv(overrides)
     lock = claim_run_folder(argv)
     folder: list[Path] = []
     failed: list[BaseException] = []
@@ -70,14 +58,7 @@ def train(*overrides: str, callbacks=()) -> Run:
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module("nnlab.configs", version_base="1.3", job_name="train"):
-            hydra = GlobalHydra.instance().hydra
-            hydra.run(
-                config_name="train",
-                task_function=task,
-                overrides=argv[1:],
-                with_log_configuration=True,
-            )
+        _hydra_run(argv, task)
     finally:
         GlobalHydra.instance().clear()
         _close_run_logs()
@@ -86,6 +67,42 @@ def train(*overrides: str, callbacks=()) -> Run:
     if failed:
         raise failed[0]
     return Run(folder[0])
+
+
+def _train_argv(overrides) -> list[str]:
+    """`nnlab train`'s argv for the overrides, checked as the command checks it (one
+    configuration: no sweep, no flags) and prepared as it prepares it (resume=...)."""
+    from nnlab.config_check import check_group_choices, check_override_keys
+    from nnlab.run_folder import prepare_argv
+
+    args = [str(o) for o in overrides]
+    if any(a in ("-m", "--multirun") or a.startswith(("hparams_search=", "--")) for a in args):
+        raise ConfigError(
+            "nnlab.train runs one configuration; a sweep from Python is a loop, e.g. "
+            "[nnlab.train('model.latent_dim=%d' % d) for d in (8, 16, 32)], and `nnlab train -m` "
+            "or hparams_search=... are for the command line. Command-line flags (--cfg, -m) do "
+            "not apply."
+        )
+    argv = prepare_argv(["nnlab train", *args])
+    check_group_choices(argv[1:])
+    check_override_keys(argv[1:])
+    return argv
+
+
+def _hydra_run(argv: list[str], task) -> None:
+    """Hydra's job for the packaged train config and argv's overrides (its run folder, its
+    train.log), calling task(cfg) in it."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_module("nnlab.configs", version_base="1.3", job_name="train"):
+        hydra = GlobalHydra.instance().hydra
+        hydra.run(
+            config_name="train",
+            task_function=task,
+            overrides=argv[1:],
+            with_log_configuration=True,
+        )
 
 
 def _close_run_logs() -> None:

@@ -24,11 +24,19 @@ from nnlab.errors import ConfigError, check_choice
 from nnlab.viz import eval_mode
 
 KINDS = ("none", "fgsm", "pgd")  # model.adversarial.kind and the attacks of `nnlab robustness`
-TRAINING_KEYS = {"kind": "none", "eps": 0.1, "steps": 7, "step_size": None, "random_start": True}
+TRAINING_KEYS = {
+    "kind": "none",
+    "eps": 0.1,
+    "steps": 7,
+    "step_size": None,
+    "random_start": True,
+    "clean_weight": 0.0,
+}
 
 
 def training_attack(spec: dict | None) -> dict:
-    """model.adversarial checked and completed: {kind, eps, steps, step_size, random_start}."""
+    """model.adversarial checked and completed: {kind, eps, steps, step_size, random_start,
+    clean_weight}."""
     spec = dict(spec or {})
     unknown = sorted(set(spec) - set(TRAINING_KEYS))
     if unknown:
@@ -38,6 +46,13 @@ def training_attack(spec: dict | None) -> dict:
     spec = {**TRAINING_KEYS, **spec}
     check_choice("model.adversarial.kind", spec["kind"], KINDS)
     eps, steps, size = spec["eps"], spec["steps"], spec["step_size"]
+    w = spec["clean_weight"]
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+        raise ConfigError(
+            f"model.adversarial.clean_weight={w!r} must be a number in [0, 1] (the weight of the "
+            "clean images' loss beside the attacked ones'), e.g. "
+            "model.adversarial.clean_weight=0.5."
+        )
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
         raise ConfigError(
             f"model.adversarial.eps={eps!r} must be a number in [0, 1] (an L-inf budget on pixels "
@@ -163,23 +178,37 @@ def robust_accuracy(
         with torch.no_grad():
             clean = [model(images[a:b]).argmax(1) == labels[a:b] for a, b in batches]
         for eps in eps_values:
-            generator = torch.Generator(device=images.device).manual_seed(int(seed))
-            start, right = time.perf_counter(), 0
-            for (a, b), clean_right in zip(batches, clean):
-                x, y = images[a:b], labels[a:b]
-                if kind == "pgd":
-                    adv = pgd(model, x, y, eps, steps, step_size, True, True, generator)
-                else:
-                    adv = perturb(model, x, y, kind, eps)
-                with torch.no_grad():
-                    right += int(((model(adv).argmax(1) == y) & clean_right).sum())
-                if a == 0 and keep:
-                    out["examples"][eps] = adv[:keep]
-                bar.update()
-            if images.device.type == "cuda":
-                torch.cuda.synchronize(images.device)
-            out["seconds"][eps] = time.perf_counter() - start
+            right, seconds, examples = _under_attack(
+                model, images, labels, batches, clean, eps, kind, steps, step_size, seed, keep, bar
+            )
+            if examples is not None:
+                out["examples"][eps] = examples
+            out["seconds"][eps] = seconds
             out["acc"][eps] = right / max(1, n)
             bar.set_postfix({f"acc@{eps:g}": f"{out['acc'][eps]:.3f}"})
     bar.close()
     return out
+
+
+def _under_attack(
+    model, images, labels, batches, clean, eps, kind, steps, step_size, seed, keep, bar
+):
+    """One attack at one eps over every batch (the model already in eval mode): (the images
+    right both clean and attacked, the wall seconds, the first `keep` adversarial images or
+    None). PGD's random starts come from a generator seeded afresh with `seed` at each eps."""
+    generator = torch.Generator(device=images.device).manual_seed(int(seed))
+    start, right, examples = time.perf_counter(), 0, None
+    for (a, b), clean_right in zip(batches, clean):
+        x, y = images[a:b], labels[a:b]
+        if kind == "pgd":
+            adv = pgd(model, x, y, eps, steps, step_size, True, True, generator)
+        else:
+            adv = perturb(model, x, y, kind, eps)
+        with torch.no_grad():
+            right += int(((model(adv).argmax(1) == y) & clean_right).sum())
+        if a == 0 and keep:
+            examples = adv[:keep]
+        bar.update()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize(images.device)
+    return right, time.perf_counter() - start, examples

@@ -151,52 +151,70 @@ def evaluate(argv: list[str]) -> dict[str, float]:
     from nnlab.device import check_device
     from nnlab.inference import load_for_inference
     from nnlab.report import quiet_lightning
-    from nnlab.run_folder import RunLock
 
     quiet_lightning()
     if request.threads:
         torch.set_num_threads(request.threads)
     accelerator = request.opts["accelerator"]
     check_device(accelerator)
-    lock = None
-    if request.run is not None:  # its metrics.json gets the result: one writer at a time
-        try:
-            lock = RunLock(request.run, "nnlab eval").acquire()
-        except StorageError:
-            lock = None  # a read-only run folder: evaluate, print, and say it was not written
+    lock = _lock(request.run)
     try:
         cfg, model, datamodule, ckpt_path, run_dir = load_for_inference(
             request.target, request.overrides, which=request.opts["checkpoint"]
         )
         pl.seed_everything(request.seed, verbose=False)
-        limit = cfg.get("limit_test_batches")  # as the run's own test stage
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_test_batches=limit if limit is not None else 1.0,
-            callbacks=callbacks_for(cfg),  # the test-time analyses, as in the run's test stage
-        )
+        trainer = _tester(accelerator, cfg, callbacks_for(cfg))
         datamodule.prepare_data()
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics.update(getattr(model, "extra_metrics", {}) or {})
         metrics = dict(sorted(metrics.items()))
-
-        width = max([len(k) for k in metrics] + [6])
-        print(f"nnlab eval: {ckpt_path} on {datamodule.name} (test split)")
-        print(f"  {'metric':<{width}}  value")
-        for key, value in metrics.items():
-            print(f"  {key:<{width}}  {value:.6g}")
+        _print_metrics(ckpt_path, datamodule.name, metrics)
         if run_dir is not None:
             _record(run_dir, datamodule.name, ckpt_path, metrics, locked=lock is not None)
     finally:
         if lock is not None:
             lock.release()
     return metrics
+
+
+def _lock(run):
+    """The run's lock (its metrics.json gets the result: one writer at a time), or None for a
+    bare .ckpt or a read-only run folder (evaluate, print, and say it was not written)."""
+    from nnlab.run_folder import RunLock
+
+    if run is None:
+        return None
+    try:
+        return RunLock(run, "nnlab eval").acquire()
+    except StorageError:
+        return None
+
+
+def _tester(accelerator: str, cfg, callbacks):
+    """A quiet one-device Trainer that runs the test stage as the run's own did (its
+    limit_test_batches, the test-time analyses in `callbacks`)."""
+    import pytorch_lightning as pl
+
+    limit = cfg.get("limit_test_batches")  # as the run's own test stage
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_test_batches=limit if limit is not None else 1.0,
+        callbacks=callbacks,  # the test-time analyses, as in the run's test stage
+    )
+
+
+def _print_metrics(ckpt_path, dataset: str, metrics: dict[str, float]) -> None:
+    width = max([len(k) for k in metrics] + [6])
+    print(f"nnlab eval: {ckpt_path} on {dataset} (test split)")
+    print(f"  {'metric':<{width}}  value")
+    for key, value in metrics.items():
+        print(f"  {key:<{width}}  {value:.6g}")
 
 
 def _record(run_dir, dataset: str, ckpt_path, metrics: dict, locked: bool) -> None:

@@ -89,33 +89,42 @@ def _flag(value: str, key: str) -> bool | None:
     return value in ("true", "1", "yes")
 
 
+def _attack_choice(value: str) -> str | list[str]:
+    """attacks=: "auto", "none" or the listed attacks, each checked."""
+    attacks = value.lower()
+    if attacks in ("auto", "none"):
+        return attacks
+    chosen = [a.strip() for a in attacks.split(",") if a.strip()]
+    for a in chosen:
+        if a not in ATTACKS:
+            raise ConfigError(
+                f"attacks={value!r}: '{a}' is not an attack; use fgsm, pgd, fgsm,pgd or none."
+            )
+    return chosen
+
+
+def _step_size(value: str) -> float | None:
+    """step_size=: a positive number, or None for auto."""
+    if value == "auto":
+        return None
+    try:
+        step_size = float(value)
+    except ValueError:
+        step_size = -1.0
+    if not step_size > 0:
+        raise ConfigError(
+            f"step_size={value!r} is not valid: it must be a positive number "
+            "(pixel units) or auto (2.5 * eps / steps). Example: step_size=0.01"
+        )
+    return step_size
+
+
 def settings(opts: dict[str, str]) -> dict:
     """The options as typed values, checked before torch is imported."""
-    attacks = opts["attacks"].lower()
-    if attacks in ("auto", "none"):
-        chosen = attacks
-    else:
-        chosen = [a.strip() for a in attacks.split(",") if a.strip()]
-        for a in chosen:
-            if a not in ATTACKS:
-                raise ConfigError(
-                    f"attacks={opts['attacks']!r}: '{a}' is not an attack; use fgsm, pgd, "
-                    "fgsm,pgd or none."
-                )
-    step_size = None
-    if opts["step_size"] != "auto":
-        try:
-            step_size = float(opts["step_size"])
-        except ValueError:
-            step_size = -1.0
-        if not step_size > 0:
-            raise ConfigError(
-                f"step_size={opts['step_size']!r} is not valid: it must be a positive number "
-                "(pixel units) or auto (2.5 * eps / steps). Example: step_size=0.01"
-            )
-    for key in ("checkpoint",):
-        if opts[key] not in ("best", "last"):
-            raise ConfigError(f"checkpoint={opts[key]!r} is not valid: use best or last.")
+    chosen = _attack_choice(opts["attacks"])
+    step_size = _step_size(opts["step_size"])
+    if opts["checkpoint"] not in ("best", "last"):
+        raise ConfigError(f"checkpoint={opts['checkpoint']!r} is not valid: use best or last.")
     if opts["accelerator"] not in ("auto", "cpu", "gpu", "cuda"):
         raise ConfigError(
             f"accelerator={opts['accelerator']!r} is not valid: use auto, cpu or gpu."
@@ -365,15 +374,37 @@ def robustness(argv: list[str]) -> dict[str, float]:
 
 def _measure(target, overrides, s, opts) -> dict[str, float]:
     import torch
-    from torchvision.utils import save_image
 
     from nnlab.inference import load_for_inference
-    from nnlab.models.classifiers import ClassifierBase
-    from nnlab.models.vae import VAE
-    from nnlab.run_record import RunRecord
 
     cfg, model, dm, ckpt_path, run_dir = load_for_inference(target, overrides, s["checkpoint"])
-    name = cfg.get("name", type(model).__name__)
+    is_classifier, is_vae = _check_model(model, cfg.get("name", type(model).__name__), s, opts)
+    attacks = list(ATTACKS) if s["attacks"] == "auto" and is_classifier else s["attacks"]
+    attacks = [] if attacks in ("auto", "none") else attacks
+    s["attacks"] = attacks
+    device = _device(s["accelerator"])
+    model.to(device).eval()
+    torch.manual_seed(s["seed"])
+    x, y = _test_images(dm, "test", s["n"], device)
+    started = time.perf_counter()
+    metrics, figures = _sections(model, dm, x, y, s, device, is_classifier)
+    seconds = time.perf_counter() - started
+    out = _save_figures(figures, s["out"], run_dir)
+    width = max([len(k) for k in metrics] + [6])
+    print(f"nnlab robustness: {ckpt_path} on {dm.name} ({len(x)} test images, {device.type})")
+    for key, value in sorted(metrics.items()):
+        print(f"  {key:<{width}}  {value:.6g}")
+    print(f"figures: {', '.join(f'{k}.png' for k in figures)} in {out} ({seconds:.0f} s)")
+    if run_dir is not None:
+        _record(run_dir, dm.name, ckpt_path, metrics, s, device, seconds, out)
+    return metrics
+
+
+def _check_model(model, name: str, s: dict, opts: dict[str, str]) -> tuple[bool, bool]:
+    """(is it a classifier, is it the vae); a ConfigError for settings the model cannot take."""
+    from nnlab.models.classifiers import ClassifierBase
+    from nnlab.models.vae import VAE
+
     is_classifier, is_vae = isinstance(model, ClassifierBase), isinstance(model, VAE)
     if s["attacks"] not in ("auto", "none") and not is_classifier:
         raise ConfigError(
@@ -392,20 +423,17 @@ def _measure(target, overrides, s, opts) -> dict[str, float]:
             f"vae (the likelihood of OOD data); model '{name}' is neither. Its clustering scores "
             "are logged by its test stage (nnlab eval)."
         )
-    attacks = list(ATTACKS) if s["attacks"] == "auto" and is_classifier else s["attacks"]
-    attacks = [] if attacks in ("auto", "none") else attacks
-    s["attacks"] = attacks
-    device = _device(s["accelerator"])
-    model.to(device).eval()
-    torch.manual_seed(s["seed"])
-    x, y = _test_images(dm, "test", s["n"], device)
+    return is_classifier, is_vae
+
+
+def _sections(model, dm, x, y, s, device, is_classifier: bool) -> tuple[dict, dict]:
+    """Every measurement that applies to the model: (metrics, figures by file stem)."""
     classes = list(getattr(dm, "classes", None) or [])
     if is_classifier and len(classes) != model.num_classes:
         classes = [str(i) for i in range(model.num_classes)]
     batch = int(dm.eval_batch_size)
     metrics: dict[str, float] = {}
-    figures: dict[str, torch.Tensor] = {}
-    started = time.perf_counter()
+    figures: dict = {}
     if is_classifier:
         metrics["clean_acc"] = float((_logits(model, x, batch).argmax(1) == y).float().mean())
         metrics.update(_attack_section(model, x, y, s, classes, batch, figures))
@@ -419,30 +447,35 @@ def _measure(target, overrides, s, opts) -> dict[str, float]:
         else:
             k = s["iw_k"] or model.iw_k
             metrics.update(_vae_ood_section(model, x, ood_x, dm.name, ood.name, k, figures))
-    seconds = time.perf_counter() - started
+    return metrics, figures
 
-    out = Path(s["out"]).expanduser() if s["out"] else (run_dir or Path.cwd()) / "robustness"
+
+def _save_figures(figures, out_opt: str, run_dir) -> Path:
+    """The PNGs in out=DIR (default RUN/robustness, or ./robustness for a .ckpt); the folder."""
+    from torchvision.utils import save_image
+
+    out = Path(out_opt).expanduser() if out_opt else (run_dir or Path.cwd()) / "robustness"
     out.mkdir(parents=True, exist_ok=True)
     for key, image in figures.items():
         save_image(image, str(out / f"{key}.png"))
-    width = max([len(k) for k in metrics] + [6])
-    print(f"nnlab robustness: {ckpt_path} on {dm.name} ({len(x)} test images, {device.type})")
-    for key, value in sorted(metrics.items()):
-        print(f"  {key:<{width}}  {value:.6g}")
-    print(f"figures: {', '.join(f'{k}.png' for k in figures)} in {out} ({seconds:.0f} s)")
-    if run_dir is not None:
-        entry = {
-            "checkpoint": str(ckpt_path),
-            "metrics": dict(sorted(metrics.items())),
-            "settings": {k: v for k, v in s.items() if k not in ("out", "threads")},
-            "device": device.type,
-            "seconds": seconds,
-            "figures": str(out),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        RunRecord.add_eval(run_dir, dm.name, entry, section="robustness")
-        print(f"written to {run_dir / 'metrics.json'} (robustness.{dm.name})")
-    return metrics
+    return out
+
+
+def _record(run_dir, dataset, ckpt_path, metrics, s, device, seconds, out) -> None:
+    """The run's metrics.json gets the entry under robustness.<dataset>."""
+    from nnlab.run_record import RunRecord
+
+    entry = {
+        "checkpoint": str(ckpt_path),
+        "metrics": dict(sorted(metrics.items())),
+        "settings": {k: v for k, v in s.items() if k not in ("out", "threads")},
+        "device": device.type,
+        "seconds": seconds,
+        "figures": str(out),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    RunRecord.add_eval(run_dir, dataset, entry, section="robustness")
+    print(f"written to {run_dir / 'metrics.json'} (robustness.{dataset})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -308,29 +308,50 @@ def prepare_argv(argv: list[str]) -> list[str]:
         return argv
     if any(a.startswith(DDP_CHILD) for a in args):
         return argv  # Lightning's extra DDP process: rank 0 prepared these arguments already
+    folder = _resume_target(args)
+    sweep = any(a in ("-m", "--multirun") for a in args)
+    if folder is None:
+        _check_new_run(args, sweep)
+        return argv
+    run = _resume_folder(folder)
+    rest = [
+        a for a in args if not a.startswith(("resume=", "hydra.run.dir=")) and a != "ckpt_path=last"
+    ]
+    _check_resume_overrides(rest, sweep)
+    if not shown:
+        check_writable(run, "run folder")
+        _note_finished(run, rest)
+    return _resume_argv(argv[0], run, rest)
+
+
+def _resume_target(args: list[str]) -> str | None:
+    """The run folder to resume: the last resume= (null/None/empty: none), else "." for
+    ckpt_path=last inside a run folder; None for a new run."""
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
     folder = resume[-1] if resume else None
     if folder in ("null", "None", ""):
         folder = None
     if folder is None and "ckpt_path=last" in args and is_run_dir(Path.cwd()):
         folder = "."
-    sweep = any(a in ("-m", "--multirun") for a in args)
-    if folder is None:
-        for arg in args:
-            key, _, value = arg.partition("=")
-            value = value.strip("'\"")
-            if key == ("hydra.sweep.dir" if sweep else "hydra.run.dir"):
-                check_writable(value, "sweep folder" if sweep else "run folder")
-                if sweep:
-                    check_new_folder(value, key)
-        if not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in args):
-            check_writable(Path.cwd() / "outputs", "run folder")
-        return argv
-    run = _resume_folder(folder)
-    last = run / "checkpoints" / LAST
-    rest = [
-        a for a in args if not a.startswith(("resume=", "hydra.run.dir=")) and a != "ckpt_path=last"
-    ]
+    return folder
+
+
+def _check_new_run(args: list[str], sweep: bool) -> None:
+    """A new run (or sweep) can write its folder: hydra.run.dir / hydra.sweep.dir if given (a
+    sweep's must be new), else outputs/."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        value = value.strip("'\"")
+        if key == ("hydra.sweep.dir" if sweep else "hydra.run.dir"):
+            check_writable(value, "sweep folder" if sweep else "run folder")
+            if sweep:
+                check_new_folder(value, key)
+    if not any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in args):
+        check_writable(Path.cwd() / "outputs", "run folder")
+
+
+def _check_resume_overrides(rest: list[str], sweep: bool) -> None:
+    """A resume is one run, with its own config groups, optimiser, scheduler and seeds."""
     if sweep:
         raise ConfigError(
             "resume= continues one run; it cannot be combined with -m (a sweep). Drop -m."
@@ -350,21 +371,23 @@ def prepare_argv(argv: list[str]) -> list[str]:
             "train with another learning rate or seed, start a new run (ckpt_path=<a .ckpt> starts "
             "from a checkpoint's weights)."
         )
-    if not shown:
-        check_writable(run, "run folder")
-        _note_finished(run, rest)
+
+
+def _resume_argv(prog: str, run: Path, rest: list[str]) -> list[str]:
+    """Hydra's arguments for the resume: the run's recorded overrides, the new ones (which win),
+    the run's folder and its last.ckpt, then the flags."""
     recorded = read_recorded_overrides(run)
     new_keys = {_key(a) for a in rest}
     recorded = [o for o in recorded if _key(o) not in new_keys]  # the new value wins
     flags = [a for a in rest if a.startswith("-") or "=" not in a]  # --cfg job, -v: at the end
     return [
-        argv[0],
+        prog,
         *recorded,
         *[a for a in rest if a not in flags],
         f"hydra.run.dir={_hydra_quote(str(run))}",
         "hydra.output_subdir=null",  # .hydra/ keeps the run's original config and overrides
         "hydra.mode=RUN",  # hparams_search=... switches to a sweep; a resume is one run
-        f"ckpt_path={_hydra_quote(str(last))}",
+        f"ckpt_path={_hydra_quote(str(run / 'checkpoints' / LAST))}",
         f"resume={_hydra_quote(str(run))}",
         *flags,
     ]

@@ -277,12 +277,25 @@ def read_events(run_dir: Path) -> dict[str, Any]:
 def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
     """One run as a flat dict: what `--json` prints for it. Whatever the folder holds, the result
     has the same keys and types; a record that cannot be read makes the run 'unreadable'."""
-    from nnlab.trust import bounded_text
-
     name = clean(run_dir.relative_to(root) if run_dir != root else run_dir.name, 200)
-    run = {
+    run = _blank_run(name, clean(run_dir.resolve(), 1000))
+    record = _read_record(run_dir, run)
+    try:
+        _fill_run(run, run_dir, record)
+    except Exception as err:  # noqa: BLE001 - one damaged folder must not hide the others
+        run.update(status="unreadable", error=clean(f"{type(err).__name__}: {err}"))
+    if run["status"] == "running" and run["started"]:
+        began = _epoch_of(run["started"])
+        if began:
+            run["wall_time_s"] = round(time.time() - began, 3)
+    return run
+
+
+def _blank_run(name: str, path: str) -> dict[str, Any]:
+    """Every key of a listed run, each with its 'unknown' value."""
+    return {
         "name": name,
-        "path": clean(run_dir.resolve(), 1000),
+        "path": path,
         "model": None,
         "dataset": None,
         "overrides": [],
@@ -299,6 +312,13 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
         "source": "metrics.json",
         "config": {},
     }
+
+
+def _read_record(run_dir: Path, run: dict[str, Any]) -> Any:
+    """metrics.json as a dict; None when there is none; {} (and the run 'unreadable') when it
+    cannot be read or is not a JSON object."""
+    from nnlab.trust import bounded_text
+
     record: Any = None
     if os.path.lexists(run_dir / "metrics.json"):
         try:
@@ -308,42 +328,45 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
         except (OSError, ValueError, RecursionError) as err:
             run.update(status="unreadable", error=clean(f"metrics.json: {err}"))
             record = {}
-    try:
-        config = _yaml(run_dir / ".hydra" / "config.yaml")
-        run["config"] = config if isinstance(config, dict) else {}
-        overrides = _yaml(run_dir / ".hydra" / "overrides.yaml")
-        if not isinstance(overrides, list):
-            overrides = (record or {}).get("overrides")
-        run["overrides"] = _texts(overrides)
-        if record:
-            run.update(
-                model=_str(record.get("model")),
-                dataset=_str(record.get("dataset")),
-                status=live_status(record),
-                error=clean(record["error"]) if isinstance(record.get("error"), str) else None,
-                epochs=_int(record.get("epochs")),
-                global_step=_int(record.get("global_step")),
-                wall_time_s=_number(record.get("wall_time_s")),
-                started=_str(record.get("started")),
-                host=_str(record.get("host")),
-                metrics=_metrics(record.get("metrics")),
-                eval=_evals(record.get("eval")),
-            )
-        elif record is None:
-            run["source"] = "events"
-            events = read_events(run_dir)
-            run.update({k: v for k, v in events.items() if v is not None})
-        if (run_dir.parent / "multirun.yaml").is_file():  # a job of a sweep: its number in it
-            run["job"] = _int(_lookup(_yaml(run_dir / ".hydra" / "hydra.yaml"), "hydra.job.num"))
-        run["model"] = run["model"] or _str(_lookup(run["config"], "model.name"))
-        run["dataset"] = run["dataset"] or _str(_lookup(run["config"], "dataset.name"))
-    except Exception as err:  # noqa: BLE001 - one damaged folder must not hide the others
-        run.update(status="unreadable", error=clean(f"{type(err).__name__}: {err}"))
-    if run["status"] == "running" and run["started"]:
-        began = _epoch_of(run["started"])
-        if began:
-            run["wall_time_s"] = round(time.time() - began, 3)
-    return run
+    return record
+
+
+def _fill_run(run: dict[str, Any], run_dir: Path, record: Any) -> None:
+    """The run's config and overrides from .hydra/, the rest from its record (or, without a
+    metrics.json, from its TensorBoard events); the model and dataset from the config if unset."""
+    config = _yaml(run_dir / ".hydra" / "config.yaml")
+    run["config"] = config if isinstance(config, dict) else {}
+    overrides = _yaml(run_dir / ".hydra" / "overrides.yaml")
+    if not isinstance(overrides, list):
+        overrides = (record or {}).get("overrides")
+    run["overrides"] = _texts(overrides)
+    if record:
+        run.update(_record_fields(record))
+    elif record is None:
+        run["source"] = "events"
+        events = read_events(run_dir)
+        run.update({k: v for k, v in events.items() if v is not None})
+    if (run_dir.parent / "multirun.yaml").is_file():  # a job of a sweep: its number in it
+        run["job"] = _int(_lookup(_yaml(run_dir / ".hydra" / "hydra.yaml"), "hydra.job.num"))
+    run["model"] = run["model"] or _str(_lookup(run["config"], "model.name"))
+    run["dataset"] = run["dataset"] or _str(_lookup(run["config"], "dataset.name"))
+
+
+def _record_fields(record: dict) -> dict[str, Any]:
+    """A run's fields from its metrics.json, each of the type `--json` promises."""
+    return dict(
+        model=_str(record.get("model")),
+        dataset=_str(record.get("dataset")),
+        status=live_status(record),
+        error=clean(record["error"]) if isinstance(record.get("error"), str) else None,
+        epochs=_int(record.get("epochs")),
+        global_step=_int(record.get("global_step")),
+        wall_time_s=_number(record.get("wall_time_s")),
+        started=_str(record.get("started")),
+        host=_str(record.get("host")),
+        metrics=_metrics(record.get("metrics")),
+        eval=_evals(record.get("eval")),
+    )
 
 
 # ---------------------------------------------------------------- comparing runs
@@ -739,10 +762,6 @@ def print_csv(runs: list[dict], metrics: list[str]) -> None:
 def prune(runs: list[dict], roots: list[Path], yes: bool) -> int:
     """Delete the folders of the listed failed runs (each under its lock, its status read again
     under it), and the folders that this leaves empty up to DIR."""
-    import shutil
-
-    from nnlab.run_folder import RunLock
-
     failed = [run for run in runs if run["status"] == "failed"]
     if not failed:
         print("nnlab runs: no failed runs to delete.")
@@ -758,25 +777,33 @@ def prune(runs: list[dict], roots: list[Path], yes: bool) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("Nothing deleted.")
             return 0
-    deleted = 0
-    for run in failed:
-        folder = Path(run["path"])
-        try:
-            with RunLock(folder, "nnlab runs --prune-failed"):
-                root = next((r for r in roots if _inside(folder, r)), None)
-                if root is None or read_run(folder, root)["status"] != "failed":
-                    continue  # resumed meanwhile, or not under a listed folder
-                shutil.rmtree(folder)
-        except Exception as err:  # noqa: BLE001 - in use, or the disk said no: keep going
-            print(f"nnlab runs: kept {run['name']}: {clean(err, 200)}", file=sys.stderr)
-            continue
-        deleted += 1
-        parent = folder.parent
-        while parent != root.resolve() and _inside(parent, root) and not any(parent.iterdir()):
-            parent.rmdir()  # an empty sweep or <model>/<dataset> folder
-            parent = parent.parent
+    deleted = sum(_delete_failed(run, roots) for run in failed)
     print(f"Deleted {deleted} run folder{'s' if deleted != 1 else ''}.")
     return 0
+
+
+def _delete_failed(run: dict, roots: list[Path]) -> bool:
+    """Delete one failed run's folder if, under its lock, it is still failed and under a listed
+    DIR, then the folders this leaves empty up to DIR; whether it was deleted."""
+    import shutil
+
+    from nnlab.run_folder import RunLock
+
+    folder = Path(run["path"])
+    try:
+        with RunLock(folder, "nnlab runs --prune-failed"):
+            root = next((r for r in roots if _inside(folder, r)), None)
+            if root is None or read_run(folder, root)["status"] != "failed":
+                return False  # resumed meanwhile, or not under a listed folder
+            shutil.rmtree(folder)
+    except Exception as err:  # noqa: BLE001 - in use, or the disk said no: keep going
+        print(f"nnlab runs: kept {run['name']}: {clean(err, 200)}", file=sys.stderr)
+        return False
+    parent = folder.parent
+    while parent != root.resolve() and _inside(parent, root) and not any(parent.iterdir()):
+        parent.rmdir()  # an empty sweep or <model>/<dataset> folder
+        parent = parent.parent
+    return True
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -806,6 +833,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "dirs", nargs="*", metavar="DIR", help="folders to search for runs (default: outputs)"
     )
+    _selection_options(parser)
+    _output_options(parser)
+    return parser.parse_args(argv)
+
+
+def _selection_options(parser: argparse.ArgumentParser) -> None:
+    """Which runs, in which order: --sort, --reverse, --best, --top, --filter."""
     parser.add_argument(
         "--sort",
         metavar="KEY",
@@ -829,6 +863,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keep runs whose KEY matches (model=vae, status=fail*, model.latent_dim=8); "
         "repeat to combine",
     )
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    """What is shown of them, and how: the columns, JSON/CSV/paths, or pruning the failed ones."""
     parser.add_argument(
         "--metrics",
         metavar="A,B",
@@ -850,7 +888,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="delete the folders of the (listed) failed runs, after asking",
     )
     parser.add_argument("--yes", action="store_true", help="--prune-failed without asking")
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -893,6 +930,20 @@ def _check_args(args: argparse.Namespace) -> list[Path]:
 def _main(argv: list[str]) -> int:
     args = parse_args(argv)
     roots = _check_args(args)
+    runs = _collect(roots)
+    _check_keys(args, runs)
+    runs = _select(runs, args)
+    differing_overrides(runs)
+    wanted = args.metrics or (args.best.rpartition(":")[2] if args.best else None)
+    metrics = metric_columns(runs, wanted, wide=args.wide or args.csv)
+    if args.prune_failed:
+        return prune(runs, roots, args.yes)
+    _show(runs, metrics, roots, args)
+    return 0
+
+
+def _collect(roots: list[Path]) -> list[dict]:
+    """Every run under the folders; with several, each name starts with its folder's."""
     runs = []
     for root in roots:
         for run_dir in find_runs(root):
@@ -900,12 +951,22 @@ def _main(argv: list[str]) -> int:
             if len(roots) > 1 and run_dir != root:
                 run["name"] = str(Path(root.name) / run["name"])
             runs.append(run)
+    return runs
+
+
+def _check_keys(args: argparse.Namespace, runs: list[dict]) -> None:
+    """Every key named by --filter, --sort, --best and --metrics exists in some run."""
     asked = [(f"--filter {f}", f.partition("=")[0]) for f in args.filter]
     asked += [("--sort", args.sort), ("--best", (args.best or "").rpartition(":")[2])]
     asked += [("--metrics", m.strip()) for m in (args.metrics or "").split(",") if m.strip()]
     for option, key in asked:
         if key:
             check_key(key, runs, option.split(" ")[0])
+
+
+def _select(runs: list[dict], args: argparse.Namespace) -> list[dict]:
+    """The runs that --filter keeps, in --sort's order (default: as they started), then --best
+    and --top."""
     runs = [run for run in runs if matches(run, args.filter)]
     runs.sort(  # by default in the order they started (a sweep's jobs together)
         key=_sort_key(args.sort)
@@ -919,11 +980,11 @@ def _main(argv: list[str]) -> int:
         runs = best_runs(runs, args.best)[: args.top or 1]
     elif args.top:
         runs = runs[: args.top]
-    differing_overrides(runs)
-    wanted = args.metrics or (args.best.rpartition(":")[2] if args.best else None)
-    metrics = metric_columns(runs, wanted, wide=args.wide or args.csv)
-    if args.prune_failed:
-        return prune(runs, roots, args.yes)
+    return runs
+
+
+def _show(runs: list[dict], metrics: list[str], roots: list[Path], args) -> None:
+    """Print the runs as --paths, --json, --csv or the table (or say that there are none)."""
     if args.paths:
         for run in runs:
             print(run["path"])
@@ -951,7 +1012,6 @@ def _main(argv: list[str]) -> int:
         if len(datasets) == 1 and None not in datasets and not args.wide:
             title += f" (dataset {next(iter(datasets))})"
         print_table(runs, metrics, title, wide=args.wide, chosen=bool(args.metrics or args.best))
-    return 0
 
 
 # nnlab.runs(...) from Python: this module is also the API function nnlab.api.runs

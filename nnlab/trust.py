@@ -239,49 +239,50 @@ def sanitize_overrides(overrides: Any, source: str) -> list[str]:
     packaged option, `~key`. Anything else raises a CheckpointError that names the override."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from nnlab.run_folder import config_groups, group_options
-
     if not isinstance(overrides, list):
         raise CheckpointError(f"{source} is not a list of overrides: the run folder is damaged.")
     parser = OverridesParser.create()
-    out = []
     for text in overrides:
-
-        def refuse(why: str, text: Any = text) -> None:
+        why = _refusal(parser, text)
+        if why is not None:
             raise CheckpointError(
                 f"{source} holds the override {str(text)[:200]!r}, which nnlab will not replay: "
                 f"{why}. A run folder is data, never code ({README}). If you wrote it yourself, "
                 "pass what you meant on the command line of a new run."
             )
+    return list(overrides)
 
-        if not isinstance(text, str) or len(text) > 10_000:
-            refuse("it is not a short text")
-        try:
-            override = parser.parse_override(text)
-        except Exception:  # noqa: BLE001 - Hydra's grammar errors
-            refuse("it is not an override Hydra can parse")
-        key = override.key_or_group
-        if override.package is not None or key.split(".")[0].split("/")[0] == "hydra":
-            refuse("it changes Hydra's own settings")
-        if override.is_sweep_override():
-            refuse("it is a sweep, not one value")
-        value = override.value()
-        if "/" in key or key in config_groups():
-            if not override.is_delete() and value not in group_options(key):
-                refuse(f"{value!r} is not one of the packaged {key} options")
-            out.append(text)
-            continue
-        parts = key.split(".")
-        if any(p.startswith("_") for p in parts):
-            refuse("it sets a `_`-key (a _target_ chooses code)")
-        if parts[-1] in WRITE_PATH_KEYS:
-            refuse("it chooses where files are written")
-        if any(str(k).startswith("_") for k in _keys(value)):
-            refuse("its value sets a `_`-key (a _target_ chooses code)")
-        if "${" in text:
-            refuse("it holds an interpolation (${...})")
-        out.append(text)
-    return out
+
+def _refusal(parser, text: Any) -> str | None:
+    """Why one recorded override may not be replayed, or None when it may."""
+    from nnlab.run_folder import config_groups, group_options
+
+    if not isinstance(text, str) or len(text) > 10_000:
+        return "it is not a short text"
+    try:
+        override = parser.parse_override(text)
+    except Exception:  # noqa: BLE001 - Hydra's grammar errors
+        return "it is not an override Hydra can parse"
+    key = override.key_or_group
+    if override.package is not None or key.split(".")[0].split("/")[0] == "hydra":
+        return "it changes Hydra's own settings"
+    if override.is_sweep_override():
+        return "it is a sweep, not one value"
+    value = override.value()
+    if "/" in key or key in config_groups():
+        if not override.is_delete() and value not in group_options(key):
+            return f"{value!r} is not one of the packaged {key} options"
+        return None
+    parts = key.split(".")
+    if any(p.startswith("_") for p in parts):
+        return "it sets a `_`-key (a _target_ chooses code)"
+    if parts[-1] in WRITE_PATH_KEYS:
+        return "it chooses where files are written"
+    if any(str(k).startswith("_") for k in _keys(value)):
+        return "its value sets a `_`-key (a _target_ chooses code)"
+    if "${" in text:
+        return "it holds an interpolation (${...})"
+    return None
 
 
 def _keys(value: Any):

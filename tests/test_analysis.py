@@ -64,9 +64,28 @@ def test_training_attack_is_checked():
         ({"kind": "pgd", "steps": 0}, "positive integer"),
         ({"kind": "pgd", "step_size": 0}, "positive number or null"),
         ({"epsilon": 0.1}, "no key 'epsilon'"),
+        ({"kind": "pgd", "clean_weight": 1.5}, "clean_weight=1.5 must be a number in"),
     ]:
         with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
             training_attack(bad)
+
+
+def test_clean_weight_mixes_the_clean_and_the_attacked_loss():
+    """clean_weight a: a L(x) + (1 - a) L(x_adv) (Goodfellow et al. 2015); 1 is plain training."""
+    from nnlab.models.classifiers import LeNet
+
+    torch.manual_seed(0)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    spec = {"kind": "fgsm", "eps": 0.1}  # deterministic, so the three losses can be compared
+    losses = {}
+    for w in (0.0, 0.25, 1.0):
+        torch.manual_seed(1)
+        model = LeNet("lenet", adversarial={**spec, "clean_weight": w})
+        losses[w] = float(model.step((x, y), "train")["loss"].detach())
+    torch.manual_seed(1)
+    clean = float(torch.nn.functional.cross_entropy(LeNet("lenet")(x), y).detach())
+    assert losses[1.0] == pytest.approx(clean) and losses[0.0] > clean  # the attack raises it
+    assert losses[0.25] == pytest.approx(0.25 * clean + 0.75 * losses[0.0])
 
 
 class _TopLeft(nn.Module):

@@ -172,6 +172,16 @@ class UserBatches:
             yield self.inputs.dense(ids, self.n_items), self.targets.dense(ids, self.n_items)
 
 
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """The validation and test fractions of each user's ratings leave some for training."""
+    if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"dataset.val_fraction={val_fraction} and dataset.test_fraction={test_fraction} "
+            "must be fractions of each user's ratings that leave some for training, e.g. "
+            "val_fraction=0.1 test_fraction=0.1."
+        )
+
+
 class RatingsDataModule(ResidentDataModule):
     def __init__(
         self,
@@ -193,16 +203,7 @@ class RatingsDataModule(ResidentDataModule):
     ):
         super().__init__()
         check_choice("dataset.format", format, FORMATS)
-        if (
-            not 0 <= val_fraction < 1
-            or not 0 < test_fraction < 1
-            or val_fraction + test_fraction >= 1
-        ):
-            raise ConfigError(
-                f"dataset.val_fraction={val_fraction} and dataset.test_fraction={test_fraction} "
-                "must be fractions of each user's ratings that leave some for training, e.g. "
-                "val_fraction=0.1 test_fraction=0.1."
-            )
+        _check_fractions(val_fraction, test_fraction)
         self.name, self.format, self.data_dir = name, format, Path(data_dir)
         self.levels = [float(x) for x in levels]
         self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
@@ -218,9 +219,8 @@ class RatingsDataModule(ResidentDataModule):
         self.file: Path | None = None
         self.n_users = self.n_items = 0
         self._ratings: dict[str, CSR] = {}  # one CSR matrix per split
-        self.item_means: torch.Tensor | None = (
-            None  # mean training rating of each item (rating units)
-        )
+        # the mean training rating of each item (rating units)
+        self.item_means: torch.Tensor | None = None
 
     @property
     def n_levels(self) -> int:

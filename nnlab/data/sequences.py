@@ -122,74 +122,19 @@ def read_ts(path: str | Path) -> TSData:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as err:
         raise DataError(f"Cannot read {path}: {err}. Check the path and its permissions.") from None
-    header: dict[str, str] = {}
-    start = None
-    for i, line in enumerate(lines):
-        s = line.strip()
-        if not s or s.startswith(("#", "%")):
-            continue
-        if not s.startswith("@"):
-            break
-        key, _, value = s[1:].partition(" ")
-        if key.lower() == "data":
-            start = i + 1
-            break
-        header[key.lower()] = value.strip()
-    if start is None:
-        raise DataError(
-            f"{path} is not a .ts file: no '@data' line after the '@' header. Use the original "
-            "UEA/UCR file (e.g. JapaneseVowels_TRAIN.ts from aeon or sktime)."
-        )
-    label_words = header.get("classlabel", "").split()
-    if not label_words or label_words[0].lower() != "true":
-        raise DataError(
-            f"{path}: the header has no '@classLabel true <labels...>' line, so it is not a "
-            "classification problem (regression .ts files with @targetLabel are not supported). "
-            "Pick a classification set from the UEA/UCR archive."
-        )
-    classes = label_words[1:]
+    header, start = _ts_header(path, lines)
+    classes = _ts_classes(path, header)
     index = {c: k for k, c in enumerate(classes)}
-    stamped = _flag(path, header, "timeStamps", False)
-    equal = _flag(path, header, "equalLength", True)
-    dims = int(header["dimensions"]) if "dimensions" in header else None
-    if dims is None and _flag(path, header, "univariate", True):
-        dims = 1
-    length = int(header["serieslength"]) if equal and "serieslength" in header else None
+    stamped, dims, length = _ts_layout(path, header)
     series, labels, missing = [], [], 0
     for lineno, line in enumerate(lines[start:], start=start + 1):
         s = line.strip()
         if not s or s.startswith(("#", "%")):
             continue
-        *chans, label = _split_top(s) if stamped else s.split(":")
-        label = label.strip()
-        if not chans or label not in index:
-            raise DataError(
-                f"{path}, line {lineno}: the class label {label!r} is not one of the header's "
-                f"@classLabel values ({' '.join(classes)}), or the line has no ':' before it. The "
-                "file is malformed; use the original .ts file."
-            )
-        values = [_channel(path, lineno, c, stamped) for c in chans]
-        if dims is not None and len(values) != dims:
-            raise DataError(
-                f"{path}, line {lineno}: {len(values)} channels, but the header says "
-                f"@dimensions {dims}. The file is ragged or malformed; use the original .ts file."
-            )
-        sizes = {len(v) for v in values}
-        if len(sizes) != 1 or 0 in sizes:
-            raise DataError(
-                f"{path}, line {lineno}: the channels of this case have different lengths "
-                f"({', '.join(str(len(v)) for v in values)}) or are empty. The file is ragged; "
-                "use the original .ts file."
-            )
-        if length is not None and len(values[0]) != length:
-            raise DataError(
-                f"{path}, line {lineno}: a series of length {len(values[0])}, but the header says "
-                f"@equalLength true, @seriesLength {length}. The file is ragged or truncated."
-            )
-        case = np.stack(values, axis=1)  # (length, channels)
+        case, label = _ts_case(path, lineno, s, stamped, classes, index, dims, length)
         missing += int(np.isnan(case).sum())
         series.append(case)
-        labels.append(index[label])
+        labels.append(label)
     if not series:
         raise DataError(f"{path}: no cases after '@data'. The file is empty or truncated.")
     if dims is None and len({s.shape[1] for s in series}) != 1:
@@ -205,6 +150,88 @@ def read_ts(path: str | Path) -> TSData:
         missing=missing,
         header=header,
     )
+
+
+def _ts_header(path: Path, lines: list[str]) -> tuple[dict[str, str], int]:
+    """The '@key value' header ({lowercase key: value}) and the index of the line after @data."""
+    header: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if not s or s.startswith(("#", "%")):
+            continue
+        if not s.startswith("@"):
+            break
+        key, _, value = s[1:].partition(" ")
+        if key.lower() == "data":
+            return header, i + 1
+        header[key.lower()] = value.strip()
+    raise DataError(
+        f"{path} is not a .ts file: no '@data' line after the '@' header. Use the original "
+        "UEA/UCR file (e.g. JapaneseVowels_TRAIN.ts from aeon or sktime)."
+    )
+
+
+def _ts_classes(path: Path, header: dict[str, str]) -> list[str]:
+    """The class labels of '@classLabel true <labels...>' (a regression file is a DataError)."""
+    label_words = header.get("classlabel", "").split()
+    if not label_words or label_words[0].lower() != "true":
+        raise DataError(
+            f"{path}: the header has no '@classLabel true <labels...>' line, so it is not a "
+            "classification problem (regression .ts files with @targetLabel are not supported). "
+            "Pick a classification set from the UEA/UCR archive."
+        )
+    return label_words[1:]
+
+
+def _ts_layout(path: Path, header: dict[str, str]) -> tuple[bool, int | None, int | None]:
+    """What the header says of every case: (timestamped, channels, length); None: unstated."""
+    stamped = _flag(path, header, "timeStamps", False)
+    equal = _flag(path, header, "equalLength", True)
+    dims = int(header["dimensions"]) if "dimensions" in header else None
+    if dims is None and _flag(path, header, "univariate", True):
+        dims = 1
+    length = int(header["serieslength"]) if equal and "serieslength" in header else None
+    return stamped, dims, length
+
+
+def _ts_case(
+    path: Path,
+    lineno: int,
+    s: str,
+    stamped: bool,
+    classes: list[str],
+    index: dict[str, int],
+    dims: int | None,
+    length: int | None,
+) -> tuple[np.ndarray, int]:
+    """One data line -> ((length, channels) values, class index), checked against the header."""
+    *chans, label = _split_top(s) if stamped else s.split(":")
+    label = label.strip()
+    if not chans or label not in index:
+        raise DataError(
+            f"{path}, line {lineno}: the class label {label!r} is not one of the header's "
+            f"@classLabel values ({' '.join(classes)}), or the line has no ':' before it. The "
+            "file is malformed; use the original .ts file."
+        )
+    values = [_channel(path, lineno, c, stamped) for c in chans]
+    if dims is not None and len(values) != dims:
+        raise DataError(
+            f"{path}, line {lineno}: {len(values)} channels, but the header says "
+            f"@dimensions {dims}. The file is ragged or malformed; use the original .ts file."
+        )
+    sizes = {len(v) for v in values}
+    if len(sizes) != 1 or 0 in sizes:
+        raise DataError(
+            f"{path}, line {lineno}: the channels of this case have different lengths "
+            f"({', '.join(str(len(v)) for v in values)}) or are empty. The file is ragged; "
+            "use the original .ts file."
+        )
+    if length is not None and len(values[0]) != length:
+        raise DataError(
+            f"{path}, line {lineno}: a series of length {len(values[0])}, but the header says "
+            f"@equalLength true, @seriesLength {length}. The file is ragged or truncated."
+        )
+    return np.stack(values, axis=1), index[label]  # (length, channels)
 
 
 # -- missing values -------------------------------------------------------------------------------
@@ -406,6 +433,16 @@ TRANSFORMS = {
 }
 
 
+def _check_transform(name: str, y: torch.Tensor, transform: str) -> None:
+    """log needs positive values, sqrt non-negative ones: a ConfigError otherwise."""
+    if transform in ("log", "sqrt") and bool((y <= 0 if transform == "log" else y < 0).any()):
+        sign = "positive" if transform == "log" else "non-negative"
+        raise ConfigError(
+            f"dataset.transform={transform} needs {sign} values, but '{name}' has others (min "
+            f"{float(y.min()):g}). Use dataset.transform=none."
+        )
+
+
 class ForecastSeries:
     """A series cut in time: train [0, val_start) | val [val_start, test_start) | test [.., N).
 
@@ -433,22 +470,9 @@ class ForecastSeries:
         self.relative, self.transform = bool(relative), transform
         self.val_start, self.test_start = n - int(test_size) - int(val_size), n - int(test_size)
         train = self.val_start
-        need = self.window + self.horizon + int(self.relative)
-        if train < need:
-            raise ConfigError(
-                f"The series '{name}' has {n} points; after dataset.test_size={test_size} and "
-                f"dataset.val_size={val_size}, {train} remain for training, but one training "
-                f"window needs dataset.window={window} + dataset.horizon={horizon}"
-                + (" + 1 (relative=true reads differences)" if self.relative else "")
-                + f" = {need}. Shorten dataset.window or the validation/test spans."
-            )
+        self._check_room(n, window, horizon, val_size, test_size)
         y = torch.as_tensor(np.asarray(values, np.float64))
-        if transform in ("log", "sqrt") and bool((y <= 0 if transform == "log" else y < 0).any()):
-            sign = "positive" if transform == "log" else "non-negative"
-            raise ConfigError(
-                f"dataset.transform={transform} needs {sign} values, but '{name}' has others (min "
-                f"{float(y.min()):g}). Use dataset.transform=none."
-            )
+        _check_transform(name, y, transform)
         forward, self._inverse = TRANSFORMS[transform]
         u = forward(y)
         self.mean = float(u[:train].mean())
@@ -461,6 +485,19 @@ class ForecastSeries:
         self.z = ((u - self.mean) / self.scale).float().to(self.device)
         diff = torch.cat([self.z.new_zeros(1), self.z[1:] - self.z[:-1]])
         self.inputs = (diff if self.relative else self.z).unsqueeze(1)  # (N, 1)
+
+    def _check_room(self, n: int, window, horizon, val_size, test_size) -> None:
+        """A ConfigError unless the training span holds one window and its targets."""
+        train = self.val_start
+        need = self.window + self.horizon + int(self.relative)
+        if train < need:
+            raise ConfigError(
+                f"The series '{self.name}' has {n} points; after dataset.test_size={test_size} "
+                f"and dataset.val_size={val_size}, {train} remain for training, but one training "
+                f"window needs dataset.window={window} + dataset.horizon={horizon}"
+                + (" + 1 (relative=true reads differences)" if self.relative else "")
+                + f" = {need}. Shorten dataset.window or the validation/test spans."
+            )
 
     def __len__(self) -> int:
         return len(self.z)
@@ -697,6 +734,27 @@ class SequenceDataModule(ResidentDataModule):
         return len(self._splits[split][1])
 
 
+def _check_series_settings(name: str, format: str, transform: str, shape, **counts) -> None:
+    """SeriesDataModule's choices (format, transform, a packaged name for csv), its counts (each
+    a positive integer) and its shape ([1]), before anything is read."""
+    from nnlab.errors import check_choice
+
+    check_choice("dataset.format", format, ("csv", "synthetic"))
+    check_choice("dataset.transform", transform, tuple(TRANSFORMS))
+    if format == "csv":
+        check_choice("dataset.name", name, tuple(SERIES_FILES))
+    for key, value in counts.items():
+        if int(value) < 1:
+            raise ConfigError(
+                f"dataset.{key}={value} must be a positive integer, e.g. dataset.{key}=1."
+            )
+    if list(shape) != [1]:
+        raise ConfigError(
+            f"dataset.shape={list(shape)}: a forecasting series has one value per step; "
+            "use dataset.shape=[1]."
+        )
+
+
 class SeriesDataModule(ResidentDataModule):
     """One forecasting series (ForecastSeries) on the device. Training batches are windows
     (inputs (B, W, 1), targets (B, W, H)); validation and test batches are the forecast origins
@@ -725,29 +783,18 @@ class SeriesDataModule(ResidentDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        from nnlab.errors import check_choice
-
-        check_choice("dataset.format", format, ("csv", "synthetic"))
-        check_choice("dataset.transform", transform, tuple(TRANSFORMS))
-        if format == "csv":
-            check_choice("dataset.name", name, tuple(SERIES_FILES))
-        for key, value in (
-            ("horizon", horizon),
-            ("window", window),
-            ("test_size", test_size),
-            ("val_size", val_size),
-            ("period", period),
-            ("ar_order", ar_order),
-        ):
-            if int(value) < 1:
-                raise ConfigError(
-                    f"dataset.{key}={value} must be a positive integer, e.g. dataset.{key}=1."
-                )
-        if list(shape) != [1]:
-            raise ConfigError(
-                f"dataset.shape={list(shape)}: a forecasting series has one value per step; "
-                "use dataset.shape=[1]."
-            )
+        _check_series_settings(
+            name,
+            format,
+            transform,
+            shape,
+            horizon=horizon,
+            window=window,
+            test_size=test_size,
+            val_size=val_size,
+            period=period,
+            ar_order=ar_order,
+        )
         self.shape = (1,)
         self.name, self.format, self.data_dir = name, format, Path(data_dir)
         self.column = column or (SERIES_FILES[name][2] if name in SERIES_FILES else None)

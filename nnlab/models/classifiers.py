@@ -8,7 +8,9 @@ and the misclassified test images (labelled true->pred, as in LeNet-5's figure).
             sequences, and images read row by row)
 
 Both minimise the cross-entropy  L = -log softmax(f(x))_y;  with model.adversarial.kind=pgd (or
-fgsm) the loss at the worst point of the eps-ball instead (Madry et al. 2018), see nnlab/attacks.py.
+fgsm) the loss at the worst point of the eps-ball instead (Madry et al. 2018), see nnlab/attacks.py,
+or with model.adversarial.clean_weight=a the mix  a L(x) + (1 - a) L(x_adv)  (Goodfellow et al.
+2015).
 `load_classifier(path)` gives a trained LeNet back (eval mode) as a feature extractor (FID).
 Its figures (`confusion_matrix`, `errors`) are callbacks in nnlab/figures/classifiers.py.
 """
@@ -99,7 +101,11 @@ class ClassifierBase(NNLabModule):
         (x, lengths, y) for sequences."""
         *inputs, y = batch
         if stage == "train":
-            return {"loss": F.cross_entropy(self(*self.attacked(inputs, y)), y)}
+            loss = F.cross_entropy(self(*self.attacked(inputs, y)), y)
+            w = self.adversarial["clean_weight"]
+            if w and self.adversarial["kind"] != "none":
+                loss = w * F.cross_entropy(self(*inputs), y) + (1 - w) * loss
+            return {"loss": loss}
         logits = self(*inputs)
         loss = F.cross_entropy(logits, y)
         preds = logits.argmax(1)

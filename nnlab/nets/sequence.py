@@ -221,29 +221,7 @@ def unroll(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None = None
     for layer in range(rnn.num_layers):
         outs = []
         for d in range(dirs):
-            sfx = f"_l{layer}" + ("_reverse" if d else "")
-            w = [
-                getattr(rnn, f"{k}{sfx}", None)
-                for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            ]
-            h = x.new_zeros(b, rnn.hidden_size)
-            c = torch.zeros_like(h) if cell == "lstm" else None
-            hs = [None] * t
-            trace = []
-            for step in range(t) if d == 0 else reversed(range(t)):
-                m = mask[:, step : step + 1].to(x.dtype)
-                h_new, c_new, g = _step(
-                    cell,
-                    layer_in[:, step],
-                    h,
-                    c,
-                    *w,
-                    rnn.nonlinearity == "relu" if cell == "rnn" else False,
-                )
-                h = m * h_new + (1 - m) * h
-                c = m * c_new + (1 - m) * c if c is not None else None
-                hs[step] = h
-                trace.append(g)
+            hs, h, c, trace = _unroll_direction(rnn, cell, layer_in, mask, layer, d)
             outs.append(torch.stack(hs, dim=1) * mask.unsqueeze(2).to(x.dtype))
             finals_h.append(h)
             finals_c.append(c)
@@ -256,6 +234,34 @@ def unroll(rnn: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor | None = None
     h_n = torch.stack(finals_h)
     state = (h_n, torch.stack(finals_c)) if cell == "lstm" else h_n
     return layer_in, state, states, gates
+
+
+def _unroll_direction(rnn: nn.RNNBase, cell: str, layer_in, mask, layer: int, d: int):
+    """One direction `d` (1: reversed) of one layer over the whole of `layer_in` (B, T, F):
+    (hidden states [h_0 .. h_{T-1}] in time order, final h, final c or None, the gates per
+    step in the order computed)."""
+    b, t = layer_in.shape[0], layer_in.shape[1]
+    sfx = f"_l{layer}" + ("_reverse" if d else "")
+    w = [getattr(rnn, f"{k}{sfx}", None) for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    h = layer_in.new_zeros(b, rnn.hidden_size)
+    c = torch.zeros_like(h) if cell == "lstm" else None
+    hs = [None] * t
+    trace = []
+    for step in range(t) if d == 0 else reversed(range(t)):
+        m = mask[:, step : step + 1].to(layer_in.dtype)
+        h_new, c_new, g = _step(
+            cell,
+            layer_in[:, step],
+            h,
+            c,
+            *w,
+            rnn.nonlinearity == "relu" if cell == "rnn" else False,
+        )
+        h = m * h_new + (1 - m) * h
+        c = m * c_new + (1 - m) * c if c is not None else None
+        hs[step] = h
+        trace.append(g)
+    return hs, h, c, trace
 
 
 def hidden_grad_norms(rnn: nn.RNNBase, x: torch.Tensor, lengths, loss_of_state):

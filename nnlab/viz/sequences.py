@@ -11,6 +11,7 @@ gates_image       an LSTM's (or GRU's) gate activations over time for one sequen
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,6 +49,27 @@ def _label(v: float) -> str:
     return f"{v:.10g}" if float(v).is_integer() else f"{v:.3g}"
 
 
+@dataclass
+class _Frame:
+    """The plot area in pixels (left, top, width, height) and the data range it shows."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+
+    def px(self, x, y):
+        """Data (x, y) -> pixel (x, y)."""
+        return (
+            self.left + (x - self.x0) / (self.x1 - self.x0) * self.width,
+            self.top + (1 - (y - self.y0) / (self.y1 - self.y0)) * self.height,
+        )
+
+
 def line_chart(
     lines: dict[str, tuple],
     title: str = "",
@@ -69,12 +91,35 @@ def line_chart(
     right, top, bottom = 16, 38, 40
     canvas = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(canvas)
+    data = _chart_data(lines, log_y)
+    frame = _Frame(left, top, w - left - right, h - top - bottom, *_data_range(data, vlines))
+    _draw_axes(draw, font, frame, log_y)
+    for label, xv in (vlines or {}).items():
+        _draw_vline(draw, font, frame, xv, label)
+    palette = {
+        name: (colours or {}).get(name, PALETTE[k % len(PALETTE)]) for k, name in enumerate(data)
+    }
+    for name, (xs, ys) in data.items():
+        points = [frame.px(x, y) if np.isfinite(y) else None for x, y in zip(xs, ys)]
+        _draw_broken_line(draw, points, palette[name])
+    _draw_legend(draw, font, palette, left, top)
+    _draw_titles(canvas, draw, font, frame, title, xlabel, ylabel)
+    return to_tensor(canvas)
+
+
+def _chart_data(lines: dict[str, tuple], log_y: bool) -> dict[str, tuple]:
+    """{name: (x, y)} as flat float64 arrays; on a log axis y becomes log10 y (NaN where <= 0)."""
     data = {}
     for name, (xs, ys) in lines.items():
         xs, ys = np.asarray(xs, np.float64).ravel(), np.asarray(ys, np.float64).ravel()
         if log_y:
             ys = np.where(ys > 0, np.log10(np.where(ys > 0, ys, 1)), np.nan)
         data[name] = (xs, ys)
+    return data
+
+
+def _data_range(data: dict[str, tuple], vlines: dict[str, float] | None) -> tuple[float, ...]:
+    """(x0, x1, y0, y1) of the drawn points and markers; never empty, y padded by 5%."""
     xs_all = np.concatenate(  # the x range of the points that are drawn (finite y)
         [d[0][np.isfinite(d[1])] for d in data.values()] + [np.array(list((vlines or {}).values()))]
     )
@@ -87,57 +132,69 @@ def line_chart(
     if y1 == y0:
         y0, y1 = y0 - 1, y1 + 1
     pad = 0.05 * (y1 - y0)
-    y0, y1 = y0 - pad, y1 + pad
-    pw, ph = w - left - right, h - top - bottom
+    return x0, x1, y0 - pad, y1 + pad
 
-    def px(x, y):
-        return left + (x - x0) / (x1 - x0) * pw, top + (1 - (y - y0) / (y1 - y0)) * ph
 
+def _draw_axes(draw, font, f: _Frame, log_y: bool) -> None:
+    """The frame, horizontal grid lines with y labels, x ticks with labels."""
+    left, top, pw, ph = f.left, f.top, f.width, f.height
     draw.rectangle([left, top, left + pw, top + ph], outline=(160, 160, 160))
-    for yt in nice_ticks(y0, y1):
-        _, yy = px(x0, yt)
+    for yt in nice_ticks(f.y0, f.y1):
+        _, yy = f.px(f.x0, yt)
         draw.line([left, yy, left + pw, yy], fill=(235, 235, 235))
         text = _label(10**yt) if log_y else _label(yt)
         draw.text(
             (left - 6 - draw.textlength(text, font=font), yy - 6), text, fill="black", font=font
         )
-    for xt in nice_ticks(x0, x1, 8):
-        xx, _ = px(xt, y0)
+    for xt in nice_ticks(f.x0, f.x1, 8):
+        xx, _ = f.px(xt, f.y0)
         draw.line([xx, top + ph, xx, top + ph + 4], fill="black")
         text = _label(xt)
         draw.text(
             (xx - draw.textlength(text, font=font) / 2, top + ph + 6), text, fill="black", font=font
         )
-    for label, xv in (vlines or {}).items():
-        xx, _ = px(xv, y0)
-        for yy in range(top, top + ph, 8):
-            draw.line([xx, yy, xx, min(yy + 4, top + ph)], fill=(90, 90, 90))
-        draw.text((xx + 3, top + 2), label, fill=(90, 90, 90), font=font)
-    for k, (name, (xs, ys)) in enumerate(data.items()):
-        colour = (colours or {}).get(name, PALETTE[k % len(PALETTE)])
-        points = [px(x, y) if np.isfinite(y) else None for x, y in zip(xs, ys)]
-        run: list = []
-        for p in [*points, None]:
-            if p is None:
-                if len(run) > 1:
-                    draw.line(run, fill=colour, width=2)
-                elif len(run) == 1:
-                    draw.ellipse(
-                        [run[0][0] - 2, run[0][1] - 2, run[0][0] + 2, run[0][1] + 2], fill=colour
-                    )
-                run = []
-            else:
-                run.append(p)
-    # the legend: one row above the plot
+
+
+def _draw_vline(draw, font, f: _Frame, xv: float, label: str) -> None:
+    """A dashed vertical marker at x = xv, labelled at the top."""
+    xx, _ = f.px(xv, f.y0)
+    for yy in range(f.top, f.top + f.height, 8):
+        draw.line([xx, yy, xx, min(yy + 4, f.top + f.height)], fill=(90, 90, 90))
+    draw.text((xx + 3, f.top + 2), label, fill=(90, 90, 90), font=font)
+
+
+def _draw_broken_line(draw, points: list, colour) -> None:
+    """Pixel points with None where y is missing: a polyline per run, a dot for a lone point."""
+    run: list = []
+    for p in [*points, None]:
+        if p is None:
+            if len(run) > 1:
+                draw.line(run, fill=colour, width=2)
+            elif len(run) == 1:
+                draw.ellipse(
+                    [run[0][0] - 2, run[0][1] - 2, run[0][0] + 2, run[0][1] + 2], fill=colour
+                )
+            run = []
+        else:
+            run.append(p)
+
+
+def _draw_legend(draw, font, palette: dict[str, tuple], left: float, top: float) -> None:
+    """The legend: one row above the plot, a colour swatch and the name per line."""
     lx = left
-    for k, name in enumerate(data):
-        colour = (colours or {}).get(name, PALETTE[k % len(PALETTE)])
+    for name, colour in palette.items():
         draw.line([lx, top - 8, lx + 18, top - 8], fill=colour, width=3)
         draw.text((lx + 22, top - 14), name, fill="black", font=font)
         lx += 22 + draw.textlength(name, font=font) + 14
-    draw.text((left, 6), title, fill="black", font=font)
+
+
+def _draw_titles(canvas, draw, font, f: _Frame, title: str, xlabel: str, ylabel: str) -> None:
+    """The title above the legend, the x label under the axis, the y label rotated beside it."""
+    from PIL import Image, ImageDraw
+
+    draw.text((f.left, 6), title, fill="black", font=font)
     draw.text(
-        (left + pw / 2 - draw.textlength(xlabel, font=font) / 2, h - 14),
+        (f.left + f.width / 2 - draw.textlength(xlabel, font=font) / 2, canvas.height - 14),
         xlabel,
         fill="black",
         font=font,
@@ -147,8 +204,7 @@ def line_chart(
         label = Image.new("RGB", (tw, 12), "white")
         ImageDraw.Draw(label).text((2, 0), ylabel, fill=(90, 90, 90), font=font)
         label = label.rotate(90, expand=True)
-        canvas.paste(label, (2, int(top + ph / 2 - label.height / 2)))
-    return to_tensor(canvas)
+        canvas.paste(label, (2, int(f.top + f.height / 2 - label.height / 2)))
 
 
 def forecast_image(
@@ -239,12 +295,41 @@ def gates_image(
     inputs = np.asarray(inputs, np.float64)
     steps = len(inputs)
     left, width = 110, 520
-    rows = [("input (per channel)", inputs.T, None)]
+    rows = _gate_rows(inputs, gates, max_units)
+    heights = [max(24, min(96, 3 * r[1].shape[0])) for r in rows]
+    chart_img = _gate_means_chart(gates, steps, left, width)
+    total = 24 + sum(hh + 8 for hh in heights) + chart_img.height
+    canvas = Image.new("RGB", (left + width + 16, total), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 6), title or f"gate activations over {steps} steps", fill="black", font=font)
+    y = 24
+    for (label, values, rng), hh in zip(rows, heights):
+        canvas.paste(_heat(values, width, hh, *rng), (left, y))
+        draw.rectangle([left - 1, y - 1, left + width, y + hh], outline=(160, 160, 160))
+        draw.text((4, y + hh / 2 - 6), label, fill="black", font=font)
+        y += hh + 8
+    canvas.paste(chart_img, (0, y))
+    return to_tensor(canvas)
+
+
+def _gate_rows(inputs: np.ndarray, gates: dict[str, np.ndarray], max_units: int) -> list[tuple]:
+    """The heat maps' rows: (label, values (rows x steps), (lo, hi)); the inputs first, each
+    channel scaled to its own range, then every gate (tanh ones -1..1, sigmoid ones 0..1)."""
+    values = inputs.T
+    lo_c = values.min(1, keepdims=True)
+    span = np.maximum(values.max(1, keepdims=True) - lo_c, 1e-12)
+    rows = [("input (per channel)", (values - lo_c) / span, (0.0, 1.0))]
     for name, g in gates.items():
         g = np.asarray(g, np.float64)[:, :max_units]
         rng = (-1.0, 1.0) if name in ("cell", "new") else (0.0, 1.0)  # tanh | sigmoid
         rows.append((f"{name} gate ({rng[0]:g}..{rng[1]:g})", g.T, rng))
-    heights = [max(24, min(96, 3 * r[1].shape[0])) for r in rows]
+    return rows
+
+
+def _gate_means_chart(gates: dict[str, np.ndarray], steps: int, left: int, width: int):
+    """The gates' means over the units against the step, as a PIL image under the heat maps."""
+    from PIL import Image
+
     chart = line_chart(
         {
             f"mean {n}": (np.arange(steps), np.asarray(g, np.float64).mean(1))
@@ -256,20 +341,4 @@ def gates_image(
         size=(left + width + 16, 220),
         left=left,
     )
-    chart_img = Image.fromarray((chart.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
-    total = 24 + sum(hh + 8 for hh in heights) + chart_img.height
-    canvas = Image.new("RGB", (left + width + 16, total), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 6), title or f"gate activations over {steps} steps", fill="black", font=font)
-    y = 24
-    for (label, values, rng), hh in zip(rows, heights):
-        if rng is None:  # inputs: each channel scaled to its own range
-            lo_c = values.min(1, keepdims=True)
-            span = np.maximum(values.max(1, keepdims=True) - lo_c, 1e-12)
-            values, rng = (values - lo_c) / span, (0.0, 1.0)
-        canvas.paste(_heat(values, width, hh, *rng), (left, y))
-        draw.rectangle([left - 1, y - 1, left + width, y + hh], outline=(160, 160, 160))
-        draw.text((4, y + hh / 2 - 6), label, fill="black", font=font)
-        y += hh + 8
-    canvas.paste(chart_img, (0, y))
-    return to_tensor(canvas)
+    return Image.fromarray((chart.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
