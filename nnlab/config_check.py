@@ -36,6 +36,10 @@ def _epochs(v):
     return isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)
 
 
+# model.compile: false, true (torch.compile's default mode) or one of its modes
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 # key -> (check, what it must be, an example). Keys that a config does not have are skipped.
 RULES = {
     "model.latent_dim": (_positive_int, "a positive integer", "model.latent_dim=32"),
@@ -117,6 +121,16 @@ RULES = {
         "callbacks.checkpoint.every_n_steps=500",
     ),
     "threads": (lambda v: v is None or _positive_int(v), "null or a positive integer", "threads=2"),
+    "steps_per_execution": (
+        lambda v: v == "auto" or _positive_int(v),
+        "auto or a positive integer (optimizer steps per Lightning step)",
+        "steps_per_execution=auto",
+    ),
+    "model.compile": (
+        lambda v: isinstance(v, bool) or v in COMPILE_MODES,
+        f"true, false or one of torch.compile's modes ({', '.join(COMPILE_MODES)})",
+        "model.compile=reduce-overhead",
+    ),
     "model.projection": (lambda v: isinstance(v, bool), "true or false", "model.projection=true"),
     "model.weight_decay": (_non_negative_number, "a number >= 0", "model.weight_decay=2e-4"),
     "model.l1_weight_decay": (

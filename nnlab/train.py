@@ -355,7 +355,7 @@ def build(cfg: DictConfig, config: dict[str, Any], run_dir: Path, extra_callback
 
     from nnlab.device import check_device, prefer_cached_cuda_check
     from nnlab.figures import LearningRates
-    from nnlab.lean import QuietProfiler, skip_idle_hooks
+    from nnlab.lean import QuietProfiler, StepPlan, skip_idle_hooks
     from nnlab.report import epoch_log, model_line, quiet_lightning
     from nnlab.trust import check_optimizer_classes
 
@@ -390,7 +390,8 @@ def build(cfg: DictConfig, config: dict[str, Any], run_dir: Path, extra_callback
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.ProgressBar)]
         quiet["enable_progress_bar"] = False
     check_data = pl.callbacks.LambdaCallback(on_train_start=lambda t, m: _check_validation_split(t))
-    callbacks += [*extra_callbacks, check_data, epoch_log(console=not console)]
+    steps = StepPlan(cfg.get("steps_per_execution", 1))
+    callbacks += [*extra_callbacks, check_data, steps, epoch_log(console=not console)]
     trainer = _instantiate(
         trainer_cfg,
         logger=loggers or False,
@@ -402,6 +403,7 @@ def build(cfg: DictConfig, config: dict[str, Any], run_dir: Path, extra_callback
     if not verbose and trainer.is_global_zero:
         log.info("%s", model_line(model))
     skip_idle_hooks(trainer.callbacks)
+    steps.attach(trainer, model)  # several optimizer steps per Lightning step, or one
     return datamodule, model, trainer
 
 

@@ -431,19 +431,41 @@ def run_dataloader(
     return {"img_s": n_img / seconds, "images": n_img, "seconds": seconds}
 
 
+def batches_and_images(batch) -> tuple[int, int]:
+    """(batches, images) of what one Lightning training step got: a batch, or a Chunk of them
+    (several optimizer steps per call, steps_per_execution)."""
+    from nnlab.data.batches import Chunk
+
+    if isinstance(batch, Chunk):
+        return len(batch), batch.samples
+    return 1, len(batch[0])
+
+
+def steps_per_call(trainer) -> int | None:
+    """The optimizer steps per Lightning step of an nnlab run (auto's choice, or the setting)."""
+    from nnlab.lean import StepPlan
+
+    plans = [c for c in trainer.callbacks if isinstance(c, StepPlan)]
+    return plans[0].n if plans else None
+
+
 class EpochTimer(pl.Callback):
     """Passed to the nnlab run as an extra callback: the time of each training epoch (without
-    validation), in `results`."""
+    validation), in `results`, and the steps per call the run took."""
 
     def __init__(self):
         self.results: list[dict] = []
+        self.steps_per_call: int | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.steps_per_call = steps_per_call(trainer)
 
     def on_train_epoch_start(self, trainer, pl_module):
         _sync(pl_module.device)
         self.images, self.t0, self.c0 = 0, time.perf_counter(), time.process_time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.images += len(batch[0])
+        self.images += batches_and_images(batch)[1]
         if batch_idx + 1 == trainer.num_training_batches:  # one sync per epoch, at its last batch
             _sync(pl_module.device)
             self.results.append(
@@ -511,6 +533,7 @@ def run_nnlab(
         "seconds": seconds,
         "epoch_img_s": [r["images"] / r["seconds"] for r in timer.results if "seconds" in r],
         "cpu_img_s": n_img / cpu if cpu else float("nan"),
+        "steps_per_call": timer.steps_per_call,
     }
     mem = [
         r["cuda_max_memory_allocated"] for r in timer.results if "cuda_max_memory_allocated" in r
@@ -522,31 +545,40 @@ def run_nnlab(
 
 class StepPairs(pl.Callback):
     """The `interleaved` path: one nnlab run with this callback, which after each nnlab training
-    step runs one hand-written step (run_hand's, on a second copy of the model and its optimisers
-    built the same way). Each pair of steps meets the machine at the same moment, so the ratio holds
+    step runs as many hand-written steps (run_hand's, on a second copy of the model and its
+    optimisers built the same way) as the nnlab step took batches (one, or a Chunk's: several
+    optimizer steps per call). Each pair meets the machine at the same moment, so the ratio holds
     on a machine whose speed drifts by tens of percent between epochs. An nnlab step is timed from
-    the end of the previous hand-written step to the end of its own batch: fetch, transfer, hooks,
-    logging and all. The first batch of each epoch is left out (its gap holds the validation and the
-    epoch's start)."""
+    the end of the previous hand-written steps to the end of its own batches: fetch, transfer,
+    hooks, logging and all. The first call of each epoch is left out (its gap holds the validation
+    and the epoch's start)."""
 
     def __init__(self, hand: HandSide):
         self.hand = hand
-        self.pairs: list[tuple[float, float, int]] = []  # (nnlab s, hand-written s, images)
+        self.pairs: list[tuple[float, float, int, int]] = []  # (nnlab s, hand s, images, batches)
+        self.steps_per_call: int | None = None
 
     def on_train_start(self, trainer, pl_module):
         self.order, self.i, self.t = self.hand.order(0), 0, None
+        self.steps_per_call = steps_per_call(trainer)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.first = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         hand = self.hand
         _sync(hand.images.device)
         now = time.perf_counter()
-        nnlab_s = now - self.t if self.t is not None and batch_idx > 0 else None
-        hand.train_step(self.order, self.i % hand.n_batches)
-        self.i += 1
+        nnlab_s = now - self.t if self.t is not None and not self.first else None
+        self.first = False
+        batches, images = batches_and_images(batch)
+        for _ in range(batches):
+            hand.train_step(self.order, self.i % hand.n_batches)
+            self.i += 1
         _sync(hand.images.device)
         self.t = time.perf_counter()
         if nnlab_s is not None:
-            self.pairs.append((nnlab_s, self.t - now, len(batch[0])))
+            self.pairs.append((nnlab_s, self.t - now, images, batches))
 
 
 def run_interleaved(
@@ -565,12 +597,14 @@ def run_interleaved(
         "hand_img_s": n_img / hand_s if hand_s else float("nan"),
         "images": n_img,
         "seconds": nnlab_s,
-        "steps": len(pairs),
+        "steps": sum(p[3] for p in pairs),
         "ratio": hand_s / nnlab_s if nnlab_s else float("nan"),
         "pair": ("nnlab", "hand-written"),
         "ms_per_step": tuple(
-            1e3 * statistics.median(p[k] for p in pairs) if pairs else float("nan") for k in (0, 1)
+            1e3 * statistics.median(p[k] / p[3] for p in pairs) if pairs else float("nan")
+            for k in (0, 1)
         ),
+        "steps_per_call": stepper.steps_per_call,
     }
 
 
@@ -754,6 +788,14 @@ def summarise(row: dict, epochs: int) -> dict:
     runs = row["runs"]
     for path, results in runs.items():
         row[path] = statistics.median(r["img_s"] for r in results)
+    chosen = [
+        r["steps_per_call"]
+        for p in ("interleaved", "nnlab")
+        for r in runs.get(p, [])
+        if r.get("steps_per_call")
+    ]
+    if chosen:  # optimizer steps per Lightning step (steps_per_execution; auto's choice)
+        row["steps/call"] = chosen[0]
     for a, b in (("nnlab", "hand"), ("nnlab", "dataloader")):
         if not (runs.get(a) and runs.get(b)):
             continue
@@ -795,6 +837,7 @@ def fmt_table(rows: list[dict]) -> str:
         ("model", "model", "{}"),
         ("batch", "batch", "{}"),
         ("batches/epoch", "batches", "{}"),
+        ("steps/call", "steps/call", "{}"),
         ("nnlab img/s", "nnlab", "{:.0f}"),
         ("hand img/s", "hand", "{:.0f}"),
         ("DataLoader img/s", "dataloader", "{:.0f}"),

@@ -47,6 +47,8 @@ def test_bench_runs_end_to_end_and_writes_json(bench, tmp_path, capsys):
             "--no-cli",
             "--set",
             "dataset=synthetic",
+            "--set",
+            "steps_per_execution=1",  # one batch per call: two calls paired after the first
             "--json",
             str(out),
         ]
@@ -67,7 +69,7 @@ def test_bench_runs_end_to_end_and_writes_json(bench, tmp_path, capsys):
         "interleaved"
     ]  # once, not every repetition; each epoch's first batch left out
     assert paired["steps"] == 2 and paired["images"] == 2 * 64 and paired["ratio"] > 0
-    assert row["nnlab/hand step-paired"] == paired["ratio"]
+    assert row["nnlab/hand step-paired"] == paired["ratio"] and row["steps/call"] == 1
     printed = capsys.readouterr().out
     assert "nnlab/hand" in printed and "nnlab/DataLoader" in printed
     bench.main(["--from-json", str(out)])  # the table again, from the file

@@ -319,6 +319,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch)
             "model.g_dims=[32]",
             "model.d_dims=[32]",
             "trainer.max_epochs=3",
+            "steps_per_execution=1",  # auto would time G's loss on a copy first (test_steps: N=4)
             *QUIET,
         )
     record = read_metrics(tmp_path / "run")

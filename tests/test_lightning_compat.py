@@ -177,3 +177,62 @@ def test_the_version_check_refuses_other_releases(monkeypatch):
     monkeypatch.setattr(pl, "__version__", "0.0.1")
     with pytest.raises(Exception, match="written for pytorch-lightning"):
         compat._check_versions()
+
+
+def test_the_version_check_can_be_relaxed_for_a_fixed_image(monkeypatch):
+    monkeypatch.setattr(pl, "__version__", "0.0.1")
+    monkeypatch.setenv("NNLAB_UNPINNED", "1")
+    with pytest.warns(UserWarning, match="NNLAB_UNPINNED=1"):
+        compat._check_versions()
+
+
+# -- several optimizer steps per call (nnlab/lean.py, nnlab/models/steps.py) ---------------------
+def test_step_loop_shims_move_lightnings_own_counters():
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from nnlab.data.batches import Chunk, TensorBatches
+
+    model = Tiny()
+    trainer = fit(model, max_epochs=1)
+    loop = trainer.fit_loop.epoch_loop
+    batches, logged, steps = loop.total_batch_idx, compat.logged_step(trainer), trainer.global_step
+    compat.count_batches(trainer, 3)
+    progress = loop.batch_progress
+    assert loop.total_batch_idx == batches + 3 and progress.current.completed == 3 + 3
+    compat.set_last_batch(trainer, False)
+    assert not progress.is_last_batch
+    compat.add_batches_that_stepped(trainer, 2)
+    assert compat.logged_step(trainer) == logged + 2
+    compat.count_optimizer_steps(trainer, 4, zero_grads=4, schedulers=1, automatic=True)
+    assert trainer.global_step == steps + 4  # automatic: Lightning reads the automatic counter
+    assert loop.manual_optimization.optim_step_progress.total.completed == 4
+    loop.manual_optimization.optim_step_progress.reset()
+    compat.resume_step_counter(trainer)
+    assert loop.manual_optimization.optim_step_progress.total.completed == steps + 4
+    checkpoint = {"loops": {"fit_loop": trainer.fit_loop.state_dict()}}
+    assert compat.MANUAL_STEPS_KEY in checkpoint["loops"]["fit_loop"]
+    compat.checkpoint_as_automatic(checkpoint)
+    assert checkpoint["loops"]["fit_loop"][compat.MANUAL_STEPS_KEY]["total"]["completed"] == 0
+    compat.load_pending_loader_state(trainer)  # nothing pending: nothing happens
+    batch = (torch.ones(2, 2),)
+    assert torch.equal(compat.batch_preparer(trainer)(batch)[0], batch[0])
+    every = ModelCheckpoint(every_n_train_steps=3)
+    assert compat.step_checkpoints([every, ModelCheckpoint()]) == [(3, 0)]
+
+    class Passes(compat.ChunkPassThrough, Tiny):
+        pass
+
+    loader = TensorBatches(torch.zeros(4, 1), torch.zeros(4), 2)
+    chunk = Chunk(loader, torch.arange(4), 0, 2)
+    passes = Passes()
+    assert passes._on_before_batch_transfer(chunk) is chunk
+    assert passes._apply_batch_transfer_handler(chunk) is chunk
+    assert passes._apply_batch_transfer_handler(batch, torch.device("cpu"))[0] is batch[0]
+
+
+def test_uncompile_drops_the_compiled_call():
+    net = nn.Sequential(nn.Linear(2, 2))
+    net.compile(backend="eager")
+    assert net._compiled_call_impl is not None
+    compat.uncompile_(net)
+    assert net._compiled_call_impl is None and net(torch.ones(1, 2)).shape == (1, 2)

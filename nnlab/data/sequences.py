@@ -593,10 +593,23 @@ class SequenceBatches(TensorBatches):
         order = super().indices(epoch)
         if self.shuffle and self.bucket > 1:
             order = bucket_order(order, self.lengths, self.bucket * self.batch_size)
+        self._host_order = (order, order.cpu())  # one copy an epoch: the batches read no device
         return order
 
+    def draw(self, order: torch.Tensor, i: int):
+        """Batch i of the epoch, its lengths looked up in the host copy of the order (on a GPU no
+        synchronisation per batch, also inside several steps per call)."""
+        seen, host = getattr(self, "_host_order", (None, None))
+        if seen is not order:
+            return super().draw(order, i)
+        bs = self.batch_size
+        return self.crop(order[i * bs : (i + 1) * bs], host[i * bs : (i + 1) * bs])
+
     def batch(self, idx: torch.Tensor):
-        lengths = self.lengths_cpu[idx.cpu()]
+        return self.crop(idx, idx.cpu())
+
+    def crop(self, idx: torch.Tensor, idx_host: torch.Tensor):
+        lengths = self.lengths_cpu[idx_host]
         return self.images[idx, : int(lengths.max())], lengths, self.labels[idx]
 
 

@@ -125,16 +125,20 @@ class LearningRates(Callback):
             names.append(given[i] if i < len(given) else type(optimizer).__name__)
         return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
 
-    def log_rates(self, trainer, model) -> None:
-        if not trainer.loggers:
-            return
+    def rates(self, trainer, model) -> dict[str, float]:
         rates = {}
         for name, optimizer in zip(self.names(trainer, model), trainer.optimizers):
             groups = optimizer.param_groups
             for i, group in enumerate(groups):
                 part = f"/{group.get('name', f'pg{i + 1}')}" if len(groups) > 1 else ""
                 rates[f"lr/{name}{part}"] = float(group["lr"])
-        step = compat.logged_step(trainer)
+        return rates
+
+    def log_rates(self, trainer, model, rates: dict | None = None, step: int | None = None):
+        if not trainer.loggers:
+            return
+        rates = self.rates(trainer, model) if rates is None else rates
+        step = compat.logged_step(trainer) if step is None else step
         for logger in trainer.loggers:
             logger.log_metrics(rates, step=step)
         device = trainer.strategy.root_device
@@ -147,5 +151,18 @@ class LearningRates(Callback):
             self.log_rates(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.logging_interval == "step" and compat.should_update_logs(trainer):
+        several = getattr(pl_module, "several", None) is not None  # steps_per_execution > 1
+        if self.logging_interval == "step" and not several and compat.should_update_logs(trainer):
             self.log_rates(trainer, pl_module)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # several steps per call (nnlab/models/steps.py): the rates of each logged step, read
+        # before its optimizer step as on_train_batch_start would (once for several optimisers),
+        # written after the call before that step's training scalars
+        loop = getattr(pl_module, "_loop", None)
+        if self.logging_interval != "step" or loop is None or not loop.logging:
+            return
+        if getattr(self, "_logged_at", None) != (loop.trainer, loop.logged) and trainer.loggers:
+            self._logged_at = (loop.trainer, loop.logged)
+            rates, step = self.rates(trainer, pl_module), loop.logged
+            loop.defer(lambda: self.log_rates(trainer, pl_module, rates, step))

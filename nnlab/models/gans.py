@@ -98,21 +98,24 @@ def check_options(hp) -> None:
             raise ConfigError(texts[key])
 
 
-def check_finite(model, losses: dict[str, torch.Tensor], iteration: int) -> None:
-    """Stop at the first NaN/inf loss; the checkpoints on disk are from before it (one host sync
-    per step)."""
-    if bool(torch.isfinite(torch.stack(list(losses.values()))).all()):
-        return
-    bad = [f"train/{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v))]
-    ckpt = model.trainer.checkpoint_callback
-    last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else ""
-    kept = f"The last good checkpoint is kept: {last}." if last else "No checkpoint yet."
-    raise TrainingDiverged(
-        f"The GAN diverged at training step {iteration + 1} (epoch {model.current_epoch}, batch "
-        f"{compat.batch_in_epoch(model.trainer)} of the epoch): {', '.join(bad)}. Training was "
-        f"stopped. {kept} Try a lower model.optimizer.lr, model.label_smoothing=0.1, or "
-        "model.generator_loss=non_saturating."
-    )
+def diverged(model):
+    """The NaN guard's error for `model` (NNLabModule.guard_finite calls it with the losses of the
+    first non-finite step, its training step and its batch of the epoch). The checkpoints on disk
+    are from before it."""
+
+    def error(values: dict[str, float], iteration: int, position: int) -> TrainingDiverged:
+        bad = [f"train/{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+        ckpt = model.trainer.checkpoint_callback
+        last = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else ""
+        kept = f"The last good checkpoint is kept: {last}." if last else "No checkpoint yet."
+        return TrainingDiverged(
+            f"The GAN diverged at training step {iteration + 1} (epoch {model.current_epoch}, "
+            f"batch {position} of the epoch): {', '.join(bad)}. Training was stopped. {kept} Try "
+            "a lower model.optimizer.lr, model.label_smoothing=0.1, or "
+            "model.generator_loss=non_saturating."
+        )
+
+    return error
 
 
 class GeneratorSampling:
@@ -299,7 +302,7 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
             for scheduler in self.lr_schedulers():
                 scheduler.step()
 
-    def training_step(self, batch, batch_idx):
+    def train_batch(self, batch) -> None:
         x, y = batch
         real, y = x * 2 - 1, (y if self.conditional else None)
         opt_g, opt_d = self.optimizers()
@@ -326,7 +329,7 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
             losses["g_loss"] = g_loss.detach()
 
         self.step_schedulers("step")
-        check_finite(self, losses, iteration)
+        self.guard_finite(losses, diverged(self))
         if self.logging_step:
             d_real, d_fake = (
                 torch.sigmoid(real_logits.detach()),
@@ -334,6 +337,10 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
             )
             scalars = {**losses, "d_real": d_real.mean(), "d_fake": d_fake.mean()}
             self.log_terms("train", scalars, len(x))
+
+    def optimizer_steps_for_batch(self, index: int) -> int:
+        """D's step, and G's on every d_steps-th batch."""
+        return 1 + ((index + 1) % self.d_steps == 0)
 
     # -- validation and test: D on held-out real images, and the offline quality metrics --------
     def step(self, batch, stage: str) -> dict[str, torch.Tensor]:

@@ -148,7 +148,7 @@ class RBMBase(NNLabModule):
         self.c.grad = -stats["c"]
 
     # -- the Lightning steps -----------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
+    def train_batch(self, batch) -> None:
         with torch.no_grad():
             v0, mask = self.visible_data(batch)
             stats, vk = self.cd_gradient(v0, mask)
