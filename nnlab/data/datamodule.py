@@ -185,13 +185,13 @@ class ImageDataModule(ResidentDataModule):
         images, labels = batch
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training and aug.is_active(self.augment):
-            # seeded by the batch's place in the fit (a resumed run augments as the first did)
+            # seeded by the batch's place in the fit (a resumed run augments as the first did):
+            # the step loop's count with several batches per call, else Lightning's, which still
+            # names the previous batch while this one is transferred
+            loop = getattr(getattr(trainer, "lightning_module", None), "_loop", None)
+            index = loop.index if loop is not None else compat.batch_index(trainer) + 1
             g = aug.batch_generator(
-                images.device,
-                self.seed,
-                trainer.current_epoch,
-                compat.batch_index(trainer) + 1,
-                trainer.global_rank,
+                images.device, self.seed, trainer.current_epoch, index, trainer.global_rank
             )
             images = aug.augment(images, g, **self.augment)
         return float_images(images), labels
