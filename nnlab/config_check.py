@@ -94,6 +94,16 @@ RULES = {
         "seed=42",
     ),
     "dataset.n_train": (_positive_int, "a positive integer", "dataset.n_train=512"),
+    "dataset.augment.pad": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "a non-negative integer (pixels of random shift; 0 = off)",
+        "dataset.augment.pad=2",
+    ),
+    "dataset.augment.hflip": (
+        lambda v: isinstance(v, bool),
+        "true or false",
+        "dataset.augment.hflip=true",
+    ),
     "dataset.n_test": (_positive_int, "a positive integer", "dataset.n_test=128"),
     "trainer.max_steps": (
         lambda v: isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1),

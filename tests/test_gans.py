@@ -14,6 +14,7 @@ from conftest import FAST, read_metrics, run_train
 from nnlab.metrics.fid import fid_from_features, frechet_distance, gaussian_fit, sqrtm_psd
 from nnlab.models import gans
 from nnlab.models.gans import CGAN, DCGAN, discriminator_loss, generator_loss
+from nnlab.nets.gan import DCGANDiscriminator
 
 QUIET = ("model.n_log_images=16", "model.metrics.n_val_samples=64", "model.metrics.n_samples=128")
 
@@ -240,6 +241,54 @@ def test_generator_moving_average():
     )
     with pytest.raises(gans.ConfigError, match="model.ema"):
         DCGAN("dcgan", g_dims=[16, 8], d_dims=[8, 16], input_shape=(1, 28, 28), ema=1.0)
+
+
+@pytest.mark.parametrize("norm", ["batch", "spectral", "none"])
+def test_discriminator_normalisations(norm):
+    """batch: BN after every conv but the first; spectral: no BN, every conv/linear weight scaled
+    to spectral norm ~1 (after a few power iterations in training mode); none: neither."""
+    torch.manual_seed(0)
+    d = DCGANDiscriminator((1, 28, 28), [8, 16], n_classes=10, projection=True, norm=norm)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    assert n_bn == (1 if norm == "batch" else 0)
+    for _ in range(20):
+        out = d(torch.randn(4, 1, 28, 28), torch.arange(4))
+    assert out.shape == (4,)
+    layers = [m for m in d.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    sigma = [torch.linalg.matrix_norm(m.weight.flatten(1), ord=2).item() for m in layers]
+    if norm == "spectral":
+        assert all(abs(s - 1) < 0.05 for s in sigma), sigma
+    else:
+        assert max(sigma) < 0.9  # N(0, 0.02) weights: all well below 1
+    with pytest.raises(gans.ConfigError, match="model.d_norm"):
+        DCGAN("dcgan", input_shape=(1, 28, 28), d_norm="layer")
+    with pytest.raises(gans.ConfigError, match="model.d_norm=spectral"):
+        gans.GAN("gan", net="mlp", input_shape=(1, 28, 28), d_norm="spectral")
+
+
+def test_a_learning_rate_schedule_steps_both_players_per_batch(tmp_path):
+    """model.scheduler: the same schedule for G's and D's learning rates, stepped every batch
+    (manual optimisation); here LinearLR down to 0 over the fit's batches (total_iters: auto)."""
+    linear = "{_target_: torch.optim.lr_scheduler.LinearLR, start_factor: 1.0, end_factor: 0.0,"
+    run = run_train(
+        tmp_path,
+        *FAST,
+        "model=dcgan",
+        "model.g_dims=[16,8]",
+        "model.d_dims=[8,16]",
+        *QUIET,
+        f"model.scheduler={linear} total_iters: auto}}",
+        "trainer.limit_train_batches=4",
+    )
+    assert read_metrics(run)["status"] == "finished"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    states = ckpt["lr_schedulers"]
+    assert len(states) == 2 and [s["total_iters"] for s in states] == [4, 4]
+    assert [s["last_epoch"] for s in states] == [4, 4]  # stepped once per batch
+    assert [group["lr"] for opt in ckpt["optimizer_states"] for group in opt["param_groups"]] == [
+        0.0,
+        0.0,
+    ]
 
 
 def test_unconditional_sampling_and_label_error():

@@ -55,6 +55,15 @@ MODELS = {
     # two optimisers, G every 2nd batch, a moving average of G
     "dcgan": ("model=dcgan", "model.g_dims=[16,8]", "model.d_dims=[8,16]",
               "model.latent_dim=8", "model.d_steps=2", "model.ema=0.9"),
+    # a linear learning-rate decay stepped by the GAN's own loop (total_iters: auto)
+    "dcgan_sched": ("model=dcgan", "model.g_dims=[16,8]", "model.d_dims=[8,16]",
+                    "model.latent_dim=8", "model.scheduler={_target_: "
+                    "torch.optim.lr_scheduler.LinearLR, end_factor: 0.1, total_iters: auto}"),
+    # random shifts and flips of each training batch, seeded by the batch's place in the fit
+    "lenet_aug": ("model=lenet", "dataset.augment.pad=1", "dataset.augment.hflip=true"),
+    # dynamically binarised images (a fresh Bernoulli draw per training batch)
+    "vae_binary": ("model=vae", "model.hidden_dims=[32]", "model.latent_dim=4",
+                   "model.binarize=dynamic"),
     # contrastive divergence with persistent chains (they run on across calls), stochastic pixels
     "rbm": ("model=rbm", "model.n_hidden=16", "model.binarize=stochastic"),
     # adversarial training (PGD with a random start inside every step, mixed with the clean loss)

@@ -1,5 +1,5 @@
-"""The VAE: ELBO terms by hand, the IWAE bound, end-to-end runs, image grids and TensorBoard
-tags."""
+"""The VAE: ELBO terms by hand, the IWAE bound, binarised data (model.binarize), end-to-end runs,
+image grids and TensorBoard tags."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from conftest import FAST, event_tags, read_metrics, run_train
 from torch import nn
 
 from nnlab.errors import ConfigError
-from nnlab.models.vae import VAE, gaussian_kl
+from nnlab.models.vae import VAE, binarize, gaussian_kl
 
 
 class Const(nn.Module):
@@ -115,8 +115,61 @@ def test_grids_have_the_expected_shapes():
         model.sample_grid(4, label=1)
 
 
+@pytest.mark.parametrize("mode", ["fixed", "dynamic"])
+def test_binarised_pixels_are_bernoulli_draws_of_the_grey_levels(mode):
+    x = torch.rand(400, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    b = binarize(x, mode)
+    assert b.shape == x.shape and b.dtype == x.dtype and set(b.unique().tolist()) == {0.0, 1.0}
+    # P(1) = x: pixels of grey level ~0.1 are 1 about 10% of the time, of ~0.9 about 90%
+    for level in (0.1, 0.5, 0.9):
+        near = (x - level).abs() < 0.02
+        assert b[near].mean().item() == pytest.approx(level, abs=0.02)
+    assert torch.equal(binarize(torch.zeros(2, 1, 3, 3), mode), torch.zeros(2, 1, 3, 3))
+    assert torch.equal(binarize(torch.ones(2, 1, 3, 3), mode), torch.ones(2, 1, 3, 3))
+    assert binarize(x, "none") is x
+
+
+def test_fixed_binarisation_depends_on_the_image_only_and_dynamic_on_the_draw():
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    fixed = binarize(x, "fixed")
+    order = torch.randperm(64)
+    assert torch.equal(binarize(x[order], "fixed"), fixed[order])  # any batch, any order
+    assert torch.equal(binarize(x[:5], "fixed"), fixed[:5])
+    assert not torch.equal(fixed[0], fixed[1])  # images do not share one pattern
+    assert not torch.equal(binarize(x, "dynamic"), binarize(x, "dynamic"))
+
+
+@pytest.mark.parametrize("mode", ["none", "fixed", "dynamic"])
+def test_the_model_sees_binarised_images_in_the_modes_asked(monkeypatch, mode):
+    """Training batches: fresh samples (dynamic) or the same ones (fixed); val/test: the same ones
+    unless binarize=none."""
+    model = tiny_vae(input_shape=(1, 8, 8), binarize=mode)
+    seen = []
+    monkeypatch.setattr(model, "loss_terms", lambda x: seen.append(x) or {"loss": x.sum()})
+    monkeypatch.setattr(model, "eval_terms", lambda batch, stage: {})
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    batch = (x, torch.zeros(6, dtype=torch.long))
+    model.iw_images = 0
+    for stage in ("train", "train", "val", "test"):
+        model.step(batch, stage)
+    if mode == "none":
+        assert all(s is x for s in seen)
+        return
+    assert all(set(s.unique().tolist()) <= {0.0, 1.0} for s in seen)
+    assert torch.equal(seen[2], seen[3]) and torch.equal(seen[2], binarize(x, "fixed"))
+    assert torch.equal(seen[0], seen[1]) == (mode == "fixed")
+
+
 @pytest.mark.parametrize(
-    "bad", [{"likelihood": "poisson"}, {"gaussian_variance": "free"}, {"beta": -1.0}, {"iw_k": 0}]
+    "bad",
+    [
+        {"likelihood": "poisson"},
+        {"gaussian_variance": "free"},
+        {"beta": -1.0},
+        {"iw_k": 0},
+        {"binarize": "threshold"},
+        {"binarize": "dynamic", "likelihood": "gaussian"},
+    ],
 )
 def test_bad_options_are_config_errors(bad):
     with pytest.raises(ConfigError):
@@ -132,6 +185,7 @@ RUNS = {
         "model.gaussian_variance=learned",
     ),
     "conv-1x28x28": ("model.net=conv", "model.channels=[8,16]", "model.beta=4"),
+    "mlp-binarised": ("model.binarize=dynamic",),
 }
 
 

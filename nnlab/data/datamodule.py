@@ -2,7 +2,9 @@
 synthetic).
 
 Each split is loaded once as uint8, moved to the training device once, and served by
-TensorBatches; `on_after_batch_transfer` turns a uint8 batch into floats in [0, 1] on the device.
+TensorBatches; `on_after_batch_transfer` turns a uint8 batch into floats in [0, 1] on the device,
+after augmenting it when it is a training batch and `dataset.augment` asks for it (random shifts
+and horizontal flips, nnlab/data/augment.py).
 Models reach the images through the data face (`images`, `raw`: see ResidentDataModule).
 """
 
@@ -13,6 +15,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from nnlab import lightning_compat as compat
+from nnlab.data import augment as aug
 from nnlab.data.batches import TensorBatches
 from nnlab.data.digits import load_digits_splits, locate_digits
 from nnlab.data.sources import load_splits, locate, synthetic_splits
@@ -101,9 +105,11 @@ class ImageDataModule(ResidentDataModule):
         n_train: int = 512,
         n_test: int = 128,
         seed: int = 0,
+        augment: dict | None = None,
     ):
         super().__init__()
         check_choice("dataset.format", format, FORMATS)
+        self.augment = aug.check_spec(augment)  # {"pad": int, "hflip": bool}; training batches only
         self.name, self.format, self.data_dir, self.download = (
             name,
             format,
@@ -177,6 +183,17 @@ class ImageDataModule(ResidentDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         images, labels = batch
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training and aug.is_active(self.augment):
+            # seeded by the batch's place in the fit (a resumed run augments as the first did):
+            # the step loop's count with several batches per call, else Lightning's, which still
+            # names the previous batch while this one is transferred
+            loop = getattr(getattr(trainer, "lightning_module", None), "_loop", None)
+            index = loop.index if loop is not None else compat.batch_index(trainer) + 1
+            g = aug.batch_generator(
+                images.device, self.seed, trainer.current_epoch, index, trainer.global_rank
+            )
+            images = aug.augment(images, g, **self.augment)
         return float_images(images), labels
 
     # -- the data face -----------------------------------------------------------------------

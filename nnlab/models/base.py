@@ -305,17 +305,21 @@ class NNLabModule(compat.ChunkPassThrough, compat.QuickHookName, pl.LightningMod
         sched = self.hparams.get("scheduler")
         if not sched:
             return optimizer
-        sched = dict(sched)
-        interval = sched.pop("interval", "epoch")
-        if sched.get("total_steps") == "auto":  # OneCycleLR & co.: the optimizer steps of the fit
-            sched["total_steps"] = self.optimizer_steps_of_fit()
+        scheduler, interval = self.build_scheduler(sched, optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": instantiate(sched, optimizer=optimizer),
-                "interval": interval,
-            },
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
         }
+
+    def build_scheduler(self, spec: dict, optimizer, interval: str = "epoch") -> tuple[Any, str]:
+        """(the scheduler of a plain spec for this optimiser, its interval: "epoch" or "step").
+        total_steps / total_iters: auto (OneCycleLR, LinearLR & co.) become the fit's batches."""
+        spec = dict(spec)
+        interval = spec.pop("interval", interval)
+        for key in ("total_steps", "total_iters"):
+            if spec.get(key) == "auto":
+                spec[key] = self.optimizer_steps_of_fit()
+        return instantiate(spec, optimizer=optimizer), interval
 
     def optimizer_steps_of_fit(self) -> int:
         """trainer.estimated_stepping_batches, with the gradient accumulation that the step loop

@@ -32,7 +32,7 @@ from nnlab import viz
 from nnlab.errors import ConfigError, NNLabError, check_choice
 from nnlab.metrics.fid import GeneratorQuality
 from nnlab.models.base import NNLabModule, build_optimizer
-from nnlab.nets.gan import GAN_NETS, build_gan_nets
+from nnlab.nets.gan import D_NORMS, GAN_NETS, build_gan_nets
 
 GENERATOR_LOSSES = ("minimax", "non_saturating")
 QUALITY_KEYS = ("val/fid", "val/label_acc")  # the monitors that need model.metrics.classifier_ckpt
@@ -68,13 +68,18 @@ def check_options(hp, nets=GAN_NETS) -> None:
     """One paragraph for the first bad GAN option (ConfigError), before anything is built."""
     check_choice("model.net", hp["net"], nets)
     check_choice("model.generator_loss", hp["generator_loss"], GENERATOR_LOSSES)
+    check_choice("model.d_norm", hp["d_norm"], D_NORMS)
+    if hp["net"] == "mlp" and hp["d_norm"] != "batch":
+        raise ConfigError(
+            f"model.d_norm={hp['d_norm']} is the dcgan discriminator's normalisation; with "
+            "model.net=mlp leave it at batch, or use model.net=dcgan."
+        )
     d_steps, label_smoothing, ema = hp["d_steps"], hp["label_smoothing"], hp["ema"]
     monitor, metrics = hp["monitor"], hp["metrics"]
     problems = {
         "d_steps": not (isinstance(d_steps, int) and d_steps >= 1),
         "label_smoothing": not 0.0 <= float(label_smoothing) < 0.5,
         "ema": not 0.0 <= float(ema) < 1.0,
-        "scheduler": bool(hp.get("scheduler")),
         "monitor": monitor in QUALITY_KEYS and not (metrics or {}).get("classifier_ckpt"),
     }
     texts = {
@@ -84,8 +89,6 @@ def check_options(hp, nets=GAN_NETS) -> None:
         "real target is 1 - label_smoothing.",
         "ema": f"model.ema={ema} must be in [0, 1): the decay of the generator's moving average "
         "(0 = off; 0.999 is usual).",
-        "scheduler": "model.scheduler is not supported by the GAN models (two optimisers, manual "
-        "optimisation); set it to null.",
         "monitor": f"model.monitor={monitor} is measured only with a classifier: pass "
         "model.metrics.classifier_ckpt=<a lenet run folder>, or model.monitor=null to keep the "
         "last epoch.",
@@ -231,6 +234,7 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
         d_optimizer=None,
         num_classes=10,
         projection=False,
+        d_norm="batch",
         ema=0.0,
         metrics=None,
         n_log_images=64,
@@ -246,6 +250,7 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
         self.metrics_cfg = {"classifier_ckpt": None, "n_samples": 10000, "n_val_samples": 1000}
         self.metrics_cfg.update(metrics or {})
         self.quality = GeneratorQuality(self.metrics_cfg["classifier_ckpt"], self.skipped_note())
+        self.d_norm = d_norm  # the dcgan discriminator's normalisation (build_nets)
         self.generator, self.discriminator = self.build_nets(net, g_dims, d_dims, bool(projection))
         # ema > 0: a moving average of G's weights generates every image (Yazici et al. 2019)
         self.ema_decay = float(ema)
@@ -261,7 +266,14 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
     def build_nets(self, net, g_dims, d_dims, projection: bool):
         """(generator, discriminator): G(z, y) -> images in [-1, 1], D(x, y) -> logits."""
         return build_gan_nets(
-            net, self.latent_dim, g_dims, d_dims, self.input_shape, self.n_classes, projection
+            net,
+            self.latent_dim,
+            g_dims,
+            d_dims,
+            self.input_shape,
+            self.n_classes,
+            projection,
+            self.d_norm,
         )
 
     def skipped_note(self) -> str:
@@ -279,10 +291,22 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
         default = {"_target_": "torch.optim.Adam", "lr": 2e-4, "betas": [0.5, 0.999]}
         spec = dict(self.hparams.get("optimizer") or default)
         d_spec = dict(self.hparams.get("d_optimizer") or spec)
-        return [
+        optimizers = [
             build_optimizer(spec, self.generator.parameters()),
             build_optimizer(d_spec, self.discriminator.parameters()),
         ]
+        if not self.hparams.get("scheduler"):
+            return optimizers
+        # the same schedule for G's and D's learning rates, stepped by training_step (per batch)
+        # or on_train_epoch_end: manual optimisation steps its schedulers itself
+        built = [self.build_scheduler(self.hparams.scheduler, opt, "step") for opt in optimizers]
+        self.scheduler_interval = built[0][1]
+        return optimizers, [scheduler for scheduler, _ in built]
+
+    def step_schedulers(self, interval: str) -> None:
+        if self.hparams.get("scheduler") and self.scheduler_interval == interval:
+            for scheduler in self.lr_schedulers():
+                scheduler.step()
 
     def train_batch(self, batch) -> None:
         x, y = batch
@@ -310,6 +334,7 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
             self.discriminator.requires_grad_(True)
             losses["g_loss"] = g_loss.detach()
 
+        self.step_schedulers("step")
         self.guard_finite(losses, diverged(self))
         if self.logging_step:
             d_real, d_fake = (
@@ -335,6 +360,9 @@ class AdversarialBase(GeneratorSampling, NNLabModule):
 
         values = self.quality(generate, self.datamodule, stage, n, floor, self.conditional)
         self.log_terms(stage, values)
+
+    def on_train_epoch_end(self):
+        self.step_schedulers("epoch")
 
     def on_validation_epoch_end(self):
         if not self.trainer.sanity_checking:

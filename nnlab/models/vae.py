@@ -14,6 +14,15 @@ and test/loss are always the true -ELBO (w = 1), so runs and checkpoints compare
 test/nll_iw is the importance-weighted estimate of -log p(x) (Burda et al. 2015, IWAE bound):
     log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k,  z_k ~ q(z|x)
 which tightens towards log p(x) as k grows (k = 1 is the ELBO itself).
+
+Binarised data (`binarize`), the standard for likelihoods in nats: a Bernoulli decoder is a proper
+likelihood only for 0/1 pixels, so the grey levels are read as probabilities and sampled.
+    none     the grey levels themselves are the Bernoulli targets (a cross-entropy, no likelihood)
+    dynamic  every training batch is sampled afresh, x_b ~ Bernoulli(x) (the usual protocol for
+             VAE likelihoods, e.g. Burda et al. 2015); val/test images are sampled once, as `fixed`
+    fixed    every image is sampled once and kept (a static binarisation, as the binarised MNIST of
+             Salakhutdinov & Murray 2008): its uniforms come from a hash of the image and the pixel
+             position, so an image is binarised the same way in any batch, epoch or run
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ from nnlab.models.autoencoders import AutoencoderBase
 from nnlab.nets import build_decoder, build_encoder
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+BINARIZE = ("none", "dynamic", "fixed")
+_M31 = 0x7FFFFFFF  # hashes work on 31 bits: no int64 product below overflows
 VARIANCES = ("fixed", "learned")
 LOG_2PI = math.log(2 * math.pi)
 
@@ -46,9 +57,41 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) / logvar.exp()).sum(-1)
 
 
+def _mix31(h: torch.Tensor) -> torch.Tensor:
+    """An integer hash of 31-bit values: xorshift-multiply rounds (multiplier 0x45d9f3b)."""
+    for _ in range(2):
+        h = ((h ^ (h >> 16)) * 0x45D9F3B) & _M31
+    return h ^ (h >> 16)
+
+
+def image_uniforms(x: torch.Tensor) -> torch.Tensor:
+    """One number in [0, 1) per pixel of images x (B, ...) in [0, 1], fixed by the image's 8-bit
+    content and the pixel's position: the same image gets the same numbers in any batch."""
+    q = x.detach().mul(255).round().long().flatten(1)  # (B, D)
+    pos = torch.arange(1, q.shape[1] + 1, device=x.device)
+    key = ((q + 1) * _mix31(pos)).sum(1) & _M31  # (B,) a hash of the whole image
+    u = _mix31((_mix31(key)[:, None] + pos * 0x9E3779B) & _M31)  # (B, D)
+    return (u.double() / (_M31 + 1)).to(x.dtype).view_as(x)
+
+
+def binarize(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Grey images x in [0, 1] -> 0/1 images with P(1) = x: `fixed` (the same sample of each image
+    every time) or `dynamic` (a fresh sample from torch's generator); `none` returns x."""
+    if mode == "none":
+        return x
+    u = image_uniforms(x) if mode == "fixed" else torch.rand_like(x)
+    return (u < x).to(x.dtype)
+
+
 def check_options(hp) -> None:
     """One paragraph for the first bad VAE option (ConfigError)."""
     check_choice("model.likelihood", hp["likelihood"], LIKELIHOODS)
+    check_choice("model.binarize", hp["binarize"], BINARIZE)
+    if hp["binarize"] != "none" and hp["likelihood"] != "bernoulli":
+        raise ConfigError(
+            f"model.binarize={hp['binarize']} makes 0/1 images for a Bernoulli decoder; with "
+            "model.likelihood=gaussian use model.binarize=none."
+        )
     check_choice("model.gaussian_variance", hp["gaussian_variance"], VARIANCES)
     std, beta, warmup = hp["gaussian_std"], hp["beta"], hp["kl_warmup_epochs"]
     iw_k, iw_images = hp["iw_k"], hp["iw_images"]
@@ -146,6 +189,7 @@ class VAE(LatentSampling, AutoencoderBase):
         hidden_dims=(512, 256),
         latent_dim: int = 20,
         likelihood: str = "bernoulli",
+        binarize: str = "none",
         gaussian_variance: str = "fixed",
         gaussian_std: float = 0.1,
         beta: float = 1.0,
@@ -173,7 +217,7 @@ class VAE(LatentSampling, AutoencoderBase):
             **kwargs,
         )
         check_options(self.hparams)
-        self.likelihood = likelihood
+        self.likelihood, self.binarization = likelihood, binarize
         self.beta, self.kl_warmup_epochs = float(beta), float(kl_warmup_epochs)
         self.iw_k, self.iw_images, self.iw_chunk = int(iw_k), iw_images, int(iw_chunk)
         self.attribute = (int(attribute_source), int(attribute_target))
@@ -278,9 +322,11 @@ class VAE(LatentSampling, AutoencoderBase):
     def step(self, batch, stage: str) -> dict:
         """-ELBO and its terms (train/loss is always the true -ELBO); training minimises
         `objective` = recon + w * kl while the KL weight w is not 1; val/test add the ELBO, and
-        test the IWAE estimate of -log p(x) on the first iw_images test images."""
-        x = batch[0]
-        terms = super().step(batch, stage)  # loss, recon, kl (+ mse, pca_mse on val/test)
+        test the IWAE estimate of -log p(x) on the first iw_images test images. With
+        model.binarize, all of it is measured on the binarised images."""
+        mode = "fixed" if stage != "train" and self.binarization == "dynamic" else self.binarization
+        x = binarize(batch[0], mode)
+        terms = super().step((x, *batch[1:]), stage)  # loss, recon, kl (+ mse, pca_mse: val/test)
         if stage == "train":
             weight = self.kl_weight()
             if weight != 1.0:

@@ -15,6 +15,10 @@ label the way of Miyato & Koyama (2018) instead: logit = fc(h) + <embed(y), h> o
 h, which rewards class-consistent images much more directly than an input concatenation. Shapes
 come from `image_shape` = (C, H, W): 1x28x28 (28 -> 14 -> 7) and 3x32x32 (32 -> 16 -> 8) both work
 with two conv stages.
+
+The DCGAN discriminator's normalisation (`d_norm`): `batch` (Radford et al.: batch norm after every
+conv but the first), `spectral` (Miyato et al. 2018: every conv and linear layer divided by its
+largest singular value, one power iteration per step; no batch norm) or `none`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from nnlab.errors import check_choice
 from nnlab.nets.conv import downsampled
 
 GAN_NETS = ("mlp", "dcgan")
+D_NORMS = ("batch", "spectral", "none")
 
 
 def _with_label(h: torch.Tensor, y: torch.Tensor | None, n_classes: int) -> torch.Tensor:
@@ -142,19 +147,26 @@ class DCGANDiscriminator(nn.Module):
         channels: Sequence[int],
         n_classes: int = 0,
         projection: bool = False,
+        norm: str = "batch",
     ):
         super().__init__()
+        check_choice("discriminator norm", norm, D_NORMS, error=ValueError)
         c, h, w = image_shape
         self.n_classes, self.projection = int(n_classes), bool(projection and n_classes)
         layers, width_in = [], c + (0 if self.projection else self.n_classes)
         for i, width in enumerate(channels):
-            layers.append(nn.Conv2d(width_in, width, 4, stride=2, padding=1, bias=i == 0))
-            layers += ([] if i == 0 else [nn.BatchNorm2d(width)]) + [nn.LeakyReLU(0.2)]
+            batch_norm = norm == "batch" and i > 0
+            layers.append(nn.Conv2d(width_in, width, 4, stride=2, padding=1, bias=not batch_norm))
+            layers += ([nn.BatchNorm2d(width)] if batch_norm else []) + [nn.LeakyReLU(0.2)]
             width_in = width
         self.net = nn.Sequential(*layers)
         features = width_in * downsampled(h, len(channels)) * downsampled(w, len(channels))
         self.head = ProjectionHead(features, self.n_classes if self.projection else 0)
         dcgan_init(self)
+        if norm == "spectral":
+            for layer in [*self.net, self.head.fc]:
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(layer)
 
     def forward(self, x, y=None):
         h = self.net(x if self.projection else _with_label(x, y, self.n_classes))
@@ -203,15 +215,19 @@ def build_gan_nets(
     image_shape: Sequence[int],
     n_classes: int = 0,
     projection: bool = False,
+    d_norm: str = "batch",
 ) -> tuple[nn.Module, nn.Module]:
     """(generator, discriminator) by name: `mlp` (widths of the hidden layers) or `dcgan` (conv
-    channel widths)."""
+    channel widths; d_norm: the discriminator's normalisation, batch | spectral | none)."""
     check_choice("GAN net", net, GAN_NETS, error=ValueError)
-    generator, discriminator = {
-        "mlp": (MLPGenerator, MLPDiscriminator),
-        "dcgan": (DCGANGenerator, DCGANDiscriminator),
-    }[net]
+    if net == "mlp":
+        if d_norm != "batch":
+            raise ValueError(f"d_norm={d_norm!r} is for the dcgan discriminator only")
+        return (
+            MLPGenerator(latent_dim, g_dims, image_shape, n_classes),
+            MLPDiscriminator(image_shape, d_dims, n_classes, projection=projection),
+        )
     return (
-        generator(latent_dim, g_dims, image_shape, n_classes),
-        discriminator(image_shape, d_dims, n_classes, projection=projection),
+        DCGANGenerator(latent_dim, g_dims, image_shape, n_classes),
+        DCGANDiscriminator(image_shape, d_dims, n_classes, projection=projection, norm=d_norm),
     )
