@@ -74,6 +74,21 @@ def compile_mode(value) -> str | None:
     )
 
 
+class DefaultClip:
+    """Mixin: clip the gradient norm at the model's own default (its YAML's gradient_clip_val,
+    kept as self.default_clip: the lstm's is on, lenet's off); trainer.gradient_clip_val wins
+    when set."""
+
+    default_clip = None
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ):
+        clip = gradient_clip_val if gradient_clip_val is not None else self.default_clip
+        if clip:
+            self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
+
+
 class NNLabModule(compat.ChunkPassThrough, compat.QuickHookName, pl.LightningModule):
     """The base of every nnlab model. The protocol (what the rest of nnlab may call):
 

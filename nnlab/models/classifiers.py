@@ -27,7 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from nnlab import viz
 from nnlab.attacks import perturb, training_attack
 from nnlab.errors import ConfigError, NNLabError, check_choice
-from nnlab.models.base import NNLabModule
+from nnlab.models.base import DefaultClip, NNLabModule
 from nnlab.nets.lenet import VARIANTS, LeNet5
 
 
@@ -48,7 +48,7 @@ def _metric_key(name: str) -> str:
 
 
 # -- the family's base ----------------------------------------------------------------------------
-class ClassifierBase(NNLabModule):
+class ClassifierBase(DefaultClip, NNLabModule):
     def __init__(
         self, name, num_classes=10, n_errors=64, gradient_clip_val=None, adversarial=None, **kwargs
     ):
@@ -141,18 +141,6 @@ class ClassifierBase(NNLabModule):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:
             self.log_terms("train", {"grad_norm": torch.nn.utils.get_total_norm(grads)})
-
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ):
-        # trainer.gradient_clip_val wins when set; else the model's default (lstm: on, lenet: off)
-        clip = gradient_clip_val if gradient_clip_val is not None else self.default_clip
-        if clip:
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=clip,
-                gradient_clip_algorithm=gradient_clip_algorithm or "norm",
-            )
 
     # -- images: the errors grid for `nnlab sample`; the figures are in nnlab/figures ------------
     def class_names(self, datamodule=None) -> list[str]:

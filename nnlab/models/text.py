@@ -32,7 +32,7 @@ from nnlab.data.text import symbols_tensor, tensor_symbols
 from nnlab.data.text import words as split_words
 from nnlab.errors import ConfigError
 from nnlab.metrics.ngram import KneserNeyLM
-from nnlab.models.base import NNLabModule
+from nnlab.models.base import DefaultClip, NNLabModule
 from nnlab.models.classifiers import ClassifierBase
 from nnlab.nets import text as nets
 
@@ -73,7 +73,7 @@ class _Vocabularies:
 
 
 # -- char_rnn -------------------------------------------------------------------------------------
-class CharLM(_Vocabularies, NNLabModule):
+class CharLM(_Vocabularies, DefaultClip, NNLabModule):
     VOCABS = {"symbols": ("vocab", 4)}
 
     def __init__(
@@ -176,13 +176,6 @@ class CharLM(_Vocabularies, NNLabModule):
                 if len(carry) == 2
                 else carry[0].to(self.device)
             )
-
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ):
-        clip = gradient_clip_val if gradient_clip_val is not None else self.default_clip
-        if clip:
-            self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
 
     # -- samples -----------------------------------------------------------------------------
     def sample_text(
@@ -342,7 +335,7 @@ class BLEU(BLEUScore):
         return super().compute() * 100
 
 
-class Translator(_Vocabularies, NNLabModule):
+class Translator(_Vocabularies, DefaultClip, NNLabModule):
     VOCABS = {"src_symbols": ("src_vocab", 48), "tgt_symbols": ("tgt_vocab", 48)}
 
     def __init__(
@@ -430,13 +423,6 @@ class Translator(_Vocabularies, NNLabModule):
         beam = [" ".join(w) for w in self.translate(src, lengths, int(self.hparams.beam_size))]
         self.test_bleu.update(beam, refs)
         return {**terms, "bleu": self.test_bleu, "bleu_greedy": self.test_bleu_greedy}
-
-    def configure_gradient_clipping(
-        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
-    ):
-        clip = gradient_clip_val if gradient_clip_val is not None else self.default_clip
-        if clip:
-            self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
 
     def sample_text(
         self, prompt: str = "", temperature: float | None = None, n: int | None = None, seed=0
