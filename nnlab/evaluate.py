@@ -194,16 +194,11 @@ def _lock(run):
 def _tester(accelerator: str, cfg, callbacks):
     """A quiet one-device Trainer that runs the test stage as the run's own did (its
     limit_test_batches, the test-time analyses in `callbacks`)."""
-    import pytorch_lightning as pl
+    from nnlab.inference import quiet_trainer
 
     limit = cfg.get("limit_test_batches")  # as the run's own test stage
-    return pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    return quiet_trainer(
+        accelerator,
         limit_test_batches=limit if limit is not None else 1.0,
         callbacks=callbacks,  # the test-time analyses, as in the run's test stage
     )

@@ -351,21 +351,27 @@ def load_weights(path: str | Path, model_class, name: str, what: str):
     return model.eval()
 
 
-def attach(model, datamodule, accelerator: str = "cpu"):
-    """A bare Trainer that gives the model its datamodule (model.datamodule, model.device) outside
-    fit/test."""
+def quiet_trainer(accelerator: str = "cpu", **kwargs):
+    """A one-device Trainer without logger, checkpoints, progress bar or summary (eval, sample)."""
     import pytorch_lightning as pl
 
-    from nnlab.lightning_compat import attach_datamodule
-
-    trainer = pl.Trainer(
+    return pl.Trainer(
         accelerator=accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **kwargs,
     )
+
+
+def attach(model, datamodule, accelerator: str = "cpu"):
+    """A bare Trainer that gives the model its datamodule (model.datamodule, model.device) outside
+    fit/test."""
+    from nnlab.lightning_compat import attach_datamodule
+
+    trainer = quiet_trainer(accelerator)
     attach_datamodule(trainer, model, datamodule)
     model.trainer = trainer
     datamodule.prepare_data()
